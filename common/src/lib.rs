@@ -1,0 +1,14 @@
+//! duet-common: what the leader, helper, client and collector share. The DAP-18 wire messages
+//! ([`messages`]) with DAP times ([`time`]), the VDAFs ([`vdaf`]), HPKE ([`hpke`]), the problem
+//! types ([`problem`]), authentication tokens ([`auth`]) and media types ([`media_type`]).
+
+pub mod auth;
+mod codec;
+pub mod hpke;
+pub mod media_type;
+pub mod messages;
+pub mod problem;
+pub mod time;
+pub mod vdaf;
+
+pub use prio::codec::{CodecError, Decode, Encode};
