@@ -251,6 +251,18 @@ mod tests {
     }
 
     #[test]
+    fn codec_roundtrips() {
+        use crate::messages::test_util::*;
+        roundtrip(&Time::from_units(490000), Some(&unhex("0000000000077a10")));
+        roundtrip(&Duration::from_units(24), Some(&unhex("0000000000000018")));
+        roundtrip(&TimePrecision::from_seconds(3600).unwrap(), Some(&unhex("0000000000000e10")));
+        roundtrip(
+            &Interval::new(Time::from_units(1), Duration::from_units(2)),
+            Some(&unhex("0000000000000001 0000000000000002")),
+        );
+    }
+
+    #[test]
     fn zero_precision_rejected() {
         assert!(TimePrecision::from_seconds(0).is_none());
         assert!(TimePrecision::get_decoded(&[0; 8]).is_err());

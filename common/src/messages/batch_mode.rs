@@ -120,6 +120,42 @@ impl BatchSelector {
     }
 }
 
+macro_rules! config_codec {
+    ($t:ty, $field:ident: $ft:ty, $len:expr) => {
+        impl Encode for $t {
+            fn encode(&self, bytes: &mut Vec<u8>) -> Result<(), CodecError> {
+                self.$field.encode(bytes)
+            }
+            fn encoded_len(&self) -> Option<usize> {
+                Some($len)
+            }
+        }
+        impl Decode for $t {
+            fn decode(bytes: &mut Cursor<&[u8]>) -> Result<Self, CodecError> {
+                Ok(Self { $field: <$ft>::decode(bytes)? })
+            }
+        }
+    };
+}
+config_codec!(TimeIntervalQueryConfig, batch_interval: Interval, 16);
+config_codec!(TimeIntervalBatchSelectorConfig, batch_interval: Interval, 16);
+config_codec!(LeaderSelectedBatchSelectorConfig, batch_id: BatchId, 32);
+
+impl Encode for LeaderSelectedQueryConfig {
+    fn encode(&self, _bytes: &mut Vec<u8>) -> Result<(), CodecError> {
+        Ok(())
+    }
+    fn encoded_len(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+impl Decode for LeaderSelectedQueryConfig {
+    fn decode(_bytes: &mut Cursor<&[u8]>) -> Result<Self, CodecError> {
+        Ok(Self)
+    }
+}
+
 fn encode_mode_config(bytes: &mut Vec<u8>, mode: BatchMode, config: &impl Encode) -> Result<(), CodecError> {
     mode.encode(bytes)?;
     encode_opaque_u16(bytes, &config.get_encoded()?)
@@ -128,8 +164,8 @@ fn encode_mode_config(bytes: &mut Vec<u8>, mode: BatchMode, config: &impl Encode
 impl Encode for Query {
     fn encode(&self, bytes: &mut Vec<u8>) -> Result<(), CodecError> {
         match self {
-            Query::TimeInterval(c) => encode_mode_config(bytes, self.batch_mode(), &c.batch_interval),
-            Query::LeaderSelected(_) => encode_mode_config(bytes, self.batch_mode(), &()),
+            Query::TimeInterval(c) => encode_mode_config(bytes, self.batch_mode(), c),
+            Query::LeaderSelected(c) => encode_mode_config(bytes, self.batch_mode(), c),
         }
     }
     fn encoded_len(&self) -> Option<usize> {
@@ -159,8 +195,8 @@ impl Decode for Query {
 impl Encode for BatchSelector {
     fn encode(&self, bytes: &mut Vec<u8>) -> Result<(), CodecError> {
         match self {
-            BatchSelector::TimeInterval(c) => encode_mode_config(bytes, self.batch_mode(), &c.batch_interval),
-            BatchSelector::LeaderSelected(c) => encode_mode_config(bytes, self.batch_mode(), &c.batch_id),
+            BatchSelector::TimeInterval(c) => encode_mode_config(bytes, self.batch_mode(), c),
+            BatchSelector::LeaderSelected(c) => encode_mode_config(bytes, self.batch_mode(), c),
         }
     }
     fn encoded_len(&self) -> Option<usize> {
@@ -176,12 +212,12 @@ impl Decode for BatchSelector {
         let mode = BatchMode::decode(bytes)?;
         let config = decode_opaque_u16(bytes, 0, "BatchSelector.config")?;
         Ok(match mode {
-            BatchMode::TimeInterval => BatchSelector::TimeInterval(TimeIntervalBatchSelectorConfig {
-                batch_interval: Interval::get_decoded(&config)?,
-            }),
-            BatchMode::LeaderSelected => BatchSelector::LeaderSelected(LeaderSelectedBatchSelectorConfig {
-                batch_id: BatchId::get_decoded(&config)?,
-            }),
+            BatchMode::TimeInterval => {
+                BatchSelector::TimeInterval(TimeIntervalBatchSelectorConfig::get_decoded(&config)?)
+            }
+            BatchMode::LeaderSelected => {
+                BatchSelector::LeaderSelected(LeaderSelectedBatchSelectorConfig::get_decoded(&config)?)
+            }
         })
     }
 }
@@ -214,6 +250,23 @@ mod tests {
         expected.extend_from_slice(&[0x1f; 32]);
         roundtrip(&BatchSelector::leader_selected(id), Some(&expected));
         assert!(BatchSelector::get_decoded(&unhex("02 0000")).is_err());
+    }
+
+    #[test]
+    fn batch_mode_and_configs() {
+        roundtrip(&BatchMode::TimeInterval, Some(&[1]));
+        roundtrip(&BatchMode::LeaderSelected, Some(&[2]));
+        assert!(BatchMode::get_decoded(&[0]).is_err());
+        let i = Interval::new(Time::from_units(5), Duration::from_units(2));
+        roundtrip(&TimeIntervalQueryConfig { batch_interval: i }, Some(&unhex("0000000000000005 0000000000000002")));
+        roundtrip(
+            &TimeIntervalBatchSelectorConfig { batch_interval: i },
+            Some(&unhex("0000000000000005 0000000000000002")),
+        );
+        roundtrip(&LeaderSelectedBatchSelectorConfig { batch_id: BatchId::from_bytes([4; 32]) }, Some(&[4; 32]));
+        assert_eq!(LeaderSelectedQueryConfig.get_encoded().unwrap(), Vec::<u8>::new());
+        // An over-long config length prefix is an error.
+        assert!(Query::get_decoded(&unhex("01 0011 0000000000000005 0000000000000002")).is_err());
     }
 
     #[test]

@@ -627,6 +627,51 @@ mod tests {
         assert_eq!(serde_json::from_str::<TaskId>(&json).unwrap(), task_id);
     }
 
+    /// Random and mutated bytes into every decoder: errors are fine, panics are not.
+    #[test]
+    fn decoders_never_panic_on_garbage() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0xd0e7);
+        let seeds: Vec<Vec<u8>> = vec![
+            unhex(crate::messages::upload::tests::SAMPLE_REPORT_HEX),
+            unhex("01 0010 0000000000195294 0000000000000064 00000000 0000"),
+            unhex("c2 0010 0001 0001 0004 01020304"),
+        ];
+        fn all(bytes: &[u8]) {
+            let _ = HpkeConfigList::get_decoded(bytes);
+            let _ = HpkeConfig::get_decoded(bytes);
+            let _ = HpkeCiphertext::get_decoded(bytes);
+            let _ = UploadRequest::get_decoded(bytes);
+            let _ = UploadErrors::get_decoded(bytes);
+            let _ = PlaintextInputShare::get_decoded(bytes);
+            let _ = InputShareAad::get_decoded(bytes);
+            let _ = TaskConfiguration::get_decoded(bytes);
+            let _ = AggregationJobInitReq::get_decoded(bytes);
+            let _ = AggregationJobResp::get_decoded(bytes);
+            let _ = AggregationJobContinueReq::get_decoded(bytes);
+            let _ = CollectionJobReq::get_decoded(bytes);
+            let _ = CollectionJobResp::get_decoded(bytes);
+            let _ = AggregateShareReq::get_decoded(bytes);
+            let _ = AggregateShare::get_decoded(bytes);
+            let _ = AggregateShareAad::get_decoded(bytes);
+        }
+        for _ in 0..3000 {
+            let len = rng.random_range(0..200);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            all(&bytes);
+        }
+        for seed in &seeds {
+            for _ in 0..2000 {
+                let mut b = seed.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+                all(&b);
+            }
+        }
+    }
+
     #[test]
     fn role_and_report_error_codes() {
         for (role, code) in [(Role::Collector, 0u8), (Role::Client, 1), (Role::Leader, 2), (Role::Helper, 3)] {

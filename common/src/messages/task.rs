@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn task_extensions_and_overlong_prefixes() {
+        let ext =
+            TaskIntervalTaskExtension { task_interval: Interval::new(Time::from_units(1), Duration::from_units(2)) };
+        roundtrip(&ext, Some(&unhex("0000000000000001 0000000000000002")));
+        let generic: TaskExtension = ext.into();
+        roundtrip(&generic, Some(&unhex("0001 0010 0000000000000001 0000000000000002")));
+        let encoded = config(VdafConfig::Prio3Count, vec![]).get_encoded().unwrap();
+        // task_info claims 255 bytes; the leader URL claims more than is left.
+        let mut long = encoded.clone();
+        long[0] = 0xff;
+        assert!(TaskConfiguration::get_decoded(&long).is_err());
+        let mut long = encoded.clone();
+        long[10] = 0xff;
+        assert!(TaskConfiguration::get_decoded(&long).is_err());
+        // A zero time_precision is refused.
+        let mut zero = encoded;
+        let at = 1 + 9 + 2 + 18 + 2 + 18;
+        zero[at..at + 8].copy_from_slice(&[0; 8]);
+        assert!(TaskConfiguration::get_decoded(&zero).is_err());
+    }
+
+    #[test]
     fn every_vdaf_config_roundtrips() {
         for vdaf in [
             VdafConfig::Prio3Count,

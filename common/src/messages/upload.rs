@@ -298,10 +298,56 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn metadata_status_and_overlong_prefixes() {
+        let report = sample_report(1);
+        roundtrip(
+            &report.report_metadata,
+            Some(&unhex("0101010101010101 0101010101010101 000000000109ce54 0005 00aa 0001 bb")),
+        );
+        roundtrip(
+            &ReportUploadStatus { id: ReportId::from_bytes([9; 16]), error: ReportError::ReportTooEarly },
+            Some(&unhex("09090909090909090909090909090909 09")),
+        );
+        // The public share claims 0xffffffff bytes.
+        let mut bytes = unhex(SAMPLE_REPORT_HEX);
+        bytes[31..35].copy_from_slice(&[0xff; 4]);
+        assert!(Report::get_decoded(&bytes).is_err());
+        // The public extensions claim more bytes than they have.
+        let mut bytes = unhex(SAMPLE_REPORT_HEX);
+        bytes[25] = 0x06;
+        assert!(Report::get_decoded(&bytes).is_err());
+    }
+
+    #[test]
     fn plaintext_input_share_and_aad() {
         let pis = PlaintextInputShare { private_extensions: vec![], payload: vec![1, 2, 3] };
         roundtrip(&pis, Some(&unhex("0000 00000003 010203")));
         assert!(PlaintextInputShare::get_decoded(&unhex("0000 00000000")).is_err());
         assert!(!format!("{pis:?}").contains("[1, 2, 3]"));
+        let aad = InputShareAad {
+            task_id: TaskId::from_bytes([2; 32]),
+            task_configuration: crate::messages::TaskConfiguration {
+                task_info: b"i".to_vec(),
+                leader_aggregator_endpoint: crate::messages::Url::new("https://l/").unwrap(),
+                helper_aggregator_endpoint: crate::messages::Url::new("https://h/").unwrap(),
+                time_precision: crate::time::TimePrecision::from_seconds(1).unwrap(),
+                min_batch_size: 1,
+                batch_mode: crate::messages::BatchMode::LeaderSelected,
+                batch_config: vec![],
+                vdaf: crate::vdaf::VdafConfig::Prio3Count,
+                extensions: vec![],
+            },
+            report_metadata: sample_report(3).report_metadata,
+            public_share: vec![7, 7],
+        };
+        roundtrip(&aad, None);
+        let parts = InputShareAad::encode_parts(
+            &aad.task_id,
+            &aad.task_configuration.get_encoded().unwrap(),
+            &aad.report_metadata,
+            &aad.public_share,
+        )
+        .unwrap();
+        assert_eq!(parts, aad.get_encoded().unwrap());
     }
 }
