@@ -8,6 +8,7 @@ pub mod hpke;
 pub mod media_type;
 pub mod messages;
 pub mod problem;
+pub mod task;
 pub mod time;
 pub mod vdaf;
 
