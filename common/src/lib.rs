@@ -8,6 +8,8 @@ pub mod hpke;
 pub mod media_type;
 pub mod messages;
 pub mod problem;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod task;
 pub mod time;
 pub mod vdaf;

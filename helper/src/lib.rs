@@ -1,1 +1,69 @@
-//! duet-helper
+//! duet-helper: the DAP-18 helper aggregator. It serves `/hpke_config`, aggregation jobs
+//! ([`aggregate`]) and aggregate shares ([`collect`]) to the leader, and the admin API.
+
+pub mod aggregate;
+pub mod collect;
+
+use axum::routing::{get, post};
+use axum::Router;
+use duet_common::auth::AuthenticationToken;
+use duet_common::messages::{Role, TaskId};
+use duet_common::server::datastore::Datastore;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Settings of a helper.
+#[derive(Clone, Debug)]
+pub struct HelperConfig {
+    /// How far in the future a report's timestamp may be before it is `report_too_early`.
+    pub tolerable_clock_skew_seconds: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HelperConfig {
+    fn default() -> Self {
+        Self { tolerable_clock_skew_seconds: 300, max_body_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+#[derive(Clone)]
+pub struct HelperState {
+    pub datastore: Datastore,
+    pub config: Arc<HelperConfig>,
+}
+
+/// A resource ID derived from the request (first 16 bytes of SHA-256 over task ID and body) and
+/// the body's digest: identical POSTs name the same resource, which makes creation idempotent.
+pub(crate) fn job_digest(task_id: &TaskId, body: &[u8]) -> ([u8; 16], [u8; 32]) {
+    let digest: [u8; 32] = Sha256::digest(body).into();
+    let mut h = Sha256::new();
+    h.update(task_id.as_bytes());
+    h.update(digest);
+    let id: [u8; 32] = h.finalize().into();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&id[..16]);
+    (out, digest)
+}
+
+/// All of the helper's routes.
+pub fn router(datastore: Datastore, config: HelperConfig, admin_token: AuthenticationToken) -> Router {
+    let max_body = config.max_body_bytes;
+    let state = HelperState { datastore: datastore.clone(), config: Arc::new(config) };
+    let dap = Router::new()
+        .route("/tasks/{task_id}/aggregation_jobs", post(aggregate::init))
+        .route(
+            "/tasks/{task_id}/aggregation_jobs/{job_id}",
+            post(aggregate::continue_job).get(aggregate::get_job).delete(aggregate::delete_job),
+        )
+        .route("/tasks/{task_id}/aggregate_shares", post(collect::create))
+        .route("/tasks/{task_id}/aggregate_shares/{share_id}", get(collect::get).delete(collect::delete))
+        .with_state(state);
+    let hpke = Router::new()
+        .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
+        .with_state(datastore.clone());
+    dap.merge(hpke)
+        .merge(duet_common::server::admin::router(datastore, Role::Helper, admin_token))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+}

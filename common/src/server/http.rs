@@ -1,0 +1,88 @@
+//! HTTP glue for axum: DAP errors as problem-document responses, request bodies checked for
+//! their media type, and bearer-token checks.
+
+use crate::auth::AuthenticationToken;
+use crate::media_type;
+use crate::messages::TaskId;
+use crate::problem::DapError;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// An error answered as `application/problem+json`.
+#[derive(Debug)]
+pub struct ErrorResponse(pub DapError);
+
+impl From<DapError> for ErrorResponse {
+    fn from(e: DapError) -> Self {
+        ErrorResponse(e)
+    }
+}
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let (status, doc) = self.0.problem_document();
+        match &self.0 {
+            DapError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            DapError::Unavailable(detail) => tracing::warn!(%detail, "unavailable"),
+            other => tracing::debug!(error = %other, "request refused"),
+        }
+        let body = serde_json::to_vec(&doc).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type::PROBLEM_JSON));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+pub type HttpResult<T> = Result<T, ErrorResponse>;
+
+/// Checks the request's `Content-Type` against the DAP media type it must carry.
+pub fn require_media_type(headers: &HeaderMap, expected: &'static str) -> Result<(), DapError> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| media_type::matches(v, expected));
+    if ok {
+        Ok(())
+    } else {
+        Err(DapError::UnsupportedMediaType { expected })
+    }
+}
+
+/// Checks that the request presents `expected` (in either header form), in constant time.
+pub fn require_token(
+    headers: &HeaderMap,
+    expected: &AuthenticationToken,
+    task_id: Option<TaskId>,
+) -> Result<(), DapError> {
+    let what = task_id.map(|t| format!(" for task {t}")).unwrap_or_default();
+    match AuthenticationToken::from_headers(headers) {
+        Ok(Some(token)) if token.ct_eq(expected) => Ok(()),
+        Ok(Some(_)) => Err(DapError::Unauthorized(format!("wrong token{what}"))),
+        Ok(None) => Err(DapError::Unauthorized(format!("missing token{what}"))),
+        Err(e) => Err(DapError::Unauthorized(e.to_string())),
+    }
+}
+
+/// A DAP message body with its media type.
+pub fn dap_response(status: StatusCode, media: &'static str, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    resp
+}
+
+/// Parses a task ID path segment; a malformed one is `invalidMessage` (it cannot name a task).
+pub fn parse_task_id(s: &str) -> Result<TaskId, DapError> {
+    s.parse().map_err(|_| DapError::invalid_message(None, format!("{s:?} is not a task ID")))
+}
+
+impl From<super::datastore::StoreError> for ErrorResponse {
+    fn from(e: super::datastore::StoreError) -> Self {
+        ErrorResponse(e.into())
+    }
+}

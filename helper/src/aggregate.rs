@@ -1,0 +1,567 @@
+//! The helper's side of the aggregation interaction (DAP-18 "Helper Initialization" and "Helper
+//! Continuation"): aggregation jobs are created, continued, polled and deleted here. Requests
+//! are handled synchronously; each step commits in one transaction, and a repeated request is
+//! answered from the stored response without doing the work twice.
+
+use crate::{job_digest, HelperState};
+use axum::extract::{Path, Query as UrlQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use duet_common::hpke::{open, HpkeApplicationInfo};
+use duet_common::media_type;
+use duet_common::messages::*;
+use duet_common::problem::{DapError, DapProblemType};
+use duet_common::server::datastore::{now_seconds, BatchBucket, BucketValues, Datastore, StoreError, Task, Tx};
+use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::time::{Duration, Time};
+use duet_common::vdaf::{OutputShare, Transition, VerifyState};
+use duet_common::{Decode, Encode};
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// One report's outcome after the CPU-bound part of a step.
+enum Outcome {
+    Commit { out_share: OutputShare, outbound: Option<Vec<u8>>, time: Time },
+    Keep { state: VerifyState, outbound: Vec<u8>, time: Time },
+    Reject(ReportError),
+}
+
+fn job_location(task: &Task, job_id: &AggregationJobId, step: Option<AggregationJobStep>) -> String {
+    let base = task.parameters.helper_endpoint.trim_end_matches('/');
+    match step {
+        Some(step) => format!("{base}/tasks/{}/aggregation_jobs/{job_id}?step={step}", task.id),
+        None => format!("{base}/tasks/{}/aggregation_jobs/{job_id}", task.id),
+    }
+}
+
+fn job_response(status: StatusCode, location: String, body: Vec<u8>) -> Response {
+    let mut resp = dap_response(status, media_type::AGGREGATION_JOB_RESP, body);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn helper_task(state: &HelperState, task_id: &str, headers: &HeaderMap) -> Result<Arc<Task>, DapError> {
+    let task_id = parse_task_id(task_id)?;
+    let task = state.datastore.task(&task_id).await?;
+    if task.role != Role::Helper {
+        return Err(DapError::unrecognized_task(task_id));
+    }
+    require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
+    Ok(task)
+}
+
+/// Checks what a report must satisfy before verification (DAP-18 "Input Share Validation").
+fn validate_time(task: &Task, time: Time, skew: Duration) -> Option<ReportError> {
+    let precision = task.configuration.time_precision;
+    let now = Time::now(precision);
+    if now.checked_add(skew).is_some_and(|limit| time > limit) {
+        return Some(ReportError::ReportTooEarly);
+    }
+    if let Some(interval) = task.configuration.task_interval() {
+        if time < interval.start {
+            return Some(ReportError::TaskNotStarted);
+        }
+        if !interval.contains(time) {
+            return Some(ReportError::TaskExpired);
+        }
+    }
+    None
+}
+
+/// Decrypts and checks one report share, then runs `ping_pong_helper_init`.
+fn init_report(task: &Task, keys: &[duet_common::hpke::HpkeKeypair], skew: Duration, vi: &VerifyInit) -> Outcome {
+    let meta = &vi.report_share.report_metadata;
+    if let Some(e) = validate_time(task, meta.time, skew) {
+        return Outcome::Reject(e);
+    }
+    let ct = &vi.report_share.encrypted_input_share;
+    // The spec asks for hpke_decrypt_error both for an unknown config ID and a failed open.
+    let Some(kp) = keys.iter().find(|k| k.config().id == ct.config_id) else {
+        return Outcome::Reject(ReportError::HpkeDecryptError);
+    };
+    let aad =
+        match InputShareAad::encode_parts(&task.id, &task.configuration_encoded, meta, &vi.report_share.public_share) {
+            Ok(aad) => aad,
+            Err(_) => return Outcome::Reject(ReportError::InvalidMessage),
+        };
+    let Ok(plain) = open(kp, &HpkeApplicationInfo::InputShare { recipient: Role::Helper }, ct, &aad) else {
+        return Outcome::Reject(ReportError::HpkeDecryptError);
+    };
+    let Ok(share) = PlaintextInputShare::get_decoded(&plain) else {
+        return Outcome::Reject(ReportError::InvalidMessage);
+    };
+    // duet recognises no report extensions yet: any is unrecognised, hence invalid_message;
+    // so are unsorted or repeated ones.
+    if !meta.public_extensions.is_empty() || !share.private_extensions.is_empty() {
+        return Outcome::Reject(ReportError::InvalidMessage);
+    }
+    let ctx = task.vdaf_context();
+    match task.vdaf.helper_init(
+        &task.verify_key,
+        &ctx,
+        meta.report_id.as_bytes(),
+        &vi.report_share.public_share,
+        &share.payload,
+        &vi.payload,
+    ) {
+        Ok(Transition::FinishedWithOutbound { out_share, outbound }) => {
+            Outcome::Commit { out_share, outbound: Some(outbound), time: meta.time }
+        }
+        Ok(Transition::Continued { state, outbound }) => Outcome::Keep { state, outbound, time: meta.time },
+        // Not reachable at initialisation for a well-behaved VDAF.
+        Ok(Transition::Finished { .. }) => Outcome::Reject(ReportError::VdafVerifyError),
+        Err(e) => Outcome::Reject(e.report_error()),
+    }
+}
+
+/// Commits output shares (replay and collected-bucket checks first) and turns outcomes into
+/// `VerifyResp`s, inside `tx`.
+async fn commit_outcomes(
+    tx: &mut Tx<'_>,
+    task: &Task,
+    job_id: &AggregationJobId,
+    batch_id: Option<BatchId>,
+    report_ids: &[ReportId],
+    outcomes: Vec<Outcome>,
+    step: AggregationJobStep,
+) -> Result<Vec<VerifyResp>, DapError> {
+    let mut resps = Vec::with_capacity(outcomes.len());
+    let mut buckets: HashMap<BatchBucket, BucketValues> = HashMap::new();
+    let mut collected_cache: HashMap<BatchBucket, bool> = HashMap::new();
+    for (report_id, outcome) in report_ids.iter().zip(outcomes) {
+        let verify_resp_type = match outcome {
+            Outcome::Reject(report_error) => VerifyRespType::Reject { report_error },
+            Outcome::Keep { state, outbound, time } => {
+                sqlx::query(
+                    "INSERT INTO helper_report_states (task_id, job_id, ord, report_id, report_time, verify_state)
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(task.id.as_bytes().as_slice())
+                .bind(job_id.as_bytes().as_slice())
+                .bind(resps.len() as i64)
+                .bind(report_id.as_bytes().as_slice())
+                .bind(time.units() as i64)
+                .bind(state.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::from)?;
+                VerifyRespType::Continue { payload: outbound }
+            }
+            Outcome::Commit { out_share, outbound, time } => {
+                let bucket = match batch_id {
+                    Some(id) => BatchBucket::LeaderSelected(id),
+                    None => BatchBucket::TimeInterval(time),
+                };
+                let collected = match collected_cache.get(&bucket) {
+                    Some(c) => *c,
+                    None => {
+                        let c = Datastore::bucket_collected(tx, task, &bucket).await?;
+                        collected_cache.insert(bucket, c);
+                        c
+                    }
+                };
+                if collected {
+                    resps.push(VerifyResp {
+                        report_id: *report_id,
+                        verify_resp_type: VerifyRespType::Reject { report_error: ReportError::BatchCollected },
+                    });
+                    continue;
+                }
+                let fresh = sqlx::query(
+                    "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(task.id.as_bytes().as_slice())
+                .bind(report_id.as_bytes().as_slice())
+                .bind(job_id.as_bytes().as_slice())
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected()
+                    == 1;
+                if !fresh {
+                    VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
+                } else {
+                    let entry = buckets.entry(bucket).or_insert_with(|| BucketValues {
+                        aggregate_share: task.vdaf.aggregate_init(),
+                        report_count: 0,
+                        checksum: BatchChecksum::default(),
+                        min_time: time,
+                        max_time: time,
+                    });
+                    entry.aggregate_share.accumulate(&out_share).map_err(|e| DapError::Internal(e.to_string()))?;
+                    entry.report_count += 1;
+                    entry.checksum.update(report_id);
+                    entry.min_time = entry.min_time.min(time);
+                    entry.max_time = entry.max_time.max(time);
+                    match outbound {
+                        Some(payload) => VerifyRespType::Continue { payload },
+                        None => VerifyRespType::Finish,
+                    }
+                }
+            }
+        };
+        resps.push(VerifyResp { report_id: *report_id, verify_resp_type });
+    }
+    for (bucket, values) in &buckets {
+        Datastore::add_to_bucket(tx, task, bucket, 0, values).await?;
+    }
+    tracing::debug!(task_id = %task.id, job_id = %job_id, %step, buckets = buckets.len(), "committed aggregation step");
+    Ok(resps)
+}
+
+fn check_extensions(task: &Task, req: &AggregationJobInitReq) -> Result<Option<BatchId>, DapError> {
+    let tid = Some(task.id);
+    if !strictly_increasing(req.extensions.iter().map(|e| e.extension_type)) {
+        return Err(DapError::invalid_message(tid, "aggregation job extensions are not strictly increasing"));
+    }
+    let unknown: Vec<u16> = req
+        .extensions
+        .iter()
+        .filter(|e| e.extension_type != AggregationJobExtensionType::LEADER_SELECTED_BATCH_ID)
+        .map(|e| e.extension_type.0)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(DapError::UnsupportedExtension { task_id: tid, extensions: unknown });
+    }
+    let batch_id = req
+        .leader_selected_batch_id()
+        .map_err(|_| DapError::invalid_message(tid, "leader_selected_batch_id is not a BatchID"))?;
+    match (task.configuration.batch_mode, batch_id) {
+        (BatchMode::LeaderSelected, None) => {
+            Err(DapError::invalid_message(tid, "leader-selected task without leader_selected_batch_id"))
+        }
+        (BatchMode::TimeInterval, Some(_)) => {
+            Err(DapError::invalid_message(tid, "leader_selected_batch_id on a time-interval task"))
+        }
+        (_, b) => Ok(b),
+    }
+}
+
+/// `POST {helper}/tasks/{task-id}/aggregation_jobs`.
+pub async fn init(
+    State(state): State<HelperState>,
+    Path(task_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> HttpResult<Response> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    require_media_type(&headers, media_type::AGGREGATION_JOB_INIT_REQ)?;
+    let tid = Some(task.id);
+    let req = AggregationJobInitReq::get_decoded(&body)
+        .map_err(|e| DapError::invalid_message(tid, format!("malformed AggregationJobInitReq: {e}")))?;
+    // The job ID is derived from the request, so a retried POST names the same job.
+    let (job_id, digest) = job_digest(&task.id, &body);
+    let job_id = AggregationJobId::from_bytes(job_id);
+    if let Some(resp) = existing_job(&state.datastore, &task, &job_id).await? {
+        return Ok(resp);
+    }
+    let batch_id = check_extensions(&task, &req)?;
+    if !task.vdaf.is_agg_param_valid(&req.agg_param) {
+        return Err(DapError::dap(
+            DapProblemType::InvalidAggregationParameter,
+            tid,
+            "Prio3 takes an empty aggregation parameter",
+        )
+        .into());
+    }
+    if req.verification_key_id != 0 {
+        return Err(
+            DapError::invalid_message(tid, format!("unknown verification key {}", req.verification_key_id)).into()
+        );
+    }
+    let report_ids: Vec<ReportId> = req.verify_inits.iter().map(|v| v.report_share.report_metadata.report_id).collect();
+    if report_ids.iter().collect::<HashSet<_>>().len() != report_ids.len() {
+        return Err(DapError::invalid_message(tid, "report IDs in the job are not distinct").into());
+    }
+
+    let keys: Vec<_> = state.datastore.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
+    let skew =
+        Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
+    let task_cpu = task.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, skew, vi)).collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
+
+    let mut tx = state.datastore.begin().await?;
+    // A concurrent identical request may have won the race while we verified.
+    if job_exists(&mut tx, &task, &job_id).await? {
+        drop(tx);
+        return existing_job(&state.datastore, &task, &job_id).await?.ok_or_else(|| {
+            DapError::dap(DapProblemType::UnrecognizedAggregationJob, tid, "the job was deleted").into()
+        });
+    }
+    let step = AggregationJobStep(0);
+    let resps = commit_outcomes(&mut tx, &task, &job_id, batch_id, &report_ids, outcomes, step).await?;
+    let continuing = resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. }))
+        && has_states(&mut tx, &task, &job_id).await?;
+    let body =
+        AggregationJobResp { verify_resps: resps }.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO helper_aggregation_jobs (task_id, job_id, init_digest, step, last_request_digest, last_response,
+         batch_id, state, created_at_seconds) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .bind(digest.as_slice())
+    .bind(digest.as_slice())
+    .bind(&body)
+    .bind(batch_id.map(|b| b.as_bytes().to_vec()))
+    .bind(if continuing { "active" } else { "finished" })
+    .bind(now_seconds())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(task_id = %task.id, job_id = %job_id, reports = report_ids.len(), "aggregation job initialized");
+    Ok(job_response(StatusCode::CREATED, job_location(&task, &job_id, None), body))
+}
+
+async fn job_exists(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+    Ok(sqlx::query("SELECT 1 FROM helper_aggregation_jobs WHERE task_id = ? AND job_id = ?")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job_id.as_bytes().as_slice())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::from)?
+        .is_some())
+}
+
+async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+    Ok(sqlx::query("SELECT 1 FROM helper_report_states WHERE task_id = ? AND job_id = ? LIMIT 1")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job_id.as_bytes().as_slice())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::from)?
+        .is_some())
+}
+
+struct JobRow {
+    step: AggregationJobStep,
+    last_request_digest: Vec<u8>,
+    last_response: Vec<u8>,
+    batch_id: Option<BatchId>,
+    state: String,
+}
+
+async fn load_job(datastore: &Datastore, task: &Task, job_id: &AggregationJobId) -> Result<Option<JobRow>, DapError> {
+    let row = sqlx::query(
+        "SELECT step, last_request_digest, last_response, batch_id, state FROM helper_aggregation_jobs
+         WHERE task_id = ? AND job_id = ?",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .fetch_optional(datastore.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(row.map(|r| JobRow {
+        step: AggregationJobStep(r.get::<i64, _>(0) as u16),
+        last_request_digest: r.get(1),
+        last_response: r.get(2),
+        batch_id: r.get::<Option<Vec<u8>>, _>(3).and_then(|b| BatchId::try_from(b.as_slice()).ok()),
+        state: r.get(4),
+    }))
+}
+
+/// The stored answer to a repeated init request: the job's location and current state.
+async fn existing_job(
+    datastore: &Datastore,
+    task: &Task,
+    job_id: &AggregationJobId,
+) -> Result<Option<Response>, DapError> {
+    Ok(load_job(datastore, task, job_id)
+        .await?
+        .filter(|j| j.state != "deleted")
+        .map(|job| job_response(StatusCode::OK, job_location(task, job_id, None), job.last_response)))
+}
+
+fn parse_job_id(task: &Task, s: &str) -> Result<AggregationJobId, DapError> {
+    s.parse().map_err(|_| {
+        DapError::dap(DapProblemType::UnrecognizedAggregationJob, Some(task.id), format!("no aggregation job {s}"))
+    })
+}
+
+async fn live_job(state: &HelperState, task: &Task, job_id: &AggregationJobId) -> Result<JobRow, DapError> {
+    load_job(&state.datastore, task, job_id).await?.filter(|j| j.state != "deleted").ok_or_else(|| {
+        DapError::dap(DapProblemType::UnrecognizedAggregationJob, Some(task.id), format!("no aggregation job {job_id}"))
+    })
+}
+
+/// `POST {helper}/tasks/{task-id}/aggregation_jobs/{aggregation-job-id}`: a continuation step.
+pub async fn continue_job(
+    State(state): State<HelperState>,
+    Path((task_id, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> HttpResult<Response> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    require_media_type(&headers, media_type::AGGREGATION_JOB_CONTINUE_REQ)?;
+    let tid = Some(task.id);
+    let job_id = parse_job_id(&task, &job_id)?;
+    let job = live_job(&state, &task, &job_id).await?;
+    let req = AggregationJobContinueReq::get_decoded(&body)
+        .map_err(|e| DapError::invalid_message(tid, format!("malformed AggregationJobContinueReq: {e}")))?;
+    if req.step.0 == 0 {
+        return Err(DapError::invalid_message(tid, "a continuation cannot be step 0").into());
+    }
+    let (_, digest) = job_digest(&task.id, &body);
+    if req.step == job.step {
+        // A retry of the last step: answer as before, but only for the identical request.
+        if digest.as_slice() == job.last_request_digest.as_slice() {
+            return Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), job.last_response));
+        }
+        return Err(DapError::dap(DapProblemType::StepMismatch, tid, "a different request for the current step").into());
+    }
+    if job.step.next() != Some(req.step) {
+        return Err(DapError::dap(
+            DapProblemType::StepMismatch,
+            tid,
+            format!("job is at step {}, request is for {}", job.step, req.step),
+        )
+        .into());
+    }
+    let rows = sqlx::query(
+        "SELECT report_id, report_time, verify_state FROM helper_report_states WHERE task_id = ? AND job_id = ?",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .fetch_all(state.datastore.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let mut states: HashMap<ReportId, (Time, Vec<u8>)> = HashMap::new();
+    for r in rows {
+        let id =
+            ReportId::try_from(r.get::<Vec<u8>, _>(0).as_slice()).map_err(|e| DapError::Internal(e.to_string()))?;
+        states.insert(id, (Time::from_units(r.get::<i64, _>(1) as u64), r.get(2)));
+    }
+    let mut seen = HashSet::new();
+    let mut work = Vec::with_capacity(req.verify_continues.len());
+    for vc in &req.verify_continues {
+        if !seen.insert(vc.report_id) {
+            return Err(DapError::invalid_message(tid, "repeated report ID in continuation").into());
+        }
+        let Some((time, blob)) = states.get(&vc.report_id) else {
+            return Err(DapError::invalid_message(
+                tid,
+                format!("report {} is not awaiting continuation", vc.report_id),
+            )
+            .into());
+        };
+        work.push((vc.report_id, *time, blob.clone(), vc.payload.clone()));
+    }
+    let task_cpu = task.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let ctx = task_cpu.vdaf_context();
+        work.into_iter()
+            .map(|(_, time, blob, inbound)| {
+                let state = match task_cpu.vdaf.decode_verify_state(1, &blob) {
+                    Ok(s) => s,
+                    Err(_) => return Outcome::Reject(ReportError::VdafVerifyError),
+                };
+                match task_cpu.vdaf.helper_continued(&ctx, state, &inbound) {
+                    Ok(Transition::Continued { state, outbound }) => Outcome::Keep { state, outbound, time },
+                    Ok(Transition::FinishedWithOutbound { out_share, outbound }) => {
+                        Outcome::Commit { out_share, outbound: Some(outbound), time }
+                    }
+                    Ok(Transition::Finished { out_share }) => Outcome::Commit { out_share, outbound: None, time },
+                    Err(e) => Outcome::Reject(e.report_error()),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
+    let report_ids: Vec<ReportId> = req.verify_continues.iter().map(|v| v.report_id).collect();
+
+    let mut tx = state.datastore.begin().await?;
+    // The previous step's states are consumed; reports the leader left out are dropped with them.
+    sqlx::query("DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    let resps = commit_outcomes(&mut tx, &task, &job_id, job.batch_id, &report_ids, outcomes, req.step).await?;
+    let continuing = has_states(&mut tx, &task, &job_id).await?;
+    let body =
+        AggregationJobResp { verify_resps: resps }.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    let updated = sqlx::query(
+        "UPDATE helper_aggregation_jobs SET step = ?, last_request_digest = ?, last_response = ?, state = ?
+         WHERE task_id = ? AND job_id = ? AND step = ?",
+    )
+    .bind(req.step.0 as i64)
+    .bind(digest.as_slice())
+    .bind(&body)
+    .bind(if continuing { "active" } else { "finished" })
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .bind(job.step.0 as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    if updated.rows_affected() != 1 {
+        // Another request advanced the job meanwhile; roll back ours.
+        return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently").into());
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct StepParam {
+    step: Option<u16>,
+}
+
+/// `GET {helper}/tasks/{task-id}/aggregation_jobs/{aggregation-job-id}?step=N`.
+pub async fn get_job(
+    State(state): State<HelperState>,
+    Path((task_id, job_id)): Path<(String, String)>,
+    UrlQuery(q): UrlQuery<StepParam>,
+    headers: HeaderMap,
+) -> HttpResult<Response> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    let job_id = parse_job_id(&task, &job_id)?;
+    let job = live_job(&state, &task, &job_id).await?;
+    let Some(step) = q.step else {
+        return Err(
+            DapError::invalid_message(Some(task.id), "GET on an aggregation job needs the step parameter").into()
+        );
+    };
+    if step != job.step.0 {
+        return Err(
+            DapError::dap(DapProblemType::StepMismatch, Some(task.id), format!("job is at step {}", job.step)).into()
+        );
+    }
+    Ok(job_response(StatusCode::OK, job_location(&task, &job_id, Some(job.step)), job.last_response))
+}
+
+/// `DELETE {helper}/tasks/{task-id}/aggregation_jobs/{aggregation-job-id}`: forget the job's
+/// working state; replay and collection records stay.
+pub async fn delete_job(
+    State(state): State<HelperState>,
+    Path((task_id, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> HttpResult<StatusCode> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    let job_id = parse_job_id(&task, &job_id)?;
+    live_job(&state, &task, &job_id).await?;
+    let mut tx = state.datastore.begin().await?;
+    for sql in [
+        "DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?",
+        "UPDATE helper_aggregation_jobs SET state = 'deleted', last_response = x'' WHERE task_id = ? AND job_id = ?",
+    ] {
+        sqlx::query(sql)
+            .bind(task.id.as_bytes().as_slice())
+            .bind(job_id.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,216 @@
+//! The helper's side of collection (DAP-18 "Obtaining Aggregate Shares"): it checks the
+//! leader's batch against its own buckets (size, report count, checksum), marks the batch
+//! collected and returns its aggregate share encrypted to the collector, all in one transaction.
+
+use crate::{job_digest, HelperState};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use duet_common::hpke::{seal, HpkeApplicationInfo};
+use duet_common::media_type;
+use duet_common::messages::*;
+use duet_common::problem::{DapError, DapProblemType};
+use duet_common::server::datastore::{now_seconds, Batch, Datastore, StoreError, Task};
+use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::{Decode, Encode};
+use sqlx::Row;
+use std::sync::Arc;
+
+fn share_response(task: &Task, share_id: &AggregateShareId, status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = dap_response(status, media_type::AGGREGATE_SHARE, body);
+    let base = task.parameters.helper_endpoint.trim_end_matches('/');
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/tasks/{}/aggregate_shares/{share_id}", task.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn helper_task(state: &HelperState, task_id: &str, headers: &HeaderMap) -> Result<Arc<Task>, DapError> {
+    let task_id = parse_task_id(task_id)?;
+    let task = state.datastore.task(&task_id).await?;
+    if task.role != Role::Helper {
+        return Err(DapError::unrecognized_task(task_id));
+    }
+    require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
+    Ok(task)
+}
+
+/// Validates the request's batch and turns it into the batch to read.
+fn requested_batch(task: &Task, req: &AggregateShareReq) -> Result<Batch, DapError> {
+    let tid = Some(task.id);
+    let mode = task.configuration.batch_mode;
+    if req.batch_selector.batch_mode() != mode || req.collection_job_req.query.batch_mode() != mode {
+        return Err(DapError::invalid_message(tid, "batch mode does not match the task's"));
+    }
+    if !req.batch_selector.is_consistent_with(&req.collection_job_req.query) {
+        return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "batch selector is not within the query"));
+    }
+    if !task.vdaf.is_agg_param_valid(&req.collection_job_req.agg_param) {
+        return Err(DapError::invalid_message(tid, "aggregation parameter differs from the one aggregated with"));
+    }
+    let exts = &req.collection_job_req.extensions;
+    if !strictly_increasing(exts.iter().map(|e| e.extension_type)) {
+        return Err(DapError::dap(DapProblemType::InvalidExtension, tid, "collection job extensions out of order"));
+    }
+    if !exts.is_empty() {
+        return Err(DapError::UnsupportedExtension {
+            task_id: tid,
+            extensions: exts.iter().map(|e| e.extension_type.0).collect(),
+        });
+    }
+    match req.batch_selector {
+        BatchSelector::TimeInterval(c) => {
+            if c.batch_interval.duration.units() == 0 || c.batch_interval.end().is_none() {
+                return Err(DapError::dap(
+                    DapProblemType::BatchInvalid,
+                    tid,
+                    "batch interval is shorter than time_precision",
+                ));
+            }
+            Ok(Batch::TimeInterval(c.batch_interval))
+        }
+        BatchSelector::LeaderSelected(c) => Ok(Batch::LeaderSelected(c.batch_id)),
+    }
+}
+
+/// `POST {helper}/tasks/{task-id}/aggregate_shares`.
+pub async fn create(
+    State(state): State<HelperState>,
+    Path(task_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> HttpResult<Response> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    require_media_type(&headers, media_type::AGGREGATE_SHARE_REQ)?;
+    let tid = Some(task.id);
+    let req = AggregateShareReq::get_decoded(&body)
+        .map_err(|e| DapError::invalid_message(tid, format!("malformed AggregateShareReq: {e}")))?;
+    let (share_id, digest) = job_digest(&task.id, &body);
+    let share_id = AggregateShareId::from_bytes(share_id);
+    if let Some(resp) = existing_share(&state.datastore, &task, &share_id).await? {
+        return Ok(resp);
+    }
+    let batch = requested_batch(&task, &req)?;
+
+    let mut tx = state.datastore.begin().await?;
+    if Datastore::batch_overlaps_collected(&mut tx, &task, &batch).await? {
+        drop(tx);
+        // The identical request may have completed concurrently; otherwise it is an overlap.
+        if let Some(resp) = existing_share(&state.datastore, &task, &share_id).await? {
+            return Ok(resp);
+        }
+        return Err(DapError::dap(DapProblemType::BatchOverlap, tid, "the batch was already collected").into());
+    }
+    let values = Datastore::batch_values(&mut tx, &task, &batch).await?;
+    let count = values.as_ref().map_or(0, |v| v.report_count);
+    if count < task.configuration.min_batch_size {
+        return Err(DapError::dap(
+            DapProblemType::InvalidBatchSize,
+            tid,
+            format!("the batch holds {count} reports, fewer than min_batch_size {}", task.configuration.min_batch_size),
+        )
+        .into());
+    }
+    let values = values.ok_or_else(|| DapError::Internal("non-empty batch without values".into()))?;
+    if values.report_count != req.report_count || values.checksum != req.checksum {
+        return Err(DapError::dap(
+            DapProblemType::BatchMismatch,
+            tid,
+            format!(
+                "helper has {} reports in the batch, leader says {}, or checksums differ",
+                values.report_count, req.report_count
+            ),
+        )
+        .into());
+    }
+    let aad = AggregateShareAad {
+        task_id: task.id,
+        task_configuration: task.configuration.clone(),
+        collection_job_req: req.collection_job_req.clone(),
+    }
+    .get_encoded()
+    .map_err(|e| DapError::Internal(e.to_string()))?;
+    let share_bytes = values.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    let encrypted = seal(
+        &task.collector_hpke_config,
+        &HpkeApplicationInfo::AggregateShare { sender: Role::Helper },
+        &share_bytes,
+        &aad,
+    )
+    .map_err(|e| DapError::Internal(format!("encrypting the aggregate share: {e}")))?;
+    let response = AggregateShare { encrypted_aggregate_share: encrypted }
+        .get_encoded()
+        .map_err(|e| DapError::Internal(e.to_string()))?;
+    Datastore::mark_collected(&mut tx, &task, &batch).await?;
+    sqlx::query(
+        "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
+         VALUES (?, ?, ?, ?, 'finished', ?)",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(share_id.as_bytes().as_slice())
+    .bind(digest.as_slice())
+    .bind(&response)
+    .bind(now_seconds())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(task_id = %task.id, share_id = %share_id, reports = count, "aggregate share released");
+    Ok(share_response(&task, &share_id, StatusCode::CREATED, response))
+}
+
+async fn existing_share(
+    datastore: &Datastore,
+    task: &Task,
+    share_id: &AggregateShareId,
+) -> Result<Option<Response>, DapError> {
+    let row = sqlx::query("SELECT response, state FROM helper_aggregate_shares WHERE task_id = ? AND share_id = ?")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(share_id.as_bytes().as_slice())
+        .fetch_optional(datastore.pool())
+        .await
+        .map_err(StoreError::from)?;
+    Ok(row
+        .filter(|r| r.get::<String, _>(1) == "finished")
+        .map(|r| share_response(task, share_id, StatusCode::OK, r.get(0))))
+}
+
+fn parse_share_id(task: &Task, s: &str) -> Result<AggregateShareId, DapError> {
+    s.parse().map_err(|_| DapError::NotFound(format!("no aggregate share {s} in task {}", task.id)))
+}
+
+/// `GET {helper}/tasks/{task-id}/aggregate_shares/{aggregate-share-id}`.
+pub async fn get(
+    State(state): State<HelperState>,
+    Path((task_id, share_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> HttpResult<Response> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    let share_id = parse_share_id(&task, &share_id)?;
+    existing_share(&state.datastore, &task, &share_id)
+        .await?
+        .ok_or_else(|| DapError::NotFound(format!("no aggregate share {share_id}")).into())
+}
+
+/// `DELETE {helper}/tasks/{task-id}/aggregate_shares/{aggregate-share-id}`: drops the stored
+/// share; the batch stays collected.
+pub async fn delete(
+    State(state): State<HelperState>,
+    Path((task_id, share_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> HttpResult<StatusCode> {
+    let task = helper_task(&state, &task_id, &headers).await?;
+    let share_id = parse_share_id(&task, &share_id)?;
+    let done = sqlx::query(
+        "UPDATE helper_aggregate_shares SET state = 'deleted', response = x'' WHERE task_id = ? AND share_id = ? AND state = 'finished'",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(share_id.as_bytes().as_slice())
+    .execute(state.datastore.pool())
+    .await
+    .map_err(StoreError::from)?;
+    if done.rows_affected() == 0 {
+        return Err(DapError::NotFound(format!("no aggregate share {share_id}")).into());
+    }
+    Ok(StatusCode::OK)
+}
