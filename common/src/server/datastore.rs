@@ -19,7 +19,10 @@ use std::sync::{Arc, RwLock};
 pub type Tx<'a> = Transaction<'a, Sqlite>;
 
 /// The migrations of `migrations/sqlite`, embedded in the binary, in order.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../../migrations/sqlite/0002_leader_reports.sql")),
+];
 
 /// Storage failures. A lost connection is `Unavailable` (503, retry); the rest are our faults.
 #[derive(Debug, thiserror::Error)]

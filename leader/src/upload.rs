@@ -1,0 +1,117 @@
+//! The leader's upload endpoint (DAP-18 "Upload Request", leader behaviour): every report of an
+//! `UploadRequest` is checked, the accepted ones are stored durably in one transaction before
+//! the answer, and the failed ones are listed in an `UploadErrors` in request order.
+
+use crate::LeaderState;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use duet_common::media_type;
+use duet_common::messages::*;
+use duet_common::problem::DapError;
+use duet_common::server::datastore::{now_seconds, BatchBucket, Datastore, StoreError, Task};
+use duet_common::server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
+use duet_common::time::{Duration, Time};
+use duet_common::{Decode, Encode};
+use std::collections::HashSet;
+
+/// The checks that need no storage: time, task interval, HPKE config, extensions.
+fn precheck(
+    task: &Task,
+    report: &Report,
+    known_configs: &HashSet<HpkeConfigId>,
+    skew: Duration,
+) -> Option<ReportError> {
+    let meta = &report.report_metadata;
+    let now = Time::now(task.configuration.time_precision);
+    if now.checked_add(skew).is_some_and(|limit| meta.time > limit) {
+        return Some(ReportError::ReportTooEarly);
+    }
+    if task.configuration.task_interval().is_some_and(|i| !i.contains(meta.time)) {
+        return Some(ReportError::ReportDropped);
+    }
+    if !known_configs.contains(&report.leader_encrypted_input_share.config_id) {
+        return Some(ReportError::OutdatedConfig);
+    }
+    // duet recognises no report extensions: any public one makes the report unusable.
+    if !meta.public_extensions.is_empty() {
+        return Some(ReportError::InvalidMessage);
+    }
+    None
+}
+
+fn encoded<T: Encode>(v: &T) -> Result<Vec<u8>, DapError> {
+    v.get_encoded().map_err(|e| DapError::Internal(e.to_string()))
+}
+
+/// `POST {leader}/tasks/{task-id}/reports`.
+pub async fn upload(
+    State(state): State<LeaderState>,
+    Path(task_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> HttpResult<Response> {
+    let task_id = parse_task_id(&task_id)?;
+    let task = state.datastore.task(&task_id).await?;
+    if task.role != Role::Leader {
+        return Err(DapError::unrecognized_task(task_id).into());
+    }
+    require_media_type(&headers, media_type::UPLOAD_REQ)?;
+    let req = UploadRequest::get_decoded(&body)
+        .map_err(|e| DapError::invalid_message(Some(task_id), format!("malformed UploadRequest: {e}")))?;
+    let known: HashSet<HpkeConfigId> =
+        state.datastore.hpke_keypairs().await?.iter().map(|(k, _)| k.config().id).collect();
+    let skew =
+        Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
+
+    let mut errors = Vec::new();
+    let mut tx = state.datastore.begin().await?;
+    let mut seen = HashSet::new();
+    for report in &req.reports {
+        let id = report.report_metadata.report_id;
+        let mut error = precheck(&task, report, &known, skew);
+        if error.is_none() && !seen.insert(id) {
+            error = Some(ReportError::ReportReplayed);
+        }
+        if error.is_none() {
+            let bucket = BatchBucket::TimeInterval(report.report_metadata.time);
+            if task.configuration.batch_mode == BatchMode::TimeInterval
+                && Datastore::bucket_collected(&mut tx, &task, &bucket).await?
+            {
+                // The spec lets the leader call a report for a collected batch a replay.
+                error = Some(ReportError::ReportReplayed);
+            }
+        }
+        if error.is_none() {
+            let inserted = sqlx::query(
+                "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
+                 leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'unaggregated', ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(task.id.as_bytes().as_slice())
+            .bind(id.as_bytes().as_slice())
+            .bind(report.report_metadata.time.units() as i64)
+            .bind(encoded(&report.report_metadata)?)
+            .bind(report.public_share.as_slice())
+            .bind(encoded(&report.leader_encrypted_input_share)?)
+            .bind(encoded(&report.helper_encrypted_input_share)?)
+            .bind(now_seconds())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            if inserted.rows_affected() == 0 {
+                error = Some(ReportError::ReportReplayed);
+            }
+        }
+        if let Some(error) = error {
+            errors.push(ReportUploadStatus { id, error });
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::debug!(task_id = %task.id, reports = req.reports.len(), rejected = errors.len(), "upload");
+    if errors.is_empty() {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let body = UploadErrors { status: errors }.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    Ok(dap_response(StatusCode::OK, media_type::UPLOAD_ERRORS, body))
+}
