@@ -1,1 +1,15 @@
-//! duet-client
+//! duet-client: the DAP-18 client SDK ([`upload::Client`], which uploads reports), the collector
+//! SDK ([`collect::Collector`], which collects and decrypts aggregates), and the pieces the
+//! `duet` command-line tool is built from.
+
+pub mod admin;
+pub mod collect;
+pub mod error;
+pub mod format;
+pub mod http;
+pub mod timefmt;
+pub mod upload;
+
+pub use collect::{CollectionJob, CollectionResult, Collector, CollectorOptions, PollStatus};
+pub use error::{ClientError, Result};
+pub use upload::{Client, ClientOptions, HpkeConfigs, UploadOutcome};

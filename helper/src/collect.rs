@@ -123,13 +123,8 @@ pub async fn create(
         )
         .into());
     }
-    let aad = AggregateShareAad {
-        task_id: task.id,
-        task_configuration: task.configuration.clone(),
-        collection_job_req: req.collection_job_req.clone(),
-    }
-    .get_encoded()
-    .map_err(|e| DapError::Internal(e.to_string()))?;
+    let aad = AggregateShareAad::encode_parts(&task.id, &task.configuration_encoded, &req.collection_job_req)
+        .map_err(|e| DapError::Internal(e.to_string()))?;
     let share_bytes = values.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
     let encrypted = seal(
         &task.collector_hpke_config,

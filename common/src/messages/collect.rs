@@ -221,6 +221,21 @@ pub struct AggregateShareAad {
     pub collection_job_req: CollectionJobReq,
 }
 
+impl AggregateShareAad {
+    /// Encodes the AAD from borrowed parts, with the task configuration already encoded.
+    pub fn encode_parts(
+        task_id: &TaskId,
+        task_configuration_encoded: &[u8],
+        collection_job_req: &CollectionJobReq,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = Vec::with_capacity(32 + task_configuration_encoded.len() + 64);
+        task_id.encode(&mut bytes)?;
+        bytes.extend_from_slice(task_configuration_encoded);
+        collection_job_req.encode(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 impl Encode for AggregateShareAad {
     fn encode(&self, bytes: &mut Vec<u8>) -> Result<(), CodecError> {
         self.task_id.encode(bytes)?;
@@ -340,6 +355,13 @@ mod tests {
             collection_job_req: time_interval_req(),
         };
         roundtrip(&aad, None);
+        let parts = AggregateShareAad::encode_parts(
+            &aad.task_id,
+            &aad.task_configuration.get_encoded().unwrap(),
+            &aad.collection_job_req,
+        )
+        .unwrap();
+        assert_eq!(parts, aad.get_encoded().unwrap());
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! The aggregators' admin API as `duet task create` uses it: provisioning a task on the leader
+//! and the helper, and taking it back from the leader when the helper refuses it.
+//!
+//! Requests carry the operator's admin token and the task's secrets (verify key, tokens); none
+//! of them is logged or put into an error.
+
+use crate::error::{ClientError, Result};
+use crate::http::{self, RetryPolicy};
+use duet_common::auth::{AuthenticationToken, TokenScheme};
+use duet_common::messages::TaskId;
+use duet_common::task::AggregatorTaskRequest;
+use std::time::Duration;
+use url::Url;
+
+/// An admin API client for one aggregator.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    token: AuthenticationToken,
+    policy: RetryPolicy,
+}
+
+impl AdminClient {
+    /// `endpoint` is the aggregator's base URL (with or without the trailing slash).
+    pub fn new(http: reqwest::Client, endpoint: &str, token: AuthenticationToken) -> Result<Self> {
+        Ok(Self {
+            http,
+            endpoint: http::endpoint_base(endpoint)?,
+            token,
+            policy: RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(500),
+                max_backoff: Duration::from_secs(5),
+            },
+        })
+    }
+
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// `POST {endpoint}admin/tasks` with the task as JSON.
+    pub async fn create_task(&self, request: &AggregatorTaskRequest) -> Result<()> {
+        let url = http::join(&self.endpoint, "admin/tasks")?;
+        let context = format!("POST {url}");
+        let (name, value) = self.token.header(TokenScheme::Bearer);
+        let resp = http::send_with_retry(&self.policy, &context, || {
+            self.http.post(url.clone()).header(name.clone(), value.clone()).json(request)
+        })
+        .await?;
+        if !resp.status().is_success() {
+            return Err(http::status_error(resp, &context).await);
+        }
+        tracing::info!(endpoint = %self.endpoint, task_id = %request.parameters.task_id, "task provisioned");
+        Ok(())
+    }
+
+    /// `DELETE {endpoint}admin/tasks/{task-id}`.
+    pub async fn delete_task(&self, task_id: &TaskId) -> Result<()> {
+        let url = http::join(&self.endpoint, &format!("admin/tasks/{task_id}"))?;
+        let context = format!("DELETE {url}");
+        let (name, value) = self.token.header(TokenScheme::Bearer);
+        let resp = http::send_with_retry(&self.policy, &context, || {
+            self.http.delete(url.clone()).header(name.clone(), value.clone())
+        })
+        .await?;
+        if !resp.status().is_success() {
+            return Err(http::status_error(resp, &context).await);
+        }
+        Ok(())
+    }
+}
+
+/// Provisions the task on the leader, then on the helper; if the helper fails, deletes the task
+/// from the leader again so that no half-provisioned task remains. The error says whether that
+/// clean-up worked.
+pub async fn provision_task(
+    leader: &AdminClient,
+    leader_request: &AggregatorTaskRequest,
+    helper: &AdminClient,
+    helper_request: &AggregatorTaskRequest,
+) -> Result<(), ProvisionError> {
+    leader.create_task(leader_request).await.map_err(|e| ProvisionError { error: e, rollback: None })?;
+    if let Err(error) = helper.create_task(helper_request).await {
+        let task_id = leader_request.parameters.task_id;
+        let rollback = match leader.delete_task(&task_id).await {
+            Ok(()) => Rollback::Done,
+            Err(e) => Rollback::Failed(e),
+        };
+        return Err(ProvisionError { error, rollback: Some((task_id, rollback)) });
+    }
+    Ok(())
+}
+
+/// What became of the leader's copy of a task the helper refused.
+#[derive(Debug)]
+pub enum Rollback {
+    Done,
+    Failed(ClientError),
+}
+
+/// A failed provisioning, with the clean-up that followed it if any.
+#[derive(Debug)]
+pub struct ProvisionError {
+    pub error: ClientError,
+    pub rollback: Option<(TaskId, Rollback)>,
+}
+
+impl std::fmt::Display for ProvisionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.rollback {
+            None => write!(f, "{}", self.error),
+            Some((_, Rollback::Done)) => {
+                write!(f, "{}; the task was deleted from the leader again", self.error)
+            }
+            Some((task_id, Rollback::Failed(e))) => write!(
+                f,
+                "{}; deleting task {task_id} from the leader failed too ({e}): delete it there by hand",
+                self.error
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProvisionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provision_errors_tell_what_happened_to_the_leader() {
+        let task_id = TaskId::from_bytes([0; 32]);
+        let refused =
+            || ClientError::Status { context: "POST https://h/admin/tasks".into(), status: 400, problem: None };
+        let done = ProvisionError { error: refused(), rollback: Some((task_id, Rollback::Done)) };
+        assert_eq!(
+            done.to_string(),
+            "POST https://h/admin/tasks: HTTP 400 Bad Request; the task was deleted from the leader again"
+        );
+        let failed = ProvisionError {
+            error: refused(),
+            rollback: Some((
+                task_id,
+                Rollback::Failed(ClientError::Status { context: "DELETE x".into(), status: 500, problem: None }),
+            )),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "POST https://h/admin/tasks: HTTP 400 Bad Request; deleting task AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA \
+             from the leader failed too (DELETE x: HTTP 500 Internal Server Error): delete it there by hand"
+        );
+    }
+
+    #[test]
+    fn admin_client_does_not_print_its_token() {
+        let token = AuthenticationToken::new("admin-secret-123").unwrap();
+        let c = AdminClient::new(reqwest::Client::new(), "https://leader.example/x", token).unwrap();
+        assert_eq!(c.endpoint().as_str(), "https://leader.example/x/");
+        assert!(!format!("{c:?}").contains("admin-secret-123"));
+    }
+}

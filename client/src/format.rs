@@ -1,0 +1,207 @@
+//! How the `duet` CLI shows a collection result, as text or JSON. Every rendering carries the
+//! privacy statement: an aggregate is only as private as the non-collusion of the two
+//! aggregators and its batch size make it, and readers of a result must be told so.
+
+use crate::collect::CollectionResult;
+use crate::timefmt::rfc3339;
+use duet_common::task::TaskParameters;
+use duet_common::vdaf::AggregateResult;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// The guarantee line printed under every result.
+pub fn privacy_line(report_count: u64, min_batch_size: u64) -> String {
+    format!(
+        "Privacy: this aggregate covers {report_count} reports (threshold min_batch_size = {min_batch_size}). \
+         It is not anonymous by itself: it stays private only while the leader and the helper do not collude; \
+         no differential-privacy noise was added."
+    )
+}
+
+/// A warning for a batch below the threshold, which a correct leader never releases.
+fn below_threshold_warning(report_count: u64, min_batch_size: u64) -> Option<String> {
+    (report_count < min_batch_size).then(|| {
+        format!(
+            "WARNING: {report_count} reports is below the task's min_batch_size of {min_batch_size}: \
+             the leader did not enforce the threshold."
+        )
+    })
+}
+
+/// The result for people: counts, interval, the value (a table for vectors), and the privacy
+/// line.
+pub fn render_text(task: &TaskParameters, result: &CollectionResult) -> String {
+    let mut out = String::new();
+    let (start, end) = result.interval_seconds;
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "Task:      {}", task.task_id);
+    let _ = writeln!(out, "VDAF:      {}", task.vdaf);
+    let _ = writeln!(out, "Reports:   {}", result.report_count);
+    let _ = writeln!(out, "Interval:  {} to {} (end excluded)", rfc3339(start), rfc3339(end));
+    match &result.result {
+        AggregateResult::Scalar(v) => {
+            let _ = writeln!(out, "Result:    {v}");
+        }
+        AggregateResult::Vector(values) => {
+            let _ = writeln!(out, "Result:");
+            let width = values.iter().map(|v| v.to_string().len()).max().unwrap_or(1).max("value".len());
+            let index_width = values.len().saturating_sub(1).to_string().len().max("index".len());
+            let _ = writeln!(out, "  {:>index_width$}  {:>width$}", "index", "value");
+            for (i, v) in values.iter().enumerate() {
+                let _ = writeln!(out, "  {i:>index_width$}  {v:>width$}");
+            }
+        }
+    }
+    if let Some(warning) = below_threshold_warning(result.report_count, task.min_batch_size) {
+        let _ = writeln!(out, "{warning}");
+    }
+    let _ = writeln!(out, "{}", privacy_line(result.report_count, task.min_batch_size));
+    out
+}
+
+#[derive(Serialize)]
+struct JsonInterval {
+    start: String,
+    end: String,
+    start_seconds: u64,
+    end_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct JsonPrivacy {
+    report_count: u64,
+    min_batch_size: u64,
+    meets_min_batch_size: bool,
+    requires_non_collusion: bool,
+    differential_privacy: bool,
+    statement: String,
+}
+
+#[derive(Serialize)]
+struct JsonResult<'a> {
+    task_id: String,
+    vdaf: &'a duet_common::vdaf::VdafConfig,
+    report_count: u64,
+    interval: JsonInterval,
+    result: &'a AggregateResult,
+    privacy: JsonPrivacy,
+}
+
+/// The result as pretty JSON with the same fields and a `privacy` object. Serialised straight
+/// to text, since vector entries can exceed what a JSON value tree holds (u128).
+pub fn render_json(task: &TaskParameters, result: &CollectionResult) -> Result<String, serde_json::Error> {
+    let (start, end) = result.interval_seconds;
+    let doc = JsonResult {
+        task_id: task.task_id.to_string(),
+        vdaf: &task.vdaf,
+        report_count: result.report_count,
+        interval: JsonInterval { start: rfc3339(start), end: rfc3339(end), start_seconds: start, end_seconds: end },
+        result: &result.result,
+        privacy: JsonPrivacy {
+            report_count: result.report_count,
+            min_batch_size: task.min_batch_size,
+            meets_min_batch_size: result.report_count >= task.min_batch_size,
+            requires_non_collusion: true,
+            differential_privacy: false,
+            statement: privacy_line(result.report_count, task.min_batch_size),
+        },
+    };
+    serde_json::to_string_pretty(&doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duet_common::messages::{BatchMode, TaskId};
+    use duet_common::time::{Duration, Interval, Time};
+    use duet_common::vdaf::VdafConfig;
+
+    const PRIVACY_120_100: &str = "Privacy: this aggregate covers 120 reports (threshold min_batch_size = 100). \
+        It is not anonymous by itself: it stays private only while the leader and the helper do not collude; \
+        no differential-privacy noise was added.";
+
+    fn task(vdaf: VdafConfig) -> TaskParameters {
+        TaskParameters {
+            task_id: TaskId::from_bytes([0; 32]),
+            task_info: "t".into(),
+            leader_endpoint: "https://l/".into(),
+            helper_endpoint: "https://h/".into(),
+            time_precision: 3600,
+            min_batch_size: 100,
+            batch_mode: BatchMode::TimeInterval,
+            vdaf,
+            task_interval_seconds: None,
+        }
+    }
+
+    fn result(report_count: u64, value: AggregateResult) -> CollectionResult {
+        CollectionResult {
+            report_count,
+            interval: Interval::new(Time::from_units(472222), Duration::from_units(2)),
+            interval_seconds: (1_699_999_200, 1_700_006_400),
+            result: value,
+        }
+    }
+
+    #[test]
+    fn privacy_line_is_exact() {
+        assert_eq!(privacy_line(120, 100), PRIVACY_120_100);
+    }
+
+    #[test]
+    fn text_scalar() {
+        let text = render_text(&task(VdafConfig::Prio3Count), &result(120, AggregateResult::Scalar(77)));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "Task:      AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                "VDAF:      Prio3Count",
+                "Reports:   120",
+                "Interval:  2023-11-14T22:00:00Z to 2023-11-15T00:00:00Z (end excluded)",
+                "Result:    77",
+                PRIVACY_120_100,
+            ]
+        );
+    }
+
+    #[test]
+    fn text_vector_is_a_table_and_warns_below_threshold() {
+        let t = task(VdafConfig::Prio3Histogram { length: 3, chunk_length: 1 });
+        let text = render_text(&t, &result(120, AggregateResult::Vector(vec![5, 1234567, 0])));
+        assert!(
+            text.contains("Result:\n  index    value\n      0        5\n      1  1234567\n      2        0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with(&format!("{PRIVACY_120_100}\n")));
+        assert!(!text.contains("WARNING"));
+        let small = render_text(&t, &result(3, AggregateResult::Vector(vec![1, 1, 1])));
+        assert!(small.contains("WARNING: 3 reports is below the task's min_batch_size of 100"), "{small}");
+        assert!(small.contains(&privacy_line(3, 100)));
+    }
+
+    #[test]
+    fn json_has_the_same_fields_and_privacy() {
+        let t = task(VdafConfig::Prio3SumVec { length: 2, max_measurement: 1, chunk_length: 1 });
+        let big = u128::from(u64::MAX) + 10;
+        let json = render_json(&t, &result(120, AggregateResult::Vector(vec![big, 3]))).unwrap();
+        // u128 entries are written as plain JSON numbers.
+        assert!(json.contains("18446744073709551625"), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json.replace("18446744073709551625", "0")).unwrap();
+        assert_eq!(v["report_count"], 120);
+        assert_eq!(v["task_id"], "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(v["vdaf"]["type"], "Prio3SumVec");
+        assert_eq!(v["interval"]["start"], "2023-11-14T22:00:00Z");
+        assert_eq!(v["interval"]["end_seconds"], 1_700_006_400u64);
+        assert_eq!(v["result"], serde_json::json!([0, 3]));
+        assert_eq!(v["privacy"]["statement"], PRIVACY_120_100);
+        assert_eq!(v["privacy"]["min_batch_size"], 100);
+        assert_eq!(v["privacy"]["meets_min_batch_size"], true);
+        assert_eq!(v["privacy"]["requires_non_collusion"], true);
+        assert_eq!(v["privacy"]["differential_privacy"], false);
+        let scalar = render_json(&task(VdafConfig::Prio3Count), &result(7, AggregateResult::Scalar(4))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&scalar).unwrap();
+        assert_eq!(v["result"], 4);
+        assert_eq!(v["privacy"]["meets_min_batch_size"], false);
+    }
+}
