@@ -3,7 +3,7 @@
 //! are handled synchronously; each step commits in one transaction, and a repeated request is
 //! answered from the stored response without doing the work twice.
 
-use crate::{job_digest, HelperState};
+use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -12,13 +12,12 @@ use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::datastore::{now_seconds, BatchBucket, BucketValues, Datastore, StoreError, Task, Tx};
-use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::server::http::{dap_response, require_media_type, HttpResult};
 use duet_common::time::{Duration, Time};
 use duet_common::vdaf::{OutputShare, Transition, VerifyState};
 use duet_common::{Decode, Encode};
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 /// One report's outcome after the CPU-bound part of a step.
 enum Outcome {
@@ -41,16 +40,6 @@ fn job_response(status: StatusCode, location: String, body: Vec<u8>) -> Response
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-async fn helper_task(state: &HelperState, task_id: &str, headers: &HeaderMap) -> Result<Arc<Task>, DapError> {
-    let task_id = parse_task_id(task_id)?;
-    let task = state.datastore.task(&task_id).await?;
-    if task.role != Role::Helper {
-        return Err(DapError::unrecognized_task(task_id));
-    }
-    require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
-    Ok(task)
 }
 
 /// Checks what a report must satisfy before verification (DAP-18 "Input Share Validation").

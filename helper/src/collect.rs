@@ -2,7 +2,7 @@
 //! leader's batch against its own buckets (size, report count, checksum), marks the batch
 //! collected and returns its aggregate share encrypted to the collector, all in one transaction.
 
-use crate::{job_digest, HelperState};
+use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -11,10 +11,9 @@ use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::datastore::{now_seconds, Batch, Datastore, StoreError, Task};
-use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::server::http::{dap_response, require_media_type, HttpResult};
 use duet_common::{Decode, Encode};
 use sqlx::Row;
-use std::sync::Arc;
 
 fn share_response(task: &Task, share_id: &AggregateShareId, status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = dap_response(status, media_type::AGGREGATE_SHARE, body);
@@ -23,16 +22,6 @@ fn share_response(task: &Task, share_id: &AggregateShareId, status: StatusCode, 
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-async fn helper_task(state: &HelperState, task_id: &str, headers: &HeaderMap) -> Result<Arc<Task>, DapError> {
-    let task_id = parse_task_id(task_id)?;
-    let task = state.datastore.task(&task_id).await?;
-    if task.role != Role::Helper {
-        return Err(DapError::unrecognized_task(task_id));
-    }
-    require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
-    Ok(task)
 }
 
 /// Validates the request's batch and turns it into the batch to read.

@@ -46,6 +46,21 @@ pub(crate) fn job_digest(task_id: &TaskId, body: &[u8]) -> ([u8; 16], [u8; 32]) 
     (out, digest)
 }
 
+/// The helper task named in the path, after checking the leader's token.
+pub(crate) async fn helper_task(
+    state: &HelperState,
+    task_id: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Arc<duet_common::server::datastore::Task>, duet_common::problem::DapError> {
+    let task_id = duet_common::server::http::parse_task_id(task_id)?;
+    let task = state.datastore.task(&task_id).await?;
+    if task.role != Role::Helper {
+        return Err(duet_common::problem::DapError::unrecognized_task(task_id));
+    }
+    duet_common::server::http::require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
+    Ok(task)
+}
+
 /// All of the helper's routes.
 pub fn router(datastore: Datastore, config: HelperConfig, admin_token: AuthenticationToken) -> Router {
     let max_body = config.max_body_bytes;
