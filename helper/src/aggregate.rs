@@ -310,8 +310,9 @@ pub async fn init(
     Ok(job_response(StatusCode::CREATED, job_location(&task, &job_id, None), body))
 }
 
-async fn job_exists(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
-    Ok(sqlx::query("SELECT 1 FROM helper_aggregation_jobs WHERE task_id = ? AND job_id = ?")
+/// Whether `sql` (a `SELECT 1 ... WHERE task_id = ? AND job_id = ?`) finds a row.
+async fn job_row_exists(tx: &mut Tx<'_>, sql: &str, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+    Ok(sqlx::query(sql)
         .bind(task.id.as_bytes().as_slice())
         .bind(job_id.as_bytes().as_slice())
         .fetch_optional(&mut **tx)
@@ -320,14 +321,13 @@ async fn job_exists(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> 
         .is_some())
 }
 
+async fn job_exists(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+    job_row_exists(tx, "SELECT 1 FROM helper_aggregation_jobs WHERE task_id = ? AND job_id = ?", task, job_id).await
+}
+
 async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
-    Ok(sqlx::query("SELECT 1 FROM helper_report_states WHERE task_id = ? AND job_id = ? LIMIT 1")
-        .bind(task.id.as_bytes().as_slice())
-        .bind(job_id.as_bytes().as_slice())
-        .fetch_optional(&mut **tx)
+    job_row_exists(tx, "SELECT 1 FROM helper_report_states WHERE task_id = ? AND job_id = ? LIMIT 1", task, job_id)
         .await
-        .map_err(StoreError::from)?
-        .is_some())
 }
 
 struct JobRow {
