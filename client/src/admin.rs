@@ -7,8 +7,10 @@
 use crate::error::{ClientError, Result};
 use crate::http::{self, RetryPolicy};
 use duet_common::auth::{AuthenticationToken, TokenScheme};
-use duet_common::messages::TaskId;
-use duet_common::task::AggregatorTaskRequest;
+use duet_common::hpke::HpkeKeypair;
+use duet_common::messages::{HpkeConfigId, TaskId};
+use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, CollectorCredentials, TaskParameters};
+use duet_common::vdaf::VerifyKey;
 use std::time::Duration;
 use url::Url;
 
@@ -69,6 +71,39 @@ impl AdminClient {
             return Err(http::status_error(resp, &context).await);
         }
         Ok(())
+    }
+}
+
+/// Everything a new task needs: what to provision on each aggregator and what the collector
+/// keeps. The secrets (verify key, tokens, the collector's key pair) are fresh and random.
+#[derive(Clone)]
+pub struct NewTask {
+    pub leader_request: AggregatorTaskRequest,
+    pub helper_request: AggregatorTaskRequest,
+    pub credentials: CollectorCredentials,
+}
+
+impl NewTask {
+    pub fn generate(params: TaskParameters, max_batch_size: Option<u64>) -> Self {
+        let collector_keypair = HpkeKeypair::generate_default(HpkeConfigId(0));
+        let collector_token = AuthenticationToken::random();
+        let leader_request = AggregatorTaskRequest {
+            parameters: params.clone(),
+            vdaf_verify_key: VerifyKey::random().to_base64(),
+            aggregator_auth_token: AuthenticationToken::random().expose().to_string(),
+            collector_auth_token: Some(collector_token.expose().to_string()),
+            collector_hpke_config: hpke_config_to_b64(collector_keypair.config()),
+            max_batch_size,
+        };
+        // The helper never hears from the collector, so it gets no collector token.
+        let helper_request = AggregatorTaskRequest { collector_auth_token: None, ..leader_request.clone() };
+        let credentials = CollectorCredentials {
+            task: params,
+            collector_auth_token: collector_token.expose().to_string(),
+            hpke_config: hpke_config_to_b64(collector_keypair.config()),
+            hpke_private_key: collector_keypair.private_key().to_base64(),
+        };
+        Self { leader_request, helper_request, credentials }
     }
 }
 

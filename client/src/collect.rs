@@ -340,7 +340,17 @@ impl Collector {
                 .await
                 .map_err(|_| timed_out(Some(&job)))??;
             match status {
-                PollStatus::Ready(result) => return Ok(result),
+                PollStatus::Ready(result) => {
+                    // Every "next batch" request of a leader-selected task is the same bytes, so
+                    // it names the same job until that job is deleted: delete it, so that the
+                    // next collection gets the next batch. (The batch stays collected.)
+                    if matches!(job.request.query, Query::LeaderSelected(_)) {
+                        if let Err(e) = self.delete(&job).await {
+                            tracing::warn!(job = %job.url, error = %e, "could not delete the finished collection job");
+                        }
+                    }
+                    return Ok(result);
+                }
                 PollStatus::Pending { retry_after } => {
                     let backoff = self.retry_policy().backoff(attempt);
                     attempt += 1;

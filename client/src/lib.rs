@@ -7,6 +7,8 @@ pub mod collect;
 pub mod error;
 pub mod format;
 pub mod http;
+pub mod process;
+pub mod simulate;
 pub mod timefmt;
 pub mod upload;
 

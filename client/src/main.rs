@@ -5,7 +5,7 @@
 //! Exit codes: 0 success, 1 usage or input error, 2 server or protocol error, 3 timeout.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use duet_client::admin::{provision_task, AdminClient};
+use duet_client::admin::{provision_task, AdminClient, NewTask};
 use duet_client::collect::{Collector, CollectorOptions};
 use duet_client::format::{render_json, render_text};
 use duet_client::upload::{Client, ClientOptions};
@@ -13,8 +13,8 @@ use duet_client::{http, timefmt, ClientError};
 use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::hpke::{self, HpkeKeypair};
 use duet_common::messages::{BatchMode, HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId, ReportError, TaskId};
-use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, CollectorCredentials, TaskParameters};
-use duet_common::vdaf::{Measurement, VdafConfig, VerifyKey};
+use duet_common::task::{hpke_config_to_b64, CollectorCredentials, TaskParameters};
+use duet_common::vdaf::{Measurement, VdafConfig};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -520,17 +520,8 @@ async fn task_create(args: CreateArgs) -> CliResult {
         let _ = std::fs::remove_file(path);
     };
 
-    let collector_keypair = HpkeKeypair::generate_default(HpkeConfigId(0));
-    let collector_token = AuthenticationToken::random();
-    let leader_request = AggregatorTaskRequest {
-        parameters: params.clone(),
-        vdaf_verify_key: VerifyKey::random().to_base64(),
-        aggregator_auth_token: AuthenticationToken::random().expose().to_string(),
-        collector_auth_token: Some(collector_token.expose().to_string()),
-        collector_hpke_config: hpke_config_to_b64(collector_keypair.config()),
-        max_batch_size: args.max_batch_size,
-    };
-    let helper_request = AggregatorTaskRequest { collector_auth_token: None, ..leader_request.clone() };
+    let NewTask { leader_request, helper_request, credentials } =
+        NewTask::generate(params.clone(), args.max_batch_size);
 
     if let Err(e) = provision_task(&leader, &leader_request, &helper, &helper_request).await {
         discard_file();
@@ -538,12 +529,6 @@ async fn task_create(args: CreateArgs) -> CliResult {
         return Err(CliError { code, message: e.to_string() });
     }
 
-    let credentials = CollectorCredentials {
-        task: params.clone(),
-        collector_auth_token: collector_token.expose().to_string(),
-        hpke_config: hpke_config_to_b64(collector_keypair.config()),
-        hpke_private_key: collector_keypair.private_key().to_base64(),
-    };
     let written = serde_json::to_vec_pretty(&credentials)
         .map_err(std::io::Error::other)
         .and_then(|json| file.write_all(&json).and_then(|_| file.write_all(b"\n")).and_then(|_| file.sync_all()));

@@ -1,6 +1,12 @@
-//! duet-leader: the DAP-18 leader aggregator. So far it serves `/hpke_config`, report uploads
-//! ([`upload`]) and the admin API; aggregation and collection are being built.
+//! duet-leader: the DAP-18 leader aggregator. It takes clients' reports ([`upload`]), runs
+//! aggregation jobs with the helper ([`aggregate`]), serves collection jobs to the collector
+//! ([`collect`]), and provisions tasks through the admin API. Background workers (the job
+//! creator and the two drivers) run in the same process; see [`spawn_workers`].
 
+pub mod aggregate;
+pub mod collect;
+pub mod peer;
+pub mod store;
 pub mod upload;
 
 use axum::routing::{get, post};
@@ -9,6 +15,9 @@ use duet_common::auth::AuthenticationToken;
 use duet_common::messages::Role;
 use duet_common::server::datastore::Datastore;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 
 /// Settings of a leader.
 #[derive(Clone, Debug)]
@@ -16,11 +25,34 @@ pub struct LeaderConfig {
     /// How far in the future a report's timestamp may be before it is `report_too_early`.
     pub tolerable_clock_skew_seconds: u64,
     pub max_body_bytes: usize,
+    pub job_sizes: store::JobSizes,
+    /// Pause between job creator passes.
+    pub creator_interval: Duration,
+    /// Pause between driver passes when there was nothing to do.
+    pub driver_interval: Duration,
+    /// Aggregation jobs driven at once.
+    pub max_concurrent_jobs: usize,
+    /// How long a driver owns a job before another may take it over.
+    pub lease_seconds: i64,
+    /// Attempts (with exponential backoff) before a job that keeps failing is abandoned.
+    pub max_job_attempts: u32,
+    /// How long one attempt waits on an asynchronous helper before trying again later.
+    pub max_helper_poll: Duration,
 }
 
 impl Default for LeaderConfig {
     fn default() -> Self {
-        Self { tolerable_clock_skew_seconds: 300, max_body_bytes: 64 * 1024 * 1024 }
+        Self {
+            tolerable_clock_skew_seconds: 300,
+            max_body_bytes: 64 * 1024 * 1024,
+            job_sizes: store::JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 64 },
+            creator_interval: Duration::from_secs(1),
+            driver_interval: Duration::from_millis(500),
+            max_concurrent_jobs: 4,
+            lease_seconds: 120,
+            max_job_attempts: 12,
+            max_helper_poll: Duration::from_secs(30),
+        }
     }
 }
 
@@ -28,13 +60,35 @@ impl Default for LeaderConfig {
 pub struct LeaderState {
     pub datastore: Datastore,
     pub config: Arc<LeaderConfig>,
+    pub peer: peer::Peer,
+    /// Woken when jobs are created, so the driver starts at once.
+    pub aggregation_wake: Arc<Notify>,
+    /// Woken when a collection job is created.
+    pub collection_wake: Arc<Notify>,
+}
+
+impl LeaderState {
+    pub fn new(datastore: Datastore, config: LeaderConfig) -> Result<Self, String> {
+        let peer = peer::Peer::new(config.max_helper_poll)?;
+        Ok(Self {
+            datastore,
+            config: Arc::new(config),
+            peer,
+            aggregation_wake: Arc::default(),
+            collection_wake: Arc::default(),
+        })
+    }
 }
 
 /// All of the leader's routes.
-pub fn router(datastore: Datastore, config: LeaderConfig, admin_token: AuthenticationToken) -> Router {
-    let max_body = config.max_body_bytes;
-    let state = LeaderState { datastore: datastore.clone(), config: Arc::new(config) };
-    let dap = Router::new().route("/tasks/{task_id}/reports", post(upload::upload)).with_state(state);
+pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let datastore = state.datastore.clone();
+    let dap = Router::new()
+        .route("/tasks/{task_id}/reports", post(upload::upload))
+        .route("/tasks/{task_id}/collection_jobs", post(collect::create))
+        .route("/tasks/{task_id}/collection_jobs/{job_id}", get(collect::get).delete(collect::delete))
+        .with_state(state);
     let hpke = Router::new()
         .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
         .with_state(datastore.clone());
@@ -42,4 +96,85 @@ pub fn router(datastore: Datastore, config: LeaderConfig, admin_token: Authentic
         .merge(duet_common::server::admin::router(datastore, Role::Leader, admin_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+}
+
+/// Sleeps for `pause` unless woken or told to stop; `false` when stopping.
+async fn pause(pause: Duration, wake: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = wake.notified() => true,
+        _ = stop.changed() => false,
+    }
+}
+
+/// Starts the job creator, the aggregation job driver and the collection job driver. They stop
+/// taking new work when `stop` turns true and finish what they hold.
+pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    let (s, mut rx) = (state.clone(), stop.clone());
+    set.spawn(async move {
+        let never = Notify::new();
+        loop {
+            match aggregate::create_jobs(&s).await {
+                Ok(n) if n > 0 => s.aggregation_wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "job creator pass failed"),
+            }
+            if *rx.borrow() || !pause(s.config.creator_interval, &never, &mut rx).await {
+                break;
+            }
+        }
+    });
+    let (s, mut rx) = (state.clone(), stop.clone());
+    set.spawn(async move {
+        loop {
+            let jobs =
+                match store::acquire_jobs(&s.datastore, s.config.max_concurrent_jobs, s.config.lease_seconds).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leasing aggregation jobs failed");
+                        Vec::new()
+                    }
+                };
+            let busy = !jobs.is_empty();
+            let mut running = JoinSet::new();
+            for job in jobs {
+                let s = s.clone();
+                running.spawn(async move {
+                    let (task_id, job_id) = (job.task_id, job.job_id);
+                    if let Err(e) = aggregate::drive_job(&s, job).await {
+                        tracing::error!(%task_id, %job_id, error = %e, "driving aggregation job failed");
+                    }
+                });
+            }
+            while running.join_next().await.is_some() {}
+            if *rx.borrow() {
+                break;
+            }
+            if !busy && !pause(s.config.driver_interval, &s.aggregation_wake, &mut rx).await {
+                break;
+            }
+        }
+    });
+    let (s, mut rx) = (state, stop);
+    set.spawn(async move {
+        loop {
+            let jobs = match store::acquire_collection_jobs(&s.datastore, 8, s.config.lease_seconds).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leasing collection jobs failed");
+                    Vec::new()
+                }
+            };
+            for (task_id, id) in jobs {
+                if let Err(e) = collect::drive_job(&s, task_id, id).await {
+                    tracing::error!(%task_id, collection_job_id = %id, error = %e, "driving collection job failed");
+                }
+            }
+            if *rx.borrow() || !pause(s.config.driver_interval, &s.collection_wake, &mut rx).await {
+                break;
+            }
+        }
+    });
+    set
 }

@@ -11,7 +11,7 @@ use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameter
 use duet_common::time::{Time, TimePrecision};
 use duet_common::vdaf::{vdaf_context, Measurement, Vdaf, VdafConfig, VerifyKey};
 use duet_common::{Decode, Encode};
-use duet_leader::{router, LeaderConfig};
+use duet_leader::{router, LeaderConfig, LeaderState};
 
 #[tokio::test]
 async fn upload_accepts_stores_and_rejects_per_report() {
@@ -20,7 +20,7 @@ async fn upload_accepts_stores_and_rejects_per_report() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
     let admin = AuthenticationToken::new("admin").unwrap();
-    let app = router(datastore.clone(), LeaderConfig::default(), admin.clone());
+    let app = router(LeaderState::new(datastore.clone(), LeaderConfig::default()).unwrap(), admin.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::new();
 

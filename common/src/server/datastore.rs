@@ -22,6 +22,7 @@ pub type Tx<'a> = Transaction<'a, Sqlite>;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../../migrations/sqlite/0002_leader_reports.sql")),
+    (3, include_str!("../../../migrations/sqlite/0003_leader_jobs.sql")),
 ];
 
 /// Storage failures. A lost connection is `Unavailable` (503, retry); the rest are our faults.

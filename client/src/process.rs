@@ -1,0 +1,146 @@
+//! duet's servers as child processes: found next to the running binary, started on a port the
+//! OS picks, and stopped gracefully (SIGTERM) or hard (SIGKILL). `duet demo` and the end-to-end
+//! tests run their leader and helper this way.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Where `name` (e.g. `duet-leader`) lives: next to the current executable, or one folder up
+/// (test binaries run from `target/<profile>/deps`).
+pub fn sibling_binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the running binary: {e}"))?;
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        if let Some(d) = dir {
+            let candidate = d.join(&file);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            dir = d.parent();
+        }
+    }
+    Err(format!(
+        "{name} was not found next to {}; build every binary first (cargo build --release --workspace)",
+        exe.display()
+    ))
+}
+
+/// What to do with a server's output after its start-up line.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Copied to our standard error, each line prefixed (tests: shown when a test fails).
+    Prefixed(String),
+    Discard,
+}
+
+/// A running server process.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `binary` with `args` and waits for its `listening on ADDR` line.
+    pub fn spawn(binary: &Path, args: &[String], envs: &[(&str, &str)], output: Output) -> Result<Self, String> {
+        let mut cmd = Command::new(binary);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let (tx, rx) = mpsc::channel::<String>();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.starts_with("listening on ") {
+                        let _ = tx.send(line.clone());
+                    }
+                    if let Output::Prefixed(p) = &output {
+                        eprintln!("[{p}] {line}");
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    let addr = line["listening on ".len()..]
+                        .trim()
+                        .parse()
+                        .map_err(|e| format!("{}: bad start-up line {line:?}: {e}", binary.display()))?;
+                    return Ok(Self { child, addr });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if left > Duration::ZERO => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!("{} exited at start-up ({status})", binary.display()));
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    return Err(format!("{} did not start listening ({status})", binary.display()));
+                }
+            }
+        }
+    }
+
+    /// The server's base URL, `http://ADDR/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's PID has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `grace`).
+    pub fn terminate(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
+    /// SIGKILL: the process gets no chance to clean up, like a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

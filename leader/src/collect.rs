@@ -1,0 +1,272 @@
+//! The leader's side of collection (DAP-18 "Collecting Results"): collection jobs are created,
+//! polled and deleted by the collector here, and driven in the background: once the batch is
+//! complete the leader commits it as collected, obtains the helper's aggregate share and answers
+//! with both encrypted shares.
+
+use crate::peer::{endpoint_url, PeerError};
+use crate::store::{self, BatchReadiness, CollectionJobRow};
+use crate::LeaderState;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use duet_common::hpke::{seal, HpkeApplicationInfo};
+use duet_common::media_type;
+use duet_common::messages::*;
+use duet_common::problem::{DapError, DapProblemType};
+use duet_common::server::datastore::{Batch, BucketValues, Task};
+use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::{Decode, Encode};
+use reqwest::Method;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Seconds a collector is asked to wait between polls of a pending job.
+const POLL_SECONDS: &str = "1";
+
+async fn leader_task(state: &LeaderState, task_id: &str, headers: &HeaderMap) -> Result<Arc<Task>, DapError> {
+    let task_id = parse_task_id(task_id)?;
+    let task = state.datastore.task(&task_id).await?;
+    if task.role != Role::Leader {
+        return Err(DapError::unrecognized_task(task_id));
+    }
+    let token = task.collector_auth_token.as_ref().ok_or_else(|| DapError::Internal("no collector token".into()))?;
+    require_token(headers, token, Some(task_id))?;
+    Ok(task)
+}
+
+fn job_location(task: &Task, id: &CollectionJobId) -> String {
+    let base = task.parameters.leader_endpoint.trim_end_matches('/');
+    format!("{base}/tasks/{}/collection_jobs/{id}", task.id)
+}
+
+/// A collection job's current representation: the result, "not ready yet", or its failure.
+fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> HttpResult<Response> {
+    let mut resp = match job.state.as_str() {
+        "finished" => dap_response(status, media_type::COLLECTION_JOB_RESP, job.response.clone().unwrap_or_default()),
+        "failed" => {
+            let (kind, detail) = job.error.clone().unwrap_or_default();
+            let err = match DapProblemType::ALL.into_iter().find(|k| k.token() == kind) {
+                Some(kind) => DapError::dap(kind, Some(task.id), detail),
+                None => DapError::Internal(detail),
+            };
+            return Err(err.into());
+        }
+        "pending" => {
+            let mut r = status.into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(POLL_SECONDS));
+            r
+        }
+        _ => return Err(DapError::NotFound(format!("no collection job {}", job.id)).into()),
+    };
+    if let Ok(v) = HeaderValue::from_str(&job_location(task, &job.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// The checks of DAP-18 "Collection Job Initialization" that need no storage.
+fn validate_request(task: &Task, req: &CollectionJobReq) -> Result<(), DapError> {
+    let tid = Some(task.id);
+    if req.query.batch_mode() != task.configuration.batch_mode {
+        return Err(DapError::invalid_message(tid, "the query's batch mode is not the task's"));
+    }
+    if !task.vdaf.is_agg_param_valid(&req.agg_param) {
+        return Err(DapError::dap(
+            DapProblemType::InvalidAggregationParameter,
+            tid,
+            "Prio3 takes an empty aggregation parameter",
+        ));
+    }
+    if !strictly_increasing(req.extensions.iter().map(|e| e.extension_type)) {
+        return Err(DapError::dap(DapProblemType::InvalidExtension, tid, "collection job extensions out of order"));
+    }
+    if !req.extensions.is_empty() {
+        return Err(DapError::UnsupportedExtension {
+            task_id: tid,
+            extensions: req.extensions.iter().map(|e| e.extension_type.0).collect(),
+        });
+    }
+    if let Query::TimeInterval(q) = &req.query {
+        let interval = q.batch_interval;
+        if interval.duration.units() == 0 || interval.end().is_none() {
+            return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "the batch interval is empty"));
+        }
+        if let Some(task_interval) = task.configuration.task_interval() {
+            if !interval.overlaps(&task_interval) {
+                return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "the batch interval is outside the task"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST {leader}/tasks/{task-id}/collection_jobs`.
+pub async fn create(
+    State(state): State<LeaderState>,
+    Path(task_id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> HttpResult<Response> {
+    let task = leader_task(&state, &task_id, &headers).await?;
+    require_media_type(&headers, media_type::COLLECTION_JOB_REQ)?;
+    let req = CollectionJobReq::get_decoded(&body)
+        .map_err(|e| DapError::invalid_message(Some(task.id), format!("malformed CollectionJobReq: {e}")))?;
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    // An identical request names the existing job (DAP-18 "Resource Creation"), before any
+    // check that the job itself may since have made fail (such as batchOverlap).
+    if let Some(job) = store::collection_job_by_digest(&state.datastore, &task, &digest).await? {
+        return job_response(&task, &job, StatusCode::OK);
+    }
+    validate_request(&task, &req)?;
+    if let Query::TimeInterval(q) = &req.query {
+        let mut tx = state.datastore.begin().await?;
+        let overlap = duet_common::server::datastore::Datastore::batch_overlaps_collected(
+            &mut tx,
+            &task,
+            &Batch::TimeInterval(q.batch_interval),
+        )
+        .await?;
+        drop(tx);
+        if overlap {
+            return Err(DapError::dap(
+                DapProblemType::BatchOverlap,
+                Some(task.id),
+                "the batch interval overlaps one already collected",
+            )
+            .into());
+        }
+    }
+    let id = store::insert_collection_job(&state.datastore, &task, &body, &digest).await?;
+    tracing::info!(task_id = %task.id, collection_job_id = %id, "collection job created");
+    state.collection_wake.notify_one();
+    let job = store::collection_job(&state.datastore, &task, &id)
+        .await?
+        .ok_or_else(|| DapError::Internal("collection job vanished".into()))?;
+    job_response(&task, &job, StatusCode::CREATED)
+}
+
+fn parse_job_id(s: &str) -> Result<CollectionJobId, DapError> {
+    s.parse().map_err(|_| DapError::NotFound(format!("no collection job {s}")))
+}
+
+/// `GET {leader}/tasks/{task-id}/collection_jobs/{collection-job-id}`.
+pub async fn get(
+    State(state): State<LeaderState>,
+    Path((task_id, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> HttpResult<Response> {
+    let task = leader_task(&state, &task_id, &headers).await?;
+    let id = parse_job_id(&job_id)?;
+    let job = store::collection_job(&state.datastore, &task, &id)
+        .await?
+        .ok_or_else(|| DapError::NotFound(format!("no collection job {id}")))?;
+    job_response(&task, &job, StatusCode::OK)
+}
+
+/// `DELETE {leader}/tasks/{task-id}/collection_jobs/{collection-job-id}`: the job is abandoned;
+/// what the replay and double-collection checks need stays.
+pub async fn delete(
+    State(state): State<LeaderState>,
+    Path((task_id, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> HttpResult<StatusCode> {
+    let task = leader_task(&state, &task_id, &headers).await?;
+    let id = parse_job_id(&job_id)?;
+    if !store::delete_collection_job(&state.datastore, &task, &id).await? {
+        return Err(DapError::NotFound(format!("no collection job {id}")).into());
+    }
+    tracing::info!(task_id = %task.id, collection_job_id = %id, "collection job deleted");
+    Ok(StatusCode::OK)
+}
+
+fn seal_leader_share(task: &Task, req: &CollectionJobReq, values: &BucketValues) -> Result<HpkeCiphertext, DapError> {
+    let aad = AggregateShareAad::encode_parts(&task.id, &task.configuration_encoded, req)
+        .map_err(|e| DapError::Internal(e.to_string()))?;
+    let share = values.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    seal(&task.collector_hpke_config, &HpkeApplicationInfo::AggregateShare { sender: Role::Leader }, &share, &aad)
+        .map_err(|e| DapError::Internal(format!("encrypting the aggregate share: {e}")))
+}
+
+/// Drives one leased collection job as far as it can go now.
+pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId) -> Result<(), DapError> {
+    let task = state.datastore.task(&task_id).await?;
+    let Some(mut job) = store::collection_job(&state.datastore, &task, &id).await? else {
+        return Ok(());
+    };
+    if job.state != "pending" {
+        return Ok(());
+    }
+    let ds = &state.datastore;
+    if !job.batch_committed {
+        let req = job.request.clone();
+        match store::commit_collection_batch(ds, &task, &job, |v| seal_leader_share(&task, &req, v)).await? {
+            BatchReadiness::Wait(why) => {
+                tracing::debug!(task_id = %task.id, collection_job_id = %id, %why, "collection job waits");
+                return store::defer_collection_job(ds, &task, &id, 1).await;
+            }
+            BatchReadiness::Refuse(err) => {
+                let kind = err.kind().map(|k| k.token().to_string()).unwrap_or_default();
+                tracing::info!(task_id = %task.id, collection_job_id = %id, error = %err, "collection job failed");
+                return store::end_collection_job(ds, &task, &id, Err((kind, err.to_string()))).await;
+            }
+            BatchReadiness::Committed { .. } => {
+                job = store::collection_job(ds, &task, &id)
+                    .await?
+                    .ok_or_else(|| DapError::Internal("collection job vanished".into()))?;
+            }
+        }
+    }
+    let (Some(report_count), Some(checksum), Some(interval), Some(leader_share)) =
+        (job.report_count, job.checksum, job.result_interval, job.leader_encrypted_agg_share.clone())
+    else {
+        return Err(DapError::Internal(format!("collection job {id} committed without its values")));
+    };
+    let batch_selector = match (&job.request.query, job.batch_id) {
+        (Query::TimeInterval(q), _) => {
+            BatchSelector::TimeInterval(TimeIntervalBatchSelectorConfig { batch_interval: q.batch_interval })
+        }
+        (Query::LeaderSelected(_), Some(batch_id)) => {
+            BatchSelector::LeaderSelected(LeaderSelectedBatchSelectorConfig { batch_id })
+        }
+        (Query::LeaderSelected(_), None) => return Err(DapError::Internal("committed batch without its ID".into())),
+    };
+    let share_req =
+        AggregateShareReq { collection_job_req: job.request.clone(), batch_selector, report_count, checksum };
+    let body = share_req.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    let url = endpoint_url(&task.parameters.helper_endpoint, &format!("tasks/{}/aggregate_shares", task.id))
+        .map_err(DapError::Internal)?;
+    let helper_share = match state
+        .peer
+        .send(Method::POST, url, &task.aggregator_auth_token, media_type::AGGREGATE_SHARE_REQ, body)
+        .await
+    {
+        Ok((_, bytes)) => match AggregateShare::get_decoded(&bytes) {
+            Ok(share) => share.encrypted_aggregate_share,
+            Err(e) => {
+                let detail = format!("the helper's AggregateShare is malformed: {e}");
+                return store::end_collection_job(ds, &task, &id, Err((String::new(), detail))).await;
+            }
+        },
+        Err(PeerError::Transient { detail, retry_after }) => {
+            let delay = retry_after.map(|d| d.as_secs() as i64).unwrap_or(1i64 << job.attempts.min(6)).clamp(1, 60);
+            tracing::warn!(task_id = %task.id, collection_job_id = %id, %detail, delay, "aggregate share request will be retried");
+            return store::defer_collection_job(ds, &task, &id, delay).await;
+        }
+        Err(PeerError::Rejected { problem, detail, .. }) => {
+            tracing::error!(task_id = %task.id, collection_job_id = %id, %detail, "helper refused the aggregate share");
+            let kind = problem.map(|p| p.token().to_string()).unwrap_or_default();
+            return store::end_collection_job(ds, &task, &id, Err((kind, format!("helper: {detail}")))).await;
+        }
+    };
+    let resp = CollectionJobResp {
+        report_count,
+        interval,
+        leader_encrypted_agg_share: leader_share,
+        helper_encrypted_agg_share: helper_share,
+    }
+    .get_encoded()
+    .map_err(|e| DapError::Internal(e.to_string()))?;
+    store::end_collection_job(ds, &task, &id, Ok(resp)).await?;
+    tracing::info!(task_id = %task.id, collection_job_id = %id, reports = report_count, "collection job finished");
+    Ok(())
+}

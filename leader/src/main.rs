@@ -1,0 +1,109 @@
+//! `duet-leader`: runs the leader aggregator: its HTTP API and, in the same process, the job
+//! creator and the aggregation and collection job drivers.
+
+use clap::Parser;
+use duet_common::auth::AuthenticationToken;
+use duet_common::server::datastore::Datastore;
+use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "duet-leader", about = "The duet DAP-18 leader aggregator")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "DUET_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Database URL.
+    #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-leader.db")]
+    database: String,
+    /// Bearer token of the admin API (read from the environment rather than the command line
+    /// where you can).
+    #[arg(long, env = "DUET_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Seconds a report's timestamp may lie in the future.
+    #[arg(long, default_value_t = 300)]
+    clock_skew_seconds: u64,
+    /// Smallest aggregation job, unless its reports have waited --max-job-delay-seconds.
+    #[arg(long, default_value_t = 1)]
+    min_job_size: usize,
+    /// Largest aggregation job.
+    #[arg(long, default_value_t = 1000)]
+    max_job_size: usize,
+    /// How long reports wait for a job of --min-job-size.
+    #[arg(long, default_value_t = 10)]
+    max_job_delay_seconds: i64,
+    /// Milliseconds between job creator passes.
+    #[arg(long, default_value_t = 1000)]
+    creator_interval_ms: u64,
+    /// Milliseconds between driver passes when idle.
+    #[arg(long, default_value_t = 500)]
+    driver_interval_ms: u64,
+    /// Aggregation jobs driven at once.
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_jobs: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("duet-leader: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    if args.min_job_size == 0 || args.max_job_size < args.min_job_size {
+        return Err("job sizes must satisfy 1 <= --min-job-size <= --max-job-size".into());
+    }
+    let admin_token = AuthenticationToken::new(args.admin_token).map_err(|e| format!("admin token: {e}"))?;
+    let datastore = Datastore::open(&args.database).await.map_err(|e| e.to_string())?;
+    let defaults = LeaderConfig::default();
+    let config = LeaderConfig {
+        tolerable_clock_skew_seconds: args.clock_skew_seconds,
+        job_sizes: duet_leader::store::JobSizes {
+            min: args.min_job_size,
+            max: args.max_job_size,
+            max_delay_seconds: args.max_job_delay_seconds,
+            ..defaults.job_sizes
+        },
+        creator_interval: Duration::from_millis(args.creator_interval_ms),
+        driver_interval: Duration::from_millis(args.driver_interval_ms),
+        max_concurrent_jobs: args.max_concurrent_jobs.max(1),
+        ..defaults
+    };
+    let state = LeaderState::new(datastore, config)?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = spawn_workers(state.clone(), stop_rx);
+    tracing::info!(%addr, "duet-leader listening");
+    // Tests and the demo read this line to learn the port when listening on port 0.
+    println!("listening on {addr}");
+    let served = axum::serve(listener, router(state, admin_token)).with_graceful_shutdown(shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    // Workers finish the job in hand; a job cut short is taken over once its lease lapses.
+    let _ = tokio::time::timeout(Duration::from_secs(30), async { while workers.join_next().await.is_some() {} }).await;
+    served.map_err(|e| e.to_string())
+}

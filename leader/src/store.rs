@@ -1,0 +1,786 @@
+//! The leader's storage steps: each function is one transaction of one protocol step (job
+//! creation, a committed aggregation step, a collection job's batch commitment, ...), so that
+//! the protocol modules hold no SQL and the backend can change underneath them.
+
+use duet_common::messages::*;
+use duet_common::problem::{DapError, DapProblemType};
+use duet_common::server::datastore::{now_seconds, Batch, BatchBucket, BucketValues, Datastore, StoreError, Task};
+use duet_common::time::{Interval, Time};
+use duet_common::vdaf::OutputShare;
+use duet_common::{Decode, Encode};
+use sqlx::Row;
+use std::collections::HashMap;
+
+fn internal(e: impl std::fmt::Display) -> DapError {
+    DapError::Internal(e.to_string())
+}
+
+fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, DapError> {
+    T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
+}
+
+/// How the job creator cuts reports into jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct JobSizes {
+    pub min: usize,
+    pub max: usize,
+    /// A job smaller than `min` is still created once its oldest report has waited this long.
+    pub max_delay_seconds: i64,
+    /// At most this many jobs per task and creator pass.
+    pub max_jobs_per_pass: usize,
+}
+
+/// A report waiting for a job: its ID and upload time (seconds).
+type Pending = (Vec<u8>, i64);
+
+/// Cuts `reports` (oldest first, with their upload time) into jobs of at most `sizes.max`; the
+/// last, short one only if it is at least `sizes.min` or has waited long enough.
+fn cut_jobs(reports: &[Pending], sizes: &JobSizes, now: i64, room_limited: bool) -> Vec<Vec<Vec<u8>>> {
+    let mut jobs = Vec::new();
+    for chunk in reports.chunks(sizes.max.max(1)) {
+        let oldest = chunk.iter().map(|r| r.1).min().unwrap_or(now);
+        if chunk.len() >= sizes.min || room_limited || now - oldest >= sizes.max_delay_seconds {
+            jobs.push(chunk.iter().map(|r| r.0.clone()).collect());
+        }
+        if jobs.len() >= sizes.max_jobs_per_pass {
+            break;
+        }
+    }
+    jobs
+}
+
+/// Job creation for one task, in one transaction: unaggregated reports go into new jobs (and,
+/// for leader-selected tasks, into batches filled to `target_batch_size`). Returns the number of
+/// jobs created.
+pub async fn create_jobs(ds: &Datastore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
+    let now = now_seconds();
+    let tid = task.id.as_bytes().as_slice();
+    let mut tx = ds.begin().await?;
+    let limit = (sizes.max.max(1) * sizes.max_jobs_per_pass) as i64;
+    let pending: Vec<Pending> = sqlx::query(
+        "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = ? AND state = 'unaggregated'
+         ORDER BY report_time, report_id LIMIT ?",
+    )
+    .bind(tid)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::from)?
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    // (batch, reports) groups to cut into jobs; `true` when the group is limited by batch room.
+    let mut groups: Vec<(Option<BatchId>, Vec<Pending>, bool)> = Vec::new();
+    match task.configuration.batch_mode {
+        BatchMode::TimeInterval => groups.push((None, pending, false)),
+        BatchMode::LeaderSelected => {
+            let target = task.max_batch_size.unwrap_or(task.configuration.min_batch_size).max(1) as usize;
+            let open = sqlx::query(
+                "SELECT b.batch_id, (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id
+                   AND r.batch_id = b.batch_id AND r.state IN ('in_job', 'aggregated'))
+                 FROM leader_batches b WHERE b.task_id = ? AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
+            )
+            .bind(tid)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            let mut rest = pending.as_slice();
+            for row in open {
+                let filled = row.get::<i64, _>(1) as usize;
+                let room = target.saturating_sub(filled);
+                if room == 0 || rest.is_empty() {
+                    continue;
+                }
+                let take = room.min(rest.len());
+                groups.push((Some(id_of(row.get(0), "batch ID")?), rest[..take].to_vec(), take == room));
+                rest = &rest[take..];
+            }
+            while !rest.is_empty() {
+                let take = target.min(rest.len());
+                let batch_id = BatchId::random();
+                sqlx::query(
+                    "INSERT INTO leader_batches (task_id, batch_id, state, created_at_seconds) VALUES (?, ?, 'open', ?)",
+                )
+                .bind(tid)
+                .bind(batch_id.as_bytes().as_slice())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+                groups.push((Some(batch_id), rest[..take].to_vec(), take == target));
+                rest = &rest[take..];
+            }
+        }
+    }
+    let mut created = 0;
+    for (batch_id, reports, room_limited) in groups {
+        for job in cut_jobs(&reports, sizes, now, room_limited) {
+            if created >= sizes.max_jobs_per_pass {
+                break;
+            }
+            let job_id = AggregationJobId::random();
+            sqlx::query(
+                "INSERT INTO leader_aggregation_jobs (task_id, job_id, batch_id, state, created_at_seconds)
+                 VALUES (?, ?, ?, 'active', ?)",
+            )
+            .bind(tid)
+            .bind(job_id.as_bytes().as_slice())
+            .bind(batch_id.map(|b| b.as_bytes().to_vec()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            for report_id in &job {
+                sqlx::query(
+                    "UPDATE client_reports SET state = 'in_job', job_id = ?, batch_id = ?
+                     WHERE task_id = ? AND report_id = ? AND state = 'unaggregated'",
+                )
+                .bind(job_id.as_bytes().as_slice())
+                .bind(batch_id.map(|b| b.as_bytes().to_vec()))
+                .bind(tid)
+                .bind(report_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            }
+            tracing::debug!(task_id = %task.id, job_id = %job_id, reports = job.len(), "aggregation job created");
+            created += 1;
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(created)
+}
+
+/// An aggregation job leased to this driver.
+#[derive(Clone, Debug)]
+pub struct LeasedJob {
+    pub task_id: TaskId,
+    pub job_id: AggregationJobId,
+    pub batch_id: Option<BatchId>,
+    pub step: u16,
+    pub attempts: u32,
+}
+
+/// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver
+/// died) is runnable again.
+pub async fn acquire_jobs(ds: &Datastore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
+    let now = now_seconds();
+    let mut tx = ds.begin().await?;
+    let rows = sqlx::query(
+        "SELECT task_id, job_id, batch_id, step, attempts FROM leader_aggregation_jobs
+         WHERE state = 'active' AND next_attempt_seconds <= ? AND lease_expiry_seconds <= ?
+         ORDER BY created_at_seconds, job_id LIMIT ?",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for r in rows {
+        let job = LeasedJob {
+            task_id: id_of(r.get(0), "task ID")?,
+            job_id: id_of(r.get(1), "job ID")?,
+            batch_id: r.get::<Option<Vec<u8>>, _>(2).map(|b| id_of(b, "batch ID")).transpose()?,
+            step: r.get::<i64, _>(3) as u16,
+            attempts: r.get::<i64, _>(4) as u32 + 1,
+        };
+        sqlx::query(
+            "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = ?, attempts = attempts + 1
+             WHERE task_id = ? AND job_id = ?",
+        )
+        .bind(now + lease_seconds)
+        .bind(job.task_id.as_bytes().as_slice())
+        .bind(job.job_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        jobs.push(job);
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(jobs)
+}
+
+/// A report of a job, as uploaded.
+pub struct JobReport {
+    pub metadata: ReportMetadata,
+    pub public_share: Vec<u8>,
+    pub leader_share: HpkeCiphertext,
+    pub helper_share: HpkeCiphertext,
+}
+
+/// The reports of a job still awaiting their outcome, in a stable order (so that a retried
+/// request is byte-identical).
+pub async fn job_reports(ds: &Datastore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
+    let rows = sqlx::query(
+        "SELECT report_metadata, public_share, leader_encrypted_input_share, helper_encrypted_input_share
+         FROM client_reports WHERE task_id = ? AND job_id = ? AND state = 'in_job' ORDER BY report_id",
+    )
+    .bind(job.task_id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .fetch_all(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let corrupt = |_| DapError::Internal("stored report is corrupt".into());
+    rows.into_iter()
+        .map(|r| {
+            Ok(JobReport {
+                metadata: ReportMetadata::get_decoded(&r.get::<Vec<u8>, _>(0)).map_err(corrupt)?,
+                public_share: r.get(1),
+                leader_share: HpkeCiphertext::get_decoded(&r.get::<Vec<u8>, _>(2)).map_err(corrupt)?,
+                helper_share: HpkeCiphertext::get_decoded(&r.get::<Vec<u8>, _>(3)).map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+/// One report's outcome in a step.
+pub enum ReportOutcome {
+    Aggregated { report_id: ReportId, time: Time, out_share: OutputShare },
+    Failed { report_id: ReportId, error: ReportError },
+}
+
+/// Counts of a committed step.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepCounts {
+    pub aggregated: u64,
+    pub failed: u64,
+}
+
+/// Commits a finished job in one transaction: output shares into their batch buckets (unless the
+/// bucket was collected meanwhile, which fails the report with `batch_collected`), each report's
+/// final state (its payload dropped, its ID kept for replay checks), and the job finished.
+pub async fn commit_job(
+    ds: &Datastore,
+    task: &Task,
+    job: &LeasedJob,
+    outcomes: Vec<ReportOutcome>,
+) -> Result<StepCounts, DapError> {
+    let tid = task.id.as_bytes().as_slice();
+    let mut tx = ds.begin().await?;
+    let mut buckets: HashMap<BatchBucket, BucketValues> = HashMap::new();
+    let mut collected: HashMap<BatchBucket, bool> = HashMap::new();
+    let mut final_states: Vec<(ReportId, Option<ReportError>)> = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        match outcome {
+            ReportOutcome::Failed { report_id, error } => final_states.push((report_id, Some(error))),
+            ReportOutcome::Aggregated { report_id, time, out_share } => {
+                let bucket = match job.batch_id {
+                    Some(b) => BatchBucket::LeaderSelected(b),
+                    None => BatchBucket::TimeInterval(time),
+                };
+                let is_collected = match collected.get(&bucket) {
+                    Some(c) => *c,
+                    None => {
+                        let c = Datastore::bucket_collected(&mut tx, task, &bucket).await?;
+                        collected.insert(bucket, c);
+                        c
+                    }
+                };
+                if is_collected {
+                    final_states.push((report_id, Some(ReportError::BatchCollected)));
+                    continue;
+                }
+                let entry = buckets.entry(bucket).or_insert_with(|| BucketValues {
+                    aggregate_share: task.vdaf.aggregate_init(),
+                    report_count: 0,
+                    checksum: BatchChecksum::default(),
+                    min_time: time,
+                    max_time: time,
+                });
+                entry.aggregate_share.accumulate(&out_share).map_err(internal)?;
+                entry.report_count += 1;
+                entry.checksum.update(&report_id);
+                entry.min_time = entry.min_time.min(time);
+                entry.max_time = entry.max_time.max(time);
+                final_states.push((report_id, None));
+            }
+        }
+    }
+    for (bucket, values) in &buckets {
+        Datastore::add_to_bucket(&mut tx, task, bucket, 0, values).await?;
+    }
+    let mut counts = StepCounts::default();
+    for (report_id, error) in &final_states {
+        sqlx::query(
+            "UPDATE client_reports SET state = ?, report_error = ?, public_share = x'',
+               leader_encrypted_input_share = x'', helper_encrypted_input_share = x''
+             WHERE task_id = ? AND report_id = ? AND job_id = ? AND state = 'in_job'",
+        )
+        .bind(if error.is_some() { "failed" } else { "aggregated" })
+        .bind(error.map(|e| e as i64))
+        .bind(tid)
+        .bind(report_id.as_bytes().as_slice())
+        .bind(job.job_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if error.is_some() {
+            counts.failed += 1;
+        } else {
+            counts.aggregated += 1;
+        }
+    }
+    finish_job(&mut tx, task, job, "finished", None).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(counts)
+}
+
+async fn finish_job(
+    tx: &mut duet_common::server::datastore::Tx<'_>,
+    task: &Task,
+    job: &LeasedJob,
+    state: &str,
+    error: Option<&str>,
+) -> Result<(), DapError> {
+    sqlx::query(
+        "UPDATE leader_aggregation_jobs SET state = ?, last_error = ?, lease_expiry_seconds = 0
+         WHERE task_id = ? AND job_id = ?",
+    )
+    .bind(state)
+    .bind(error)
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Gives the job back for a later attempt, `delay_seconds` from now.
+pub async fn retry_job(
+    ds: &Datastore,
+    task: &Task,
+    job: &LeasedJob,
+    delay_seconds: i64,
+    error: &str,
+) -> Result<(), DapError> {
+    sqlx::query(
+        "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = ?, last_error = ?
+         WHERE task_id = ? AND job_id = ?",
+    )
+    .bind(now_seconds() + delay_seconds)
+    .bind(error)
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .execute(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Gives up on a job: its reports fail (without a report error: the job, not the report, broke).
+pub async fn abandon_job(ds: &Datastore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
+    let mut tx = ds.begin().await?;
+    sqlx::query(
+        "UPDATE client_reports SET state = 'failed', public_share = x'', leader_encrypted_input_share = x'',
+           helper_encrypted_input_share = x'' WHERE task_id = ? AND job_id = ? AND state = 'in_job'",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    finish_job(&mut tx, task, job, "abandoned", Some(error)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Leader tasks with work for the job creator.
+pub async fn tasks_with_unaggregated_reports(ds: &Datastore) -> Result<Vec<TaskId>, DapError> {
+    let rows = sqlx::query("SELECT DISTINCT task_id FROM client_reports WHERE state = 'unaggregated'")
+        .fetch_all(ds.pool())
+        .await
+        .map_err(StoreError::from)?;
+    rows.into_iter().map(|r| id_of(r.get(0), "task ID")).collect()
+}
+
+// ---- collection jobs ----
+
+/// A collection job's stored state.
+pub struct CollectionJobRow {
+    pub id: CollectionJobId,
+    pub request: CollectionJobReq,
+    pub batch_id: Option<BatchId>,
+    pub state: String,
+    pub batch_committed: bool,
+    pub report_count: Option<u64>,
+    pub checksum: Option<BatchChecksum>,
+    pub result_interval: Option<Interval>,
+    pub leader_encrypted_agg_share: Option<HpkeCiphertext>,
+    pub response: Option<Vec<u8>>,
+    pub error: Option<(String, String)>,
+    pub attempts: u32,
+}
+
+const COLLECTION_COLUMNS: &str = "collection_job_id, request, batch_id, state, batch_committed, report_count, checksum,
+    result_interval, leader_encrypted_agg_share, response, error_type, error_detail, attempts";
+
+fn collection_row(r: &sqlx::sqlite::SqliteRow) -> Result<CollectionJobRow, DapError> {
+    let corrupt = |_| DapError::Internal("stored collection job is corrupt".into());
+    Ok(CollectionJobRow {
+        id: id_of(r.get(0), "collection job ID")?,
+        request: CollectionJobReq::get_decoded(&r.get::<Vec<u8>, _>(1)).map_err(corrupt)?,
+        batch_id: r.get::<Option<Vec<u8>>, _>(2).map(|b| id_of(b, "batch ID")).transpose()?,
+        state: r.get(3),
+        batch_committed: r.get::<i64, _>(4) != 0,
+        report_count: r.get::<Option<i64>, _>(5).map(|c| c as u64),
+        checksum: r
+            .get::<Option<Vec<u8>>, _>(6)
+            .map(|c| c.try_into().map(BatchChecksum).map_err(|_| DapError::Internal("stored checksum".into())))
+            .transpose()?,
+        result_interval: r
+            .get::<Option<Vec<u8>>, _>(7)
+            .map(|b| Interval::get_decoded(&b))
+            .transpose()
+            .map_err(corrupt)?,
+        leader_encrypted_agg_share: r
+            .get::<Option<Vec<u8>>, _>(8)
+            .map(|b| HpkeCiphertext::get_decoded(&b))
+            .transpose()
+            .map_err(corrupt)?,
+        response: r.get(9),
+        error: r.get::<Option<String>, _>(10).map(|t| (t, r.get::<Option<String>, _>(11).unwrap_or_default())),
+        attempts: r.get::<i64, _>(12) as u32,
+    })
+}
+
+/// The live (not deleted) collection job created by a byte-identical request, if any.
+pub async fn collection_job_by_digest(
+    ds: &Datastore,
+    task: &Task,
+    digest: &[u8],
+) -> Result<Option<CollectionJobRow>, DapError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = ? AND request_digest = ? AND state != 'deleted'
+         ORDER BY created_at_seconds DESC LIMIT 1"
+    ))
+    .bind(task.id.as_bytes().as_slice())
+    .bind(digest)
+    .fetch_optional(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    row.as_ref().map(collection_row).transpose()
+}
+
+pub async fn collection_job(
+    ds: &Datastore,
+    task: &Task,
+    id: &CollectionJobId,
+) -> Result<Option<CollectionJobRow>, DapError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = ? AND collection_job_id = ?"
+    ))
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .fetch_optional(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    row.as_ref().map(collection_row).transpose()
+}
+
+/// Creates a collection job, unless an identical request created a live one first (then that
+/// one is returned).
+pub async fn insert_collection_job(
+    ds: &Datastore,
+    task: &Task,
+    request: &[u8],
+    digest: &[u8],
+) -> Result<CollectionJobId, DapError> {
+    let mut tx = ds.begin().await?;
+    let existing = sqlx::query(
+        "SELECT collection_job_id FROM collection_jobs WHERE task_id = ? AND request_digest = ? AND state != 'deleted'",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(digest)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    if let Some(r) = existing {
+        return id_of(r.get(0), "collection job ID");
+    }
+    let id = CollectionJobId::random();
+    sqlx::query(
+        "INSERT INTO collection_jobs (task_id, collection_job_id, request, request_digest, state, created_at_seconds)
+         VALUES (?, ?, ?, ?, 'pending', ?)",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .bind(request)
+    .bind(digest)
+    .bind(now_seconds())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(id)
+}
+
+/// Marks a job deleted; `false` if there was no live job. Collected-batch records stay.
+pub async fn delete_collection_job(ds: &Datastore, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
+    let done = sqlx::query(
+        "UPDATE collection_jobs SET state = 'deleted', response = NULL, leader_encrypted_agg_share = NULL
+         WHERE task_id = ? AND collection_job_id = ? AND state != 'deleted'",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .execute(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Leases up to `limit` pending collection jobs: (task, job ID).
+pub async fn acquire_collection_jobs(
+    ds: &Datastore,
+    limit: usize,
+    lease_seconds: i64,
+) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
+    let now = now_seconds();
+    let mut tx = ds.begin().await?;
+    let rows = sqlx::query(
+        "SELECT task_id, collection_job_id FROM collection_jobs
+         WHERE state = 'pending' AND next_attempt_seconds <= ? AND lease_expiry_seconds <= ?
+         ORDER BY created_at_seconds LIMIT ?",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let mut jobs = Vec::new();
+    for r in rows {
+        let (t, j): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+        sqlx::query(
+            "UPDATE collection_jobs SET lease_expiry_seconds = ?, attempts = attempts + 1
+             WHERE task_id = ? AND collection_job_id = ?",
+        )
+        .bind(now + lease_seconds)
+        .bind(&t)
+        .bind(&j)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        jobs.push((id_of(t, "task ID")?, id_of(j, "collection job ID")?));
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(jobs)
+}
+
+/// Where a collection job's batch stands.
+pub enum BatchReadiness {
+    /// Not collectible yet (reports still being aggregated, too few, no batch ready).
+    Wait(String),
+    /// Collected now: the leader's aggregate share and the batch's count, checksum, interval.
+    Committed { values: BucketValues, batch: Batch },
+    /// The batch can never be collected by this job.
+    Refuse(DapError),
+}
+
+/// The collection step that commits a batch, in one transaction: pick the batch (leader-selected),
+/// wait for its reports to be aggregated and for `min_batch_size`, refuse overlaps, then mark it
+/// collected so that no later report joins it. `seal` turns the batch values into the leader's
+/// encrypted aggregate share, stored with them.
+pub async fn commit_collection_batch(
+    ds: &Datastore,
+    task: &Task,
+    job: &CollectionJobRow,
+    seal: impl FnOnce(&BucketValues) -> Result<HpkeCiphertext, DapError>,
+) -> Result<BatchReadiness, DapError> {
+    let tid = task.id.as_bytes().as_slice();
+    let min = task.configuration.min_batch_size;
+    let mut tx = ds.begin().await?;
+    let batch = match (&job.request.query, job.batch_id) {
+        (Query::TimeInterval(q), _) => {
+            let interval = q.batch_interval;
+            let end = interval.end().ok_or_else(|| internal("interval overflow"))?;
+            let pending = sqlx::query(
+                "SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND state IN ('unaggregated', 'in_job')
+                 AND report_time >= ? AND report_time < ?",
+            )
+            .bind(tid)
+            .bind(interval.start.units() as i64)
+            .bind(end.units() as i64)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .get::<i64, _>(0);
+            if pending > 0 {
+                return Ok(BatchReadiness::Wait(format!("{pending} reports of the batch are still being aggregated")));
+            }
+            Batch::TimeInterval(interval)
+        }
+        (Query::LeaderSelected(_), Some(batch_id)) => Batch::LeaderSelected(batch_id),
+        (Query::LeaderSelected(_), None) => match pick_batch(&mut tx, task).await? {
+            Some(batch_id) => {
+                sqlx::query("UPDATE leader_batches SET state = 'closed' WHERE task_id = ? AND batch_id = ?")
+                    .bind(tid)
+                    .bind(batch_id.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                sqlx::query("UPDATE collection_jobs SET batch_id = ? WHERE task_id = ? AND collection_job_id = ?")
+                    .bind(batch_id.as_bytes().as_slice())
+                    .bind(tid)
+                    .bind(job.id.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                Batch::LeaderSelected(batch_id)
+            }
+            None => return Ok(BatchReadiness::Wait("no batch is ready".into())),
+        },
+    };
+    if let Batch::LeaderSelected(batch_id) = batch {
+        let in_flight =
+            sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND batch_id = ? AND state = 'in_job'")
+                .bind(tid)
+                .bind(batch_id.as_bytes().as_slice())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from)?
+                .get::<i64, _>(0);
+        if in_flight > 0 {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(BatchReadiness::Wait(format!("{in_flight} reports of the batch are still being aggregated")));
+        }
+    }
+    if Datastore::batch_overlaps_collected(&mut tx, task, &batch).await? {
+        return Ok(BatchReadiness::Refuse(DapError::dap(
+            DapProblemType::BatchOverlap,
+            Some(task.id),
+            "the batch overlaps one already collected",
+        )));
+    }
+    let values = Datastore::batch_values(&mut tx, task, &batch).await?;
+    let count = values.as_ref().map_or(0, |v| v.report_count);
+    let Some(values) = values.filter(|_| count >= min) else {
+        tx.commit().await.map_err(StoreError::from)?;
+        return Ok(BatchReadiness::Wait(format!("the batch holds {count} reports, fewer than min_batch_size {min}")));
+    };
+    let sealed = seal(&values)?;
+    Datastore::mark_collected(&mut tx, task, &batch).await?;
+    sqlx::query(
+        "UPDATE collection_jobs SET batch_committed = 1, report_count = ?, checksum = ?, result_interval = ?,
+           leader_encrypted_agg_share = ? WHERE task_id = ? AND collection_job_id = ?",
+    )
+    .bind(values.report_count as i64)
+    .bind(values.checksum.0.as_slice())
+    .bind(values.interval().get_encoded().map_err(internal)?)
+    .bind(sealed.get_encoded().map_err(internal)?)
+    .bind(tid)
+    .bind(job.id.as_bytes().as_slice())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(BatchReadiness::Committed { values, batch })
+}
+
+/// The oldest open batch that is collectible: none of its reports in flight, at least
+/// `min_batch_size` aggregated, and either full or with no more reports waiting to fill it.
+async fn pick_batch(tx: &mut duet_common::server::datastore::Tx<'_>, task: &Task) -> Result<Option<BatchId>, DapError> {
+    let tid = task.id.as_bytes().as_slice();
+    let target = task.max_batch_size.unwrap_or(task.configuration.min_batch_size).max(1) as i64;
+    let waiting = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND state = 'unaggregated'")
+        .bind(tid)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::from)?
+        .get::<i64, _>(0);
+    let rows = sqlx::query(
+        "SELECT b.batch_id,
+           (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id AND r.state = 'in_job'),
+           (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id AND r.state = 'aggregated')
+         FROM leader_batches b WHERE b.task_id = ? AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
+    )
+    .bind(tid)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::from)?;
+    for r in rows {
+        let (in_flight, aggregated): (i64, i64) = (r.get(1), r.get(2));
+        if in_flight == 0
+            && aggregated >= task.configuration.min_batch_size as i64
+            && (aggregated >= target || waiting == 0)
+        {
+            return Ok(Some(id_of(r.get(0), "batch ID")?));
+        }
+    }
+    Ok(None)
+}
+
+pub async fn defer_collection_job(
+    ds: &Datastore,
+    task: &Task,
+    id: &CollectionJobId,
+    delay_seconds: i64,
+) -> Result<(), DapError> {
+    sqlx::query(
+        "UPDATE collection_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = ?
+         WHERE task_id = ? AND collection_job_id = ?",
+    )
+    .bind(now_seconds() + delay_seconds)
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .execute(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Ends a job with its `CollectionJobResp`, or with the error that failed it.
+pub async fn end_collection_job(
+    ds: &Datastore,
+    task: &Task,
+    id: &CollectionJobId,
+    outcome: Result<Vec<u8>, (String, String)>,
+) -> Result<(), DapError> {
+    let (state, response, error) = match outcome {
+        Ok(resp) => ("finished", Some(resp), None),
+        Err(e) => ("failed", None, Some(e)),
+    };
+    sqlx::query(
+        "UPDATE collection_jobs SET state = ?, response = ?, error_type = ?, error_detail = ?, lease_expiry_seconds = 0
+         WHERE task_id = ? AND collection_job_id = ? AND state = 'pending'",
+    )
+    .bind(state)
+    .bind(response)
+    .bind(error.as_ref().map(|e| e.0.clone()))
+    .bind(error.as_ref().map(|e| e.1.clone()))
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .execute(ds.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reports(n: usize, uploaded: i64) -> Vec<Pending> {
+        (0..n).map(|i| (vec![i as u8], uploaded)).collect()
+    }
+
+    #[test]
+    fn jobs_are_cut_to_size_and_short_ones_wait() {
+        let sizes = JobSizes { min: 3, max: 4, max_delay_seconds: 10, max_jobs_per_pass: 10 };
+        let jobs = cut_jobs(&reports(10, 100), &sizes, 105, false);
+        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4]);
+        // Once the short remainder has waited long enough, it goes too.
+        let jobs = cut_jobs(&reports(10, 100), &sizes, 110, false);
+        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        // A chunk that fills a batch's last room never waits.
+        let jobs = cut_jobs(&reports(2, 100), &sizes, 100, true);
+        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![2]);
+        let sizes = JobSizes { max_jobs_per_pass: 1, ..sizes };
+        assert_eq!(cut_jobs(&reports(10, 0), &sizes, 100, false).len(), 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! The harness of duet's cross-process end-to-end tests: a leader and a helper started as real
+//! `duet-leader` and `duet-helper` processes on SQLite files in a temporary folder, tasks
+//! provisioned through their admin APIs, and the client and collector SDKs talking to them over
+//! loopback.
+
+use duet_client::admin::{provision_task, AdminClient, NewTask};
+use duet_client::process::{sibling_binary, Output, ServerProcess};
+use duet_common::auth::AuthenticationToken;
+use duet_common::messages::{BatchMode, TaskId};
+use duet_common::task::TaskParameters;
+use duet_common::vdaf::VdafConfig;
+use std::time::Duration;
+
+/// Options of a deployment's leader.
+#[derive(Clone, Debug)]
+pub struct LeaderOptions {
+    pub max_job_size: usize,
+}
+
+impl Default for LeaderOptions {
+    fn default() -> Self {
+        Self { max_job_size: 100 }
+    }
+}
+
+/// A leader and a helper process with their databases.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub leader: ServerProcess,
+    pub helper: ServerProcess,
+    leader_admin: AuthenticationToken,
+    helper_admin: AuthenticationToken,
+    leader_args: Vec<String>,
+    helper_args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+fn spawn(name: &str, args: &[String], admin: &AuthenticationToken, listen: &str) -> ServerProcess {
+    let binary = sibling_binary(name).unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--listen".to_string(), listen.to_string()]);
+    let log = std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    ServerProcess::spawn(
+        &binary,
+        &all,
+        &[("DUET_ADMIN_TOKEN", admin.expose()), ("RUST_LOG", &log)],
+        Output::Prefixed(name.to_string()),
+    )
+    .unwrap()
+}
+
+impl Deployment {
+    pub fn start(options: LeaderOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
+        let helper_args = vec!["--database".into(), db("helper.db")];
+        let leader_args = vec![
+            "--database".into(),
+            db("leader.db"),
+            "--creator-interval-ms".into(),
+            "200".into(),
+            "--driver-interval-ms".into(),
+            "100".into(),
+            "--max-job-size".into(),
+            options.max_job_size.to_string(),
+        ];
+        let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
+        let helper = spawn("duet-helper", &helper_args, &helper_admin, "127.0.0.1:0");
+        let leader = spawn("duet-leader", &leader_args, &leader_admin, "127.0.0.1:0");
+        Self {
+            dir,
+            leader,
+            helper,
+            leader_admin,
+            helper_admin,
+            leader_args,
+            helper_args,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        }
+    }
+
+    /// The leader's SQLite database, for checks on what it stored.
+    pub async fn leader_db(&self) -> sqlx::SqlitePool {
+        let url = format!("sqlite:{}?mode=ro", self.dir.path().join("leader.db").display());
+        sqlx::SqlitePool::connect(&url).await.unwrap()
+    }
+
+    /// Stops both servers gracefully and starts them again on the same ports and databases.
+    pub fn restart(&mut self) {
+        self.leader.terminate(Duration::from_secs(40));
+        self.helper.terminate(Duration::from_secs(40));
+        let (l, h) = (self.leader.addr.to_string(), self.helper.addr.to_string());
+        self.helper = spawn("duet-helper", &self.helper_args, &self.helper_admin, &h);
+        self.leader = spawn("duet-leader", &self.leader_args, &self.leader_admin, &l);
+    }
+
+    /// Provisions a task on both servers. `helper_endpoint` overrides the helper's URL (a proxy
+    /// in front of it, for instance).
+    pub async fn create_task(
+        &self,
+        vdaf: VdafConfig,
+        batch_mode: BatchMode,
+        min_batch_size: u64,
+        max_batch_size: Option<u64>,
+        helper_endpoint: Option<String>,
+    ) -> NewTask {
+        let params = TaskParameters {
+            task_id: TaskId::random(),
+            task_info: "duet end-to-end test".into(),
+            leader_endpoint: self.leader.url(),
+            helper_endpoint: helper_endpoint.unwrap_or_else(|| self.helper.url()),
+            time_precision: 3600,
+            min_batch_size,
+            batch_mode,
+            vdaf,
+            task_interval_seconds: None,
+        };
+        let task = NewTask::generate(params, max_batch_size);
+        let leader = AdminClient::new(self.http.clone(), &self.leader.url(), self.leader_admin.clone()).unwrap();
+        let helper = AdminClient::new(self.http.clone(), &self.helper.url(), self.helper_admin.clone()).unwrap();
+        provision_task(&leader, &task.leader_request, &helper, &task.helper_request).await.unwrap();
+        task
+    }
+}
+
+/// The start of the hour two hours ago, as POSIX seconds: a report time in the past (accepted)
+/// and aligned to the tests' one-hour time precision.
+pub fn past_hour() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    (now / 3600 - 2) * 3600
+}
+
+/// One of each Prio3 variant, small enough for quick tests.
+pub fn all_vdafs() -> Vec<VdafConfig> {
+    vec![
+        VdafConfig::Prio3Count,
+        VdafConfig::Prio3Sum { max_measurement: 255 },
+        VdafConfig::Prio3SumVec { length: 8, max_measurement: 3, chunk_length: 4 },
+        VdafConfig::Prio3Histogram { length: 12, chunk_length: 4 },
+        VdafConfig::Prio3MultihotCountVec { length: 10, chunk_length: 4, max_weight: 4 },
+    ]
+}
