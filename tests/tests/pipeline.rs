@@ -242,7 +242,7 @@ async fn collection_rules_repeat_overlap_and_late_reports() {
     client.upload(&items).await.unwrap();
     let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
     let query = collector.query(Some((time, 3600))).unwrap();
-    let first = collector.collect(query.clone(), TIMEOUT).await.unwrap();
+    let first = collector.collect(query, TIMEOUT).await.unwrap();
     assert_eq!((first.report_count, first.result.clone()), (6, AggregateResult::Scalar(3)));
 
     // A report for the collected hour is refused; the repeated query returns the same result.
