@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod collect;
+pub mod demo;
 pub mod error;
 pub mod format;
 pub mod http;

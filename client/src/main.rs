@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use duet_client::admin::{provision_task, AdminClient, NewTask};
 use duet_client::collect::{Collector, CollectorOptions};
 use duet_client::format::{render_json, render_text};
+use duet_client::simulate::default_chunk_length;
 use duet_client::upload::{Client, ClientOptions};
 use duet_client::{http, timefmt, ClientError};
 use duet_common::auth::{AuthenticationToken, TokenScheme};
@@ -42,6 +43,25 @@ enum Command {
     Upload(UploadArgs),
     /// Collect an aggregate as the task's collector.
     Collect(CollectArgs),
+    /// Run leader and helper as local processes on SQLite, upload simulated Prio3Histogram
+    /// reports, collect, and compare with the histogram computed in the clear.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Simulated reports to upload.
+    #[arg(long, default_value_t = 10_000)]
+    reports: usize,
+    /// Histogram buckets.
+    #[arg(long, default_value_t = 10)]
+    buckets: u32,
+    /// The task's min_batch_size.
+    #[arg(long, default_value_t = 100)]
+    min_batch_size: u64,
+    /// Show the servers' logs.
+    #[arg(long)]
+    server_logs: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +367,7 @@ async fn run(command: Command) -> CliResult {
         Command::Task(TaskCommand::Create(args)) => task_create(*args).await,
         Command::Upload(args) => upload(args).await,
         Command::Collect(args) => collect(args).await,
+        Command::Demo(args) => demo(args).await,
     }
 }
 
@@ -387,13 +408,6 @@ fn print_stdout(text: &str) -> CliResult {
 /// canonical form that all parties share).
 fn normalize_endpoint(which: &str, endpoint: &str) -> CliResult<String> {
     http::endpoint_base(endpoint).map(|u| u.to_string()).map_err(|e| CliError::usage(format!("--{which}: {e}")))
-}
-
-/// About the square root of the measurement's encoded length, which balances proof size and
-/// verification work for Prio3's chunked circuits.
-fn default_chunk_length(encoded_len: u64) -> u32 {
-    let root = (encoded_len as f64).sqrt().floor() as u64;
-    u32::try_from(root.max(1)).unwrap_or(u32::MAX)
 }
 
 /// Bits needed to encode values up to `max`.
@@ -551,6 +565,17 @@ async fn task_create(args: CreateArgs) -> CliResult {
         path.display()
     );
     Ok(())
+}
+
+async fn demo(args: DemoArgs) -> CliResult {
+    let options = duet_client::demo::DemoOptions {
+        reports: args.reports,
+        buckets: args.buckets,
+        min_batch_size: args.min_batch_size,
+        server_logs: args.server_logs,
+    };
+    let text = duet_client::demo::run(&options).await.map_err(CliError::server)?;
+    print_stdout(&text)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> CliResult<T> {

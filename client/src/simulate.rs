@@ -4,6 +4,13 @@
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
 use rand::Rng;
 
+/// About the square root of the measurement's encoded length, which balances proof size and
+/// verification work for Prio3's chunked circuits.
+pub fn default_chunk_length(encoded_len: u64) -> u32 {
+    let root = (encoded_len as f64).sqrt().floor() as u64;
+    u32::try_from(root.max(1)).unwrap_or(u32::MAX)
+}
+
 /// A random valid measurement for `config`. Histogram buckets follow a skewed distribution so
 /// that a result is recognisable at a glance.
 pub fn random_measurement(config: &VdafConfig, rng: &mut impl Rng) -> Measurement {
