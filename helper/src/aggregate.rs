@@ -11,20 +11,12 @@ use duet_common::hpke::{open, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::datastore::{now_seconds, BatchBucket, BucketValues, Datastore, StoreError, Task, Tx};
 use duet_common::server::http::{dap_response, require_media_type, HttpResult};
+use duet_common::server::storage::{HelperJob, HelperOutcome as Outcome, HelperStep, Store, Task};
 use duet_common::time::{Duration, Time};
-use duet_common::vdaf::{OutputShare, Transition, VerifyState};
-use duet_common::{Decode, Encode};
-use sqlx::Row;
-use std::collections::{HashMap, HashSet};
-
-/// One report's outcome after the CPU-bound part of a step.
-enum Outcome {
-    Commit { out_share: OutputShare, outbound: Option<Vec<u8>>, time: Time },
-    Keep { state: VerifyState, outbound: Vec<u8>, time: Time },
-    Reject(ReportError),
-}
+use duet_common::vdaf::Transition;
+use duet_common::Decode;
+use std::collections::HashSet;
 
 fn job_location(task: &Task, job_id: &AggregationJobId, step: Option<AggregationJobStep>) -> String {
     let base = task.parameters.helper_endpoint.trim_end_matches('/');
@@ -106,101 +98,6 @@ fn init_report(task: &Task, keys: &[duet_common::hpke::HpkeKeypair], skew: Durat
     }
 }
 
-/// Commits output shares (replay and collected-bucket checks first) and turns outcomes into
-/// `VerifyResp`s, inside `tx`.
-async fn commit_outcomes(
-    tx: &mut Tx<'_>,
-    task: &Task,
-    job_id: &AggregationJobId,
-    batch_id: Option<BatchId>,
-    report_ids: &[ReportId],
-    outcomes: Vec<Outcome>,
-    step: AggregationJobStep,
-) -> Result<Vec<VerifyResp>, DapError> {
-    let mut resps = Vec::with_capacity(outcomes.len());
-    let mut buckets: HashMap<BatchBucket, BucketValues> = HashMap::new();
-    let mut collected_cache: HashMap<BatchBucket, bool> = HashMap::new();
-    for (report_id, outcome) in report_ids.iter().zip(outcomes) {
-        let verify_resp_type = match outcome {
-            Outcome::Reject(report_error) => VerifyRespType::Reject { report_error },
-            Outcome::Keep { state, outbound, time } => {
-                sqlx::query(
-                    "INSERT INTO helper_report_states (task_id, job_id, ord, report_id, report_time, verify_state)
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(task.id.as_bytes().as_slice())
-                .bind(job_id.as_bytes().as_slice())
-                .bind(resps.len() as i64)
-                .bind(report_id.as_bytes().as_slice())
-                .bind(time.units() as i64)
-                .bind(state.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::from)?;
-                VerifyRespType::Continue { payload: outbound }
-            }
-            Outcome::Commit { out_share, outbound, time } => {
-                let bucket = match batch_id {
-                    Some(id) => BatchBucket::LeaderSelected(id),
-                    None => BatchBucket::TimeInterval(time),
-                };
-                let collected = match collected_cache.get(&bucket) {
-                    Some(c) => *c,
-                    None => {
-                        let c = Datastore::bucket_collected(tx, task, &bucket).await?;
-                        collected_cache.insert(bucket, c);
-                        c
-                    }
-                };
-                if collected {
-                    resps.push(VerifyResp {
-                        report_id: *report_id,
-                        verify_resp_type: VerifyRespType::Reject { report_error: ReportError::BatchCollected },
-                    });
-                    continue;
-                }
-                let fresh = sqlx::query(
-                    "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                )
-                .bind(task.id.as_bytes().as_slice())
-                .bind(report_id.as_bytes().as_slice())
-                .bind(job_id.as_bytes().as_slice())
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected()
-                    == 1;
-                if !fresh {
-                    VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
-                } else {
-                    let entry = buckets.entry(bucket).or_insert_with(|| BucketValues {
-                        aggregate_share: task.vdaf.aggregate_init(),
-                        report_count: 0,
-                        checksum: BatchChecksum::default(),
-                        min_time: time,
-                        max_time: time,
-                    });
-                    entry.aggregate_share.accumulate(&out_share).map_err(|e| DapError::Internal(e.to_string()))?;
-                    entry.report_count += 1;
-                    entry.checksum.update(report_id);
-                    entry.min_time = entry.min_time.min(time);
-                    entry.max_time = entry.max_time.max(time);
-                    match outbound {
-                        Some(payload) => VerifyRespType::Continue { payload },
-                        None => VerifyRespType::Finish,
-                    }
-                }
-            }
-        };
-        resps.push(VerifyResp { report_id: *report_id, verify_resp_type });
-    }
-    for (bucket, values) in &buckets {
-        Datastore::add_to_bucket(tx, task, bucket, 0, values).await?;
-    }
-    tracing::debug!(task_id = %task.id, job_id = %job_id, %step, buckets = buckets.len(), "committed aggregation step");
-    Ok(resps)
-}
-
 fn check_extensions(task: &Task, req: &AggregationJobInitReq) -> Result<Option<BatchId>, DapError> {
     let tid = Some(task.id);
     if !strictly_increasing(req.extensions.iter().map(|e| e.extension_type)) {
@@ -244,7 +141,7 @@ pub async fn init(
     // The job ID is derived from the request, so a retried POST names the same job.
     let (job_id, digest) = job_digest(&task.id, &body);
     let job_id = AggregationJobId::from_bytes(job_id);
-    if let Some(resp) = existing_job(&state.datastore, &task, &job_id).await? {
+    if let Some(resp) = existing_job(&state.store, &task, &job_id).await? {
         return Ok(resp);
     }
     let batch_id = check_extensions(&task, &req)?;
@@ -266,7 +163,7 @@ pub async fn init(
         return Err(DapError::invalid_message(tid, "report IDs in the job are not distinct").into());
     }
 
-    let keys: Vec<_> = state.datastore.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<_> = state.store.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
     let skew =
         Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
     let task_cpu = task.clone();
@@ -276,94 +173,22 @@ pub async fn init(
     .await
     .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
 
-    let mut tx = state.datastore.begin().await?;
-    // A concurrent identical request may have won the race while we verified.
-    if job_exists(&mut tx, &task, &job_id).await? {
-        drop(tx);
-        return existing_job(&state.datastore, &task, &job_id).await?.ok_or_else(|| {
+    let reports = report_ids.len();
+    let step = HelperStep { job_id, digest, batch_id, step: AggregationJobStep(0), report_ids, outcomes };
+    let Some(body) = state.store.helper_init_job(&task, step).await? else {
+        // A concurrent identical request won the race while we verified.
+        return existing_job(&state.store, &task, &job_id).await?.ok_or_else(|| {
             DapError::dap(DapProblemType::UnrecognizedAggregationJob, tid, "the job was deleted").into()
         });
-    }
-    let step = AggregationJobStep(0);
-    let resps = commit_outcomes(&mut tx, &task, &job_id, batch_id, &report_ids, outcomes, step).await?;
-    let continuing = resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. }))
-        && has_states(&mut tx, &task, &job_id).await?;
-    let body =
-        AggregationJobResp { verify_resps: resps }.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO helper_aggregation_jobs (task_id, job_id, init_digest, step, last_request_digest, last_response,
-         batch_id, state, created_at_seconds) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
-    )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(job_id.as_bytes().as_slice())
-    .bind(digest.as_slice())
-    .bind(digest.as_slice())
-    .bind(&body)
-    .bind(batch_id.map(|b| b.as_bytes().to_vec()))
-    .bind(if continuing { "active" } else { "finished" })
-    .bind(now_seconds())
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
-    tracing::info!(task_id = %task.id, job_id = %job_id, reports = report_ids.len(), "aggregation job initialized");
+    };
+    tracing::info!(task_id = %task.id, job_id = %job_id, reports, "aggregation job initialized");
     Ok(job_response(StatusCode::CREATED, job_location(&task, &job_id, None), body))
 }
 
-/// Whether `sql` (a `SELECT 1 ... WHERE task_id = ? AND job_id = ?`) finds a row.
-async fn job_row_exists(tx: &mut Tx<'_>, sql: &str, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
-    Ok(sqlx::query(sql)
-        .bind(task.id.as_bytes().as_slice())
-        .bind(job_id.as_bytes().as_slice())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(StoreError::from)?
-        .is_some())
-}
-
-async fn job_exists(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
-    job_row_exists(tx, "SELECT 1 FROM helper_aggregation_jobs WHERE task_id = ? AND job_id = ?", task, job_id).await
-}
-
-async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
-    job_row_exists(tx, "SELECT 1 FROM helper_report_states WHERE task_id = ? AND job_id = ? LIMIT 1", task, job_id)
-        .await
-}
-
-struct JobRow {
-    step: AggregationJobStep,
-    last_request_digest: Vec<u8>,
-    last_response: Vec<u8>,
-    batch_id: Option<BatchId>,
-    state: String,
-}
-
-async fn load_job(datastore: &Datastore, task: &Task, job_id: &AggregationJobId) -> Result<Option<JobRow>, DapError> {
-    let row = sqlx::query(
-        "SELECT step, last_request_digest, last_response, batch_id, state FROM helper_aggregation_jobs
-         WHERE task_id = ? AND job_id = ?",
-    )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(job_id.as_bytes().as_slice())
-    .fetch_optional(datastore.pool())
-    .await
-    .map_err(StoreError::from)?;
-    Ok(row.map(|r| JobRow {
-        step: AggregationJobStep(r.get::<i64, _>(0) as u16),
-        last_request_digest: r.get(1),
-        last_response: r.get(2),
-        batch_id: r.get::<Option<Vec<u8>>, _>(3).and_then(|b| BatchId::try_from(b.as_slice()).ok()),
-        state: r.get(4),
-    }))
-}
-
 /// The stored answer to a repeated init request: the job's location and current state.
-async fn existing_job(
-    datastore: &Datastore,
-    task: &Task,
-    job_id: &AggregationJobId,
-) -> Result<Option<Response>, DapError> {
-    Ok(load_job(datastore, task, job_id)
+async fn existing_job(store: &Store, task: &Task, job_id: &AggregationJobId) -> Result<Option<Response>, DapError> {
+    Ok(store
+        .helper_job(task, job_id)
         .await?
         .filter(|j| j.state != "deleted")
         .map(|job| job_response(StatusCode::OK, job_location(task, job_id, None), job.last_response)))
@@ -375,8 +200,8 @@ fn parse_job_id(task: &Task, s: &str) -> Result<AggregationJobId, DapError> {
     })
 }
 
-async fn live_job(state: &HelperState, task: &Task, job_id: &AggregationJobId) -> Result<JobRow, DapError> {
-    load_job(&state.datastore, task, job_id).await?.filter(|j| j.state != "deleted").ok_or_else(|| {
+async fn live_job(state: &HelperState, task: &Task, job_id: &AggregationJobId) -> Result<HelperJob, DapError> {
+    state.store.helper_job(task, job_id).await?.filter(|j| j.state != "deleted").ok_or_else(|| {
         DapError::dap(DapProblemType::UnrecognizedAggregationJob, Some(task.id), format!("no aggregation job {job_id}"))
     })
 }
@@ -414,20 +239,7 @@ pub async fn continue_job(
         )
         .into());
     }
-    let rows = sqlx::query(
-        "SELECT report_id, report_time, verify_state FROM helper_report_states WHERE task_id = ? AND job_id = ?",
-    )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(job_id.as_bytes().as_slice())
-    .fetch_all(state.datastore.pool())
-    .await
-    .map_err(StoreError::from)?;
-    let mut states: HashMap<ReportId, (Time, Vec<u8>)> = HashMap::new();
-    for r in rows {
-        let id =
-            ReportId::try_from(r.get::<Vec<u8>, _>(0).as_slice()).map_err(|e| DapError::Internal(e.to_string()))?;
-        states.insert(id, (Time::from_units(r.get::<i64, _>(1) as u64), r.get(2)));
-    }
+    let states = state.store.helper_kept_states(&task, &job_id).await?;
     let mut seen = HashSet::new();
     let mut work = Vec::with_capacity(req.verify_continues.len());
     for vc in &req.verify_continues {
@@ -467,37 +279,10 @@ pub async fn continue_job(
     .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
     let report_ids: Vec<ReportId> = req.verify_continues.iter().map(|v| v.report_id).collect();
 
-    let mut tx = state.datastore.begin().await?;
-    // The previous step's states are consumed; reports the leader left out are dropped with them.
-    sqlx::query("DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?")
-        .bind(task.id.as_bytes().as_slice())
-        .bind(job_id.as_bytes().as_slice())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    let resps = commit_outcomes(&mut tx, &task, &job_id, job.batch_id, &report_ids, outcomes, req.step).await?;
-    let continuing = has_states(&mut tx, &task, &job_id).await?;
-    let body =
-        AggregationJobResp { verify_resps: resps }.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
-    let updated = sqlx::query(
-        "UPDATE helper_aggregation_jobs SET step = ?, last_request_digest = ?, last_response = ?, state = ?
-         WHERE task_id = ? AND job_id = ? AND step = ?",
-    )
-    .bind(req.step.0 as i64)
-    .bind(digest.as_slice())
-    .bind(&body)
-    .bind(if continuing { "active" } else { "finished" })
-    .bind(task.id.as_bytes().as_slice())
-    .bind(job_id.as_bytes().as_slice())
-    .bind(job.step.0 as i64)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    if updated.rows_affected() != 1 {
-        // Another request advanced the job meanwhile; roll back ours.
+    let step = HelperStep { job_id, digest, batch_id: job.batch_id, step: req.step, report_ids, outcomes };
+    let Some(body) = state.store.helper_continue_job(&task, job.step, step).await? else {
         return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently").into());
-    }
-    tx.commit().await.map_err(StoreError::from)?;
+    };
     Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), body))
 }
 
@@ -539,18 +324,6 @@ pub async fn delete_job(
     let task = helper_task(&state, &task_id, &headers).await?;
     let job_id = parse_job_id(&task, &job_id)?;
     live_job(&state, &task, &job_id).await?;
-    let mut tx = state.datastore.begin().await?;
-    for sql in [
-        "DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?",
-        "UPDATE helper_aggregation_jobs SET state = 'deleted', last_response = x'' WHERE task_id = ? AND job_id = ?",
-    ] {
-        sqlx::query(sql)
-            .bind(task.id.as_bytes().as_slice())
-            .bind(job_id.as_bytes().as_slice())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
+    state.store.helper_delete_job(&task, &job_id).await?;
     Ok(StatusCode::OK)
 }

@@ -10,10 +10,9 @@ use duet_common::hpke::{seal, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::datastore::{now_seconds, Batch, Datastore, StoreError, Task};
 use duet_common::server::http::{dap_response, require_media_type, HttpResult};
+use duet_common::server::storage::{Batch, BucketValues, ShareRelease, Task};
 use duet_common::{Decode, Encode};
-use sqlx::Row;
 
 fn share_response(task: &Task, share_id: &AggregateShareId, status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = dap_response(status, media_type::AGGREGATE_SHARE, body);
@@ -76,29 +75,33 @@ pub async fn create(
         .map_err(|e| DapError::invalid_message(tid, format!("malformed AggregateShareReq: {e}")))?;
     let (share_id, digest) = job_digest(&task.id, &body);
     let share_id = AggregateShareId::from_bytes(share_id);
-    if let Some(resp) = existing_share(&state.datastore, &task, &share_id).await? {
-        return Ok(resp);
+    if let Some(resp) = state.store.helper_aggregate_share(&task, &share_id).await? {
+        return Ok(share_response(&task, &share_id, StatusCode::OK, resp));
     }
     let batch = requested_batch(&task, &req)?;
-
-    let mut tx = state.datastore.begin().await?;
-    if Datastore::batch_overlaps_collected(&mut tx, &task, &batch).await? {
-        drop(tx);
-        // The identical request may have completed concurrently; otherwise it is an overlap.
-        if let Some(resp) = existing_share(&state.datastore, &task, &share_id).await? {
-            return Ok(resp);
+    let build = |values: Option<&BucketValues>| build_share(&task, &req, values);
+    match state.store.helper_release_aggregate_share(&task, &share_id, &digest, &batch, &build).await? {
+        ShareRelease::Released(resp) => {
+            tracing::info!(task_id = %task.id, share_id = %share_id, reports = req.report_count, "aggregate share released");
+            Ok(share_response(&task, &share_id, StatusCode::CREATED, resp))
         }
-        return Err(DapError::dap(DapProblemType::BatchOverlap, tid, "the batch was already collected").into());
+        ShareRelease::Overlap => {
+            Err(DapError::dap(DapProblemType::BatchOverlap, tid, "the batch was already collected").into())
+        }
     }
-    let values = Datastore::batch_values(&mut tx, &task, &batch).await?;
-    let count = values.as_ref().map_or(0, |v| v.report_count);
+}
+
+/// Checks the batch against the leader's request (size, count, checksum) and encrypts the
+/// helper's aggregate share to the collector.
+fn build_share(task: &Task, req: &AggregateShareReq, values: Option<&BucketValues>) -> Result<Vec<u8>, DapError> {
+    let tid = Some(task.id);
+    let count = values.map_or(0, |v| v.report_count);
     if count < task.configuration.min_batch_size {
         return Err(DapError::dap(
             DapProblemType::InvalidBatchSize,
             tid,
             format!("the batch holds {count} reports, fewer than min_batch_size {}", task.configuration.min_batch_size),
-        )
-        .into());
+        ));
     }
     let values = values.ok_or_else(|| DapError::Internal("non-empty batch without values".into()))?;
     if values.report_count != req.report_count || values.checksum != req.checksum {
@@ -109,8 +112,7 @@ pub async fn create(
                 "helper has {} reports in the batch, leader says {}, or checksums differ",
                 values.report_count, req.report_count
             ),
-        )
-        .into());
+        ));
     }
     let aad = AggregateShareAad::encode_parts(&task.id, &task.configuration_encoded, &req.collection_job_req)
         .map_err(|e| DapError::Internal(e.to_string()))?;
@@ -122,41 +124,7 @@ pub async fn create(
         &aad,
     )
     .map_err(|e| DapError::Internal(format!("encrypting the aggregate share: {e}")))?;
-    let response = AggregateShare { encrypted_aggregate_share: encrypted }
-        .get_encoded()
-        .map_err(|e| DapError::Internal(e.to_string()))?;
-    Datastore::mark_collected(&mut tx, &task, &batch).await?;
-    sqlx::query(
-        "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
-         VALUES (?, ?, ?, ?, 'finished', ?)",
-    )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(share_id.as_bytes().as_slice())
-    .bind(digest.as_slice())
-    .bind(&response)
-    .bind(now_seconds())
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
-    tracing::info!(task_id = %task.id, share_id = %share_id, reports = count, "aggregate share released");
-    Ok(share_response(&task, &share_id, StatusCode::CREATED, response))
-}
-
-async fn existing_share(
-    datastore: &Datastore,
-    task: &Task,
-    share_id: &AggregateShareId,
-) -> Result<Option<Response>, DapError> {
-    let row = sqlx::query("SELECT response, state FROM helper_aggregate_shares WHERE task_id = ? AND share_id = ?")
-        .bind(task.id.as_bytes().as_slice())
-        .bind(share_id.as_bytes().as_slice())
-        .fetch_optional(datastore.pool())
-        .await
-        .map_err(StoreError::from)?;
-    Ok(row
-        .filter(|r| r.get::<String, _>(1) == "finished")
-        .map(|r| share_response(task, share_id, StatusCode::OK, r.get(0))))
+    AggregateShare { encrypted_aggregate_share: encrypted }.get_encoded().map_err(|e| DapError::Internal(e.to_string()))
 }
 
 fn parse_share_id(task: &Task, s: &str) -> Result<AggregateShareId, DapError> {
@@ -171,9 +139,12 @@ pub async fn get(
 ) -> HttpResult<Response> {
     let task = helper_task(&state, &task_id, &headers).await?;
     let share_id = parse_share_id(&task, &share_id)?;
-    existing_share(&state.datastore, &task, &share_id)
+    let resp = state
+        .store
+        .helper_aggregate_share(&task, &share_id)
         .await?
-        .ok_or_else(|| DapError::NotFound(format!("no aggregate share {share_id}")).into())
+        .ok_or_else(|| DapError::NotFound(format!("no aggregate share {share_id}")))?;
+    Ok(share_response(&task, &share_id, StatusCode::OK, resp))
 }
 
 /// `DELETE {helper}/tasks/{task-id}/aggregate_shares/{aggregate-share-id}`: drops the stored
@@ -185,15 +156,8 @@ pub async fn delete(
 ) -> HttpResult<StatusCode> {
     let task = helper_task(&state, &task_id, &headers).await?;
     let share_id = parse_share_id(&task, &share_id)?;
-    let done = sqlx::query(
-        "UPDATE helper_aggregate_shares SET state = 'deleted', response = x'' WHERE task_id = ? AND share_id = ? AND state = 'finished'",
-    )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(share_id.as_bytes().as_slice())
-    .execute(state.datastore.pool())
-    .await
-    .map_err(StoreError::from)?;
-    if done.rows_affected() == 0 {
+    let done = state.store.helper_delete_aggregate_share(&task, &share_id).await?;
+    if !done {
         return Err(DapError::NotFound(format!("no aggregate share {share_id}")).into());
     }
     Ok(StatusCode::OK)

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use duet_common::auth::AuthenticationToken;
 use duet_common::messages::{Role, TaskId};
-use duet_common::server::datastore::Datastore;
+use duet_common::server::storage::Store;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ impl Default for HelperConfig {
 
 #[derive(Clone)]
 pub struct HelperState {
-    pub datastore: Datastore,
+    pub store: Store,
     pub config: Arc<HelperConfig>,
 }
 
@@ -51,9 +51,9 @@ pub(crate) async fn helper_task(
     state: &HelperState,
     task_id: &str,
     headers: &axum::http::HeaderMap,
-) -> Result<Arc<duet_common::server::datastore::Task>, duet_common::problem::DapError> {
+) -> Result<Arc<duet_common::server::storage::Task>, duet_common::problem::DapError> {
     let task_id = duet_common::server::http::parse_task_id(task_id)?;
-    let task = state.datastore.task(&task_id).await?;
+    let task = state.store.task(&task_id).await?;
     if task.role != Role::Helper {
         return Err(duet_common::problem::DapError::unrecognized_task(task_id));
     }
@@ -62,9 +62,9 @@ pub(crate) async fn helper_task(
 }
 
 /// All of the helper's routes.
-pub fn router(datastore: Datastore, config: HelperConfig, admin_token: AuthenticationToken) -> Router {
+pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationToken) -> Router {
     let max_body = config.max_body_bytes;
-    let state = HelperState { datastore: datastore.clone(), config: Arc::new(config) };
+    let state = HelperState { store: store.clone(), config: Arc::new(config) };
     let dap = Router::new()
         .route("/tasks/{task_id}/aggregation_jobs", post(aggregate::init))
         .route(
@@ -76,9 +76,9 @@ pub fn router(datastore: Datastore, config: HelperConfig, admin_token: Authentic
         .with_state(state);
     let hpke = Router::new()
         .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
-        .with_state(datastore.clone());
+        .with_state(store.clone());
     dap.merge(hpke)
-        .merge(duet_common::server::admin::router(datastore, Role::Helper, admin_token))
+        .merge(duet_common::server::admin::router(store, Role::Helper, admin_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
 }

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::datastore::Datastore;
 use duet_helper::{router, HelperConfig};
 
 #[derive(Parser)]
@@ -37,7 +36,7 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), String> {
     let admin_token = AuthenticationToken::new(args.admin_token).map_err(|e| format!("admin token: {e}"))?;
-    let datastore = Datastore::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config = HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, ..Default::default() };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
@@ -45,7 +44,7 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(%addr, "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    axum::serve(listener, router(datastore, config, admin_token))
+    axum::serve(listener, router(store, config, admin_token))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

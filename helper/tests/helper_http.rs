@@ -8,7 +8,6 @@ use duet_common::hpke::{open, seal, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::ProblemDocument;
-use duet_common::server::datastore::Datastore;
 use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
 use duet_common::time::{Duration, Interval, Time, TimePrecision};
 use duet_common::vdaf::{vdaf_context, AggregateResult, Measurement, Transition, Vdaf, VdafConfig, VerifyKey};
@@ -25,11 +24,11 @@ struct Harness {
 async fn start_helper() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("helper.db").display());
-    let datastore = Datastore::open(&url).await.unwrap();
+    let store = duet_common::server::storage::open(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = AuthenticationToken::new("admin-token").unwrap();
-    let app = router(datastore, HelperConfig::default(), token.clone());
+    let app = router(store, HelperConfig::default(), token.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Harness { base: format!("http://{addr}/"), http: reqwest::Client::new(), token, _dir: dir }
 }

@@ -5,13 +5,12 @@
 //! shares into batch buckets in one transaction.
 
 use crate::peer::{endpoint_url, PeerError};
-use crate::store::{self, JobReport, LeasedJob, ReportOutcome, StepCounts};
 use crate::LeaderState;
 use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
-use duet_common::server::datastore::Task;
+use duet_common::server::storage::{JobReport, LeasedJob, ReportOutcome, StepCounts, Task};
 use duet_common::vdaf::{Transition, VerifyState};
 use duet_common::{Decode, Encode};
 use reqwest::Method;
@@ -20,13 +19,13 @@ use std::sync::Arc;
 /// One creator pass over every task with unaggregated reports. Returns the jobs created.
 pub async fn create_jobs(state: &LeaderState) -> Result<usize, DapError> {
     let mut created = 0;
-    for task_id in store::tasks_with_unaggregated_reports(&state.datastore).await? {
-        let task = match state.datastore.task(&task_id).await {
+    for task_id in state.store.tasks_with_unaggregated_reports().await? {
+        let task = match state.store.task(&task_id).await {
             Ok(t) => t,
             // The task was deleted under its reports; nothing to aggregate them for.
             Err(_) => continue,
         };
-        let n = store::create_jobs(&state.datastore, &task, &state.config.job_sizes).await?;
+        let n = state.store.create_aggregation_jobs(&task, &state.config.job_sizes).await?;
         if n > 0 {
             tracing::info!(task_id = %task.id, jobs = n, "aggregation jobs created");
         }
@@ -76,7 +75,7 @@ enum Driven {
 
 /// Drives one leased job to its end, or to a retry later.
 pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapError> {
-    let task = state.datastore.task(&job.task_id).await?;
+    let task = state.store.task(&job.task_id).await?;
     let outcome = match run_job(state, &task, &job).await {
         Ok(d) => d,
         Err(DapError::Unavailable(e)) => Driven::Retry { delay_seconds: 5, error: e },
@@ -90,12 +89,12 @@ pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapErr
         Driven::Retry { delay_seconds, error } if job.attempts < state.config.max_job_attempts => {
             tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, delay_seconds, %error,
                 "aggregation job will be retried");
-            store::retry_job(&state.datastore, &task, &job, delay_seconds, &error).await?;
+            state.store.retry_aggregation_job(&task, &job, delay_seconds, &error).await?;
         }
         Driven::Retry { error, .. } | Driven::Abandon(error) => {
             tracing::error!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, %error,
                 "aggregation job abandoned");
-            store::abandon_job(&state.datastore, &task, &job, &error).await?;
+            state.store.abandon_aggregation_job(&task, &job, &error).await?;
         }
     }
     Ok(())
@@ -112,8 +111,8 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
         // step means a VDAF this driver does not know.
         return Ok(Driven::Abandon(format!("job stopped at step {}", job.step)));
     }
-    let reports = store::job_reports(&state.datastore, job).await?;
-    let keys: Vec<HpkeKeypair> = state.datastore.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
+    let reports = state.store.aggregation_job_reports(job).await?;
+    let keys: Vec<HpkeKeypair> = state.store.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
 
     // Leader initialisation, off the async runtime.
     let task_cpu = task.clone();
@@ -188,7 +187,7 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
         .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
         outcomes.extend(finished);
     }
-    let counts = store::commit_job(&state.datastore, task, job, outcomes).await?;
+    let counts = state.store.commit_aggregation_job(task, job, outcomes).await?;
     Ok(Driven::Done(counts))
 }
 

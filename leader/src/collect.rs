@@ -4,7 +4,6 @@
 //! with both encrypted shares.
 
 use crate::peer::{endpoint_url, PeerError};
-use crate::store::{self, BatchReadiness, CollectionJobRow};
 use crate::LeaderState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -13,8 +12,8 @@ use duet_common::hpke::{seal, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::datastore::{Batch, BucketValues, Task};
 use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, Task};
 use duet_common::{Decode, Encode};
 use reqwest::Method;
 use sha2::{Digest, Sha256};
@@ -25,7 +24,7 @@ const POLL_SECONDS: &str = "1";
 
 async fn leader_task(state: &LeaderState, task_id: &str, headers: &HeaderMap) -> Result<Arc<Task>, DapError> {
     let task_id = parse_task_id(task_id)?;
-    let task = state.datastore.task(&task_id).await?;
+    let task = state.store.task(&task_id).await?;
     if task.role != Role::Leader {
         return Err(DapError::unrecognized_task(task_id));
     }
@@ -114,19 +113,12 @@ pub async fn create(
     let digest: [u8; 32] = Sha256::digest(&body).into();
     // An identical request names the existing job (DAP-18 "Resource Creation"), before any
     // check that the job itself may since have made fail (such as batchOverlap).
-    if let Some(job) = store::collection_job_by_digest(&state.datastore, &task, &digest).await? {
+    if let Some(job) = state.store.collection_job_by_digest(&task, &digest).await? {
         return job_response(&task, &job, StatusCode::OK);
     }
     validate_request(&task, &req)?;
     if let Query::TimeInterval(q) = &req.query {
-        let mut tx = state.datastore.begin().await?;
-        let overlap = duet_common::server::datastore::Datastore::batch_overlaps_collected(
-            &mut tx,
-            &task,
-            &Batch::TimeInterval(q.batch_interval),
-        )
-        .await?;
-        drop(tx);
+        let overlap = state.store.batch_overlaps_collected(&task, &Batch::TimeInterval(q.batch_interval)).await?;
         if overlap {
             return Err(DapError::dap(
                 DapProblemType::BatchOverlap,
@@ -136,10 +128,12 @@ pub async fn create(
             .into());
         }
     }
-    let id = store::insert_collection_job(&state.datastore, &task, &body, &digest).await?;
+    let id = state.store.insert_collection_job(&task, &body, &digest).await?;
     tracing::info!(task_id = %task.id, collection_job_id = %id, "collection job created");
     state.collection_wake.notify_one();
-    let job = store::collection_job(&state.datastore, &task, &id)
+    let job = state
+        .store
+        .collection_job(&task, &id)
         .await?
         .ok_or_else(|| DapError::Internal("collection job vanished".into()))?;
     job_response(&task, &job, StatusCode::CREATED)
@@ -157,7 +151,9 @@ pub async fn get(
 ) -> HttpResult<Response> {
     let task = leader_task(&state, &task_id, &headers).await?;
     let id = parse_job_id(&job_id)?;
-    let job = store::collection_job(&state.datastore, &task, &id)
+    let job = state
+        .store
+        .collection_job(&task, &id)
         .await?
         .ok_or_else(|| DapError::NotFound(format!("no collection job {id}")))?;
     job_response(&task, &job, StatusCode::OK)
@@ -172,7 +168,7 @@ pub async fn delete(
 ) -> HttpResult<StatusCode> {
     let task = leader_task(&state, &task_id, &headers).await?;
     let id = parse_job_id(&job_id)?;
-    if !store::delete_collection_job(&state.datastore, &task, &id).await? {
+    if !state.store.delete_collection_job(&task, &id).await? {
         return Err(DapError::NotFound(format!("no collection job {id}")).into());
     }
     tracing::info!(task_id = %task.id, collection_job_id = %id, "collection job deleted");
@@ -189,28 +185,29 @@ fn seal_leader_share(task: &Task, req: &CollectionJobReq, values: &BucketValues)
 
 /// Drives one leased collection job as far as it can go now.
 pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId) -> Result<(), DapError> {
-    let task = state.datastore.task(&task_id).await?;
-    let Some(mut job) = store::collection_job(&state.datastore, &task, &id).await? else {
+    let task = state.store.task(&task_id).await?;
+    let Some(mut job) = state.store.collection_job(&task, &id).await? else {
         return Ok(());
     };
     if job.state != "pending" {
         return Ok(());
     }
-    let ds = &state.datastore;
+    let ds = &state.store;
     if !job.batch_committed {
         let req = job.request.clone();
-        match store::commit_collection_batch(ds, &task, &job, |v| seal_leader_share(&task, &req, v)).await? {
+        match ds.commit_collection_batch(&task, &job, &|v| seal_leader_share(&task, &req, v)).await? {
             BatchReadiness::Wait(why) => {
                 tracing::debug!(task_id = %task.id, collection_job_id = %id, %why, "collection job waits");
-                return store::defer_collection_job(ds, &task, &id, 1).await;
+                return ds.defer_collection_job(&task, &id, 1).await;
             }
             BatchReadiness::Refuse(err) => {
                 let kind = err.kind().map(|k| k.token().to_string()).unwrap_or_default();
                 tracing::info!(task_id = %task.id, collection_job_id = %id, error = %err, "collection job failed");
-                return store::end_collection_job(ds, &task, &id, Err((kind, err.to_string()))).await;
+                return ds.end_collection_job(&task, &id, Err((kind, err.to_string()))).await;
             }
             BatchReadiness::Committed { .. } => {
-                job = store::collection_job(ds, &task, &id)
+                job = ds
+                    .collection_job(&task, &id)
                     .await?
                     .ok_or_else(|| DapError::Internal("collection job vanished".into()))?;
             }
@@ -244,18 +241,18 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
             Ok(share) => share.encrypted_aggregate_share,
             Err(e) => {
                 let detail = format!("the helper's AggregateShare is malformed: {e}");
-                return store::end_collection_job(ds, &task, &id, Err((String::new(), detail))).await;
+                return ds.end_collection_job(&task, &id, Err((String::new(), detail))).await;
             }
         },
         Err(PeerError::Transient { detail, retry_after }) => {
             let delay = retry_after.map(|d| d.as_secs() as i64).unwrap_or(1i64 << job.attempts.min(6)).clamp(1, 60);
             tracing::warn!(task_id = %task.id, collection_job_id = %id, %detail, delay, "aggregate share request will be retried");
-            return store::defer_collection_job(ds, &task, &id, delay).await;
+            return ds.defer_collection_job(&task, &id, delay).await;
         }
         Err(PeerError::Rejected { problem, detail, .. }) => {
             tracing::error!(task_id = %task.id, collection_job_id = %id, %detail, "helper refused the aggregate share");
             let kind = problem.map(|p| p.token().to_string()).unwrap_or_default();
-            return store::end_collection_job(ds, &task, &id, Err((kind, format!("helper: {detail}")))).await;
+            return ds.end_collection_job(&task, &id, Err((kind, format!("helper: {detail}")))).await;
         }
     };
     let resp = CollectionJobResp {
@@ -266,7 +263,7 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
     }
     .get_encoded()
     .map_err(|e| DapError::Internal(e.to_string()))?;
-    store::end_collection_job(ds, &task, &id, Ok(resp)).await?;
+    ds.end_collection_job(&task, &id, Ok(resp)).await?;
     tracing::info!(task_id = %task.id, collection_job_id = %id, reports = report_count, "collection job finished");
     Ok(())
 }

@@ -6,14 +6,13 @@
 pub mod aggregate;
 pub mod collect;
 pub mod peer;
-pub mod store;
 pub mod upload;
 
 use axum::routing::{get, post};
 use axum::Router;
 use duet_common::auth::AuthenticationToken;
 use duet_common::messages::Role;
-use duet_common::server::datastore::Datastore;
+use duet_common::server::storage::{JobSizes, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -25,7 +24,7 @@ pub struct LeaderConfig {
     /// How far in the future a report's timestamp may be before it is `report_too_early`.
     pub tolerable_clock_skew_seconds: u64,
     pub max_body_bytes: usize,
-    pub job_sizes: store::JobSizes,
+    pub job_sizes: JobSizes,
     /// Pause between job creator passes.
     pub creator_interval: Duration,
     /// Pause between driver passes when there was nothing to do.
@@ -45,7 +44,7 @@ impl Default for LeaderConfig {
         Self {
             tolerable_clock_skew_seconds: 300,
             max_body_bytes: 64 * 1024 * 1024,
-            job_sizes: store::JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 64 },
+            job_sizes: JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 64 },
             creator_interval: Duration::from_secs(1),
             driver_interval: Duration::from_millis(500),
             max_concurrent_jobs: 4,
@@ -58,7 +57,7 @@ impl Default for LeaderConfig {
 
 #[derive(Clone)]
 pub struct LeaderState {
-    pub datastore: Datastore,
+    pub store: Store,
     pub config: Arc<LeaderConfig>,
     pub peer: peer::Peer,
     /// Woken when jobs are created, so the driver starts at once.
@@ -68,10 +67,10 @@ pub struct LeaderState {
 }
 
 impl LeaderState {
-    pub fn new(datastore: Datastore, config: LeaderConfig) -> Result<Self, String> {
+    pub fn new(store: Store, config: LeaderConfig) -> Result<Self, String> {
         let peer = peer::Peer::new(config.max_helper_poll)?;
         Ok(Self {
-            datastore,
+            store,
             config: Arc::new(config),
             peer,
             aggregation_wake: Arc::default(),
@@ -83,7 +82,7 @@ impl LeaderState {
 /// All of the leader's routes.
 pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
     let max_body = state.config.max_body_bytes;
-    let datastore = state.datastore.clone();
+    let store = state.store.clone();
     let dap = Router::new()
         .route("/tasks/{task_id}/reports", post(upload::upload))
         .route("/tasks/{task_id}/collection_jobs", post(collect::create))
@@ -91,9 +90,9 @@ pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
         .with_state(state);
     let hpke = Router::new()
         .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
-        .with_state(datastore.clone());
+        .with_state(store.clone());
     dap.merge(hpke)
-        .merge(duet_common::server::admin::router(datastore, Role::Leader, admin_token))
+        .merge(duet_common::server::admin::router(store, Role::Leader, admin_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
 }
@@ -129,7 +128,7 @@ pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet
     set.spawn(async move {
         loop {
             let jobs =
-                match store::acquire_jobs(&s.datastore, s.config.max_concurrent_jobs, s.config.lease_seconds).await {
+                match s.store.acquire_aggregation_jobs(s.config.max_concurrent_jobs, s.config.lease_seconds).await {
                     Ok(j) => j,
                     Err(e) => {
                         tracing::warn!(error = %e, "leasing aggregation jobs failed");
@@ -159,7 +158,7 @@ pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet
     let (s, mut rx) = (state, stop);
     set.spawn(async move {
         loop {
-            let jobs = match store::acquire_collection_jobs(&s.datastore, 8, s.config.lease_seconds).await {
+            let jobs = match s.store.acquire_collection_jobs(8, s.config.lease_seconds).await {
                 Ok(j) => j,
                 Err(e) => {
                     tracing::warn!(error = %e, "leasing collection jobs failed");

@@ -3,7 +3,6 @@
 
 use clap::Parser;
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::datastore::Datastore;
 use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
 
@@ -77,11 +76,11 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("job sizes must satisfy 1 <= --min-job-size <= --max-job-size".into());
     }
     let admin_token = AuthenticationToken::new(args.admin_token).map_err(|e| format!("admin token: {e}"))?;
-    let datastore = Datastore::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let defaults = LeaderConfig::default();
     let config = LeaderConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
-        job_sizes: duet_leader::store::JobSizes {
+        job_sizes: duet_common::server::storage::JobSizes {
             min: args.min_job_size,
             max: args.max_job_size,
             max_delay_seconds: args.max_job_delay_seconds,
@@ -92,7 +91,7 @@ async fn run(args: Args) -> Result<(), String> {
         max_concurrent_jobs: args.max_concurrent_jobs.max(1),
         ..defaults
     };
-    let state = LeaderState::new(datastore, config)?;
+    let state = LeaderState::new(store, config)?;
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

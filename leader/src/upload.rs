@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
-use duet_common::server::datastore::{now_seconds, BatchBucket, Datastore, StoreError, Task};
 use duet_common::server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
+use duet_common::server::storage::Task;
 use duet_common::time::{Duration, Time};
 use duet_common::{Decode, Encode};
 use std::collections::HashSet;
@@ -40,10 +40,6 @@ fn precheck(
     None
 }
 
-fn encoded<T: Encode>(v: &T) -> Result<Vec<u8>, DapError> {
-    v.get_encoded().map_err(|e| DapError::Internal(e.to_string()))
-}
-
 /// `POST {leader}/tasks/{task-id}/reports`.
 pub async fn upload(
     State(state): State<LeaderState>,
@@ -52,62 +48,44 @@ pub async fn upload(
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
     let task_id = parse_task_id(&task_id)?;
-    let task = state.datastore.task(&task_id).await?;
+    let task = state.store.task(&task_id).await?;
     if task.role != Role::Leader {
         return Err(DapError::unrecognized_task(task_id).into());
     }
     require_media_type(&headers, media_type::UPLOAD_REQ)?;
     let req = UploadRequest::get_decoded(&body)
         .map_err(|e| DapError::invalid_message(Some(task_id), format!("malformed UploadRequest: {e}")))?;
-    let known: HashSet<HpkeConfigId> =
-        state.datastore.hpke_keypairs().await?.iter().map(|(k, _)| k.config().id).collect();
+    let known: HashSet<HpkeConfigId> = state.store.hpke_keypairs().await?.iter().map(|(k, _)| k.config().id).collect();
     let skew =
         Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
 
-    let mut errors = Vec::new();
-    let mut tx = state.datastore.begin().await?;
+    // Stateless checks first; the survivors go to storage in one transaction.
+    let mut errors: Vec<Option<ReportError>> = Vec::with_capacity(req.reports.len());
     let mut seen = HashSet::new();
+    let mut to_store = Vec::new();
     for report in &req.reports {
-        let id = report.report_metadata.report_id;
         let mut error = precheck(&task, report, &known, skew);
-        if error.is_none() && !seen.insert(id) {
+        if error.is_none() && !seen.insert(report.report_metadata.report_id) {
             error = Some(ReportError::ReportReplayed);
         }
         if error.is_none() {
-            let bucket = BatchBucket::TimeInterval(report.report_metadata.time);
-            if task.configuration.batch_mode == BatchMode::TimeInterval
-                && Datastore::bucket_collected(&mut tx, &task, &bucket).await?
-            {
-                // The spec lets the leader call a report for a collected batch a replay.
-                error = Some(ReportError::ReportReplayed);
-            }
+            to_store.push(report);
         }
-        if error.is_none() {
-            let inserted = sqlx::query(
-                "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
-                 leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'unaggregated', ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(task.id.as_bytes().as_slice())
-            .bind(id.as_bytes().as_slice())
-            .bind(report.report_metadata.time.units() as i64)
-            .bind(encoded(&report.report_metadata)?)
-            .bind(report.public_share.as_slice())
-            .bind(encoded(&report.leader_encrypted_input_share)?)
-            .bind(encoded(&report.helper_encrypted_input_share)?)
-            .bind(now_seconds())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            if inserted.rows_affected() == 0 {
-                error = Some(ReportError::ReportReplayed);
-            }
-        }
-        if let Some(error) = error {
-            errors.push(ReportUploadStatus { id, error });
-        }
+        errors.push(error);
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    let mut stored = state.store.put_reports(&task, &to_store).await?.into_iter();
+    let errors: Vec<ReportUploadStatus> = req
+        .reports
+        .iter()
+        .zip(errors)
+        .filter_map(|(report, error)| {
+            let error = match error {
+                Some(e) => Some(e),
+                None => stored.next().flatten(),
+            };
+            error.map(|error| ReportUploadStatus { id: report.report_metadata.report_id, error })
+        })
+        .collect();
     tracing::debug!(task_id = %task.id, reports = req.reports.len(), rejected = errors.len(), "upload");
     if errors.is_empty() {
         return Ok(StatusCode::OK.into_response());

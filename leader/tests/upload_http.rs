@@ -6,7 +6,6 @@ use duet_common::hpke::{seal, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::ProblemDocument;
-use duet_common::server::datastore::Datastore;
 use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
 use duet_common::time::{Time, TimePrecision};
 use duet_common::vdaf::{vdaf_context, Measurement, Vdaf, VdafConfig, VerifyKey};
@@ -16,11 +15,14 @@ use duet_leader::{router, LeaderConfig, LeaderState};
 #[tokio::test]
 async fn upload_accepts_stores_and_rejects_per_report() {
     let dir = tempfile::tempdir().unwrap();
-    let datastore = Datastore::open(&format!("sqlite:{}", dir.path().join("leader.db").display())).await.unwrap();
+    let url = format!("sqlite:{}", dir.path().join("leader.db").display());
+    let store = duet_common::server::storage::open(&url).await.unwrap();
+    // A second connection, to check what the leader stored.
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
     let admin = AuthenticationToken::new("admin").unwrap();
-    let app = router(LeaderState::new(datastore.clone(), LeaderConfig::default()).unwrap(), admin.clone());
+    let app = router(LeaderState::new(store, LeaderConfig::default()).unwrap(), admin.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::new();
 
@@ -105,7 +107,7 @@ async fn upload_accepts_stores_and_rejects_per_report() {
         ]
     );
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_reports WHERE state = 'unaggregated'")
-        .fetch_one(datastore.pool())
+        .fetch_one(&db)
         .await
         .unwrap();
     assert_eq!(stored, 6, "five good reports and the fresh one");
@@ -130,7 +132,6 @@ async fn upload_accepts_stores_and_rejects_per_report() {
     assert_eq!(resp.status(), 404);
     let doc: ProblemDocument = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(doc.type_uri, "urn:ietf:params:ppm:dap:error:unrecognizedTask");
-    let stored: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM client_reports").fetch_one(datastore.pool()).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_reports").fetch_one(&db).await.unwrap();
     assert_eq!(stored, 6);
 }

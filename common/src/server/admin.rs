@@ -1,8 +1,8 @@
 //! The admin API both aggregators serve under `/admin`, behind their own bearer token:
 //! provisioning, inspecting and removing tasks.
 
-use super::datastore::Datastore;
 use super::http::{parse_task_id, require_token, ErrorResponse, HttpResult};
+use super::storage::Store;
 use crate::auth::AuthenticationToken;
 use crate::messages::Role;
 use crate::problem::DapError;
@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 struct AdminState {
-    datastore: Datastore,
+    datastore: Store,
     role: Role,
     admin_token: Arc<AuthenticationToken>,
 }
 
 /// Routes under `/admin`.
-pub fn router(datastore: Datastore, role: Role, admin_token: AuthenticationToken) -> Router {
+pub fn router(datastore: Store, role: Role, admin_token: AuthenticationToken) -> Router {
     Router::new()
         .route("/admin/tasks", post(put_task).get(list_tasks))
         .route("/admin/tasks/{task_id}", get(get_task).delete(delete_task))

@@ -1,7 +1,7 @@
 //! `GET /hpke_config` (DAP-18 "HPKE Configuration Request"), served alike by both aggregators.
 
-use super::datastore::Datastore;
 use super::http::{dap_response, HttpResult};
+use super::storage::Store;
 use crate::media_type;
 use crate::messages::HpkeConfigList;
 use crate::problem::DapError;
@@ -14,7 +14,7 @@ use axum::response::Response;
 /// being advertised, as the spec recommends.
 pub const CACHE_MAX_AGE_SECONDS: u64 = 86_400;
 
-pub async fn hpke_config(State(datastore): State<Datastore>) -> HttpResult<Response> {
+pub async fn hpke_config(State(datastore): State<Store>) -> HttpResult<Response> {
     let keys = datastore.hpke_keypairs().await?;
     // Pending keys are not advertised yet; clients see active keys, newest first.
     let configs = keys.iter().filter(|(_, state)| state == "active").map(|(kp, _)| kp.config().clone()).collect();

@@ -81,8 +81,8 @@ pub fn parse_task_id(s: &str) -> Result<TaskId, DapError> {
     s.parse().map_err(|_| DapError::invalid_message(None, format!("{s:?} is not a task ID")))
 }
 
-impl From<super::datastore::StoreError> for ErrorResponse {
-    fn from(e: super::datastore::StoreError) -> Self {
+impl From<super::storage::StoreError> for ErrorResponse {
+    fn from(e: super::storage::StoreError) -> Self {
         ErrorResponse(e.into())
     }
 }

@@ -1,14 +1,18 @@
-//! The datastore: a SQLite database (WAL) reached through sqlx, with the records and the
-//! transactions both aggregator roles share: tasks, HPKE keys, batch buckets and collected
-//! batches. Role-specific transactions live with each role and run on [`Datastore::begin`].
+//! The SQLite backend of [`Storage`]: one database file in WAL mode, reached through sqlx,
+//! with the migrations of `migrations/sqlite` embedded. Writers take the database lock up front
+//! (`BEGIN IMMEDIATE`), so each protocol step's transaction sees and leaves a consistent state.
+//! The role-specific steps live in [`leader`] and [`helper`].
 
-use crate::auth::AuthenticationToken;
+mod helper;
+mod leader;
+
+use super::storage::*;
 use crate::hpke::{HpkeKeypair, HpkePrivateKey};
-use crate::messages::{BatchChecksum, BatchId, HpkeConfig, HpkeConfigId, Role, TaskConfiguration, TaskId};
+use crate::messages::*;
 use crate::problem::DapError;
 use crate::task::{AggregatorTaskRequest, TaskParameters};
-use crate::time::{Interval, Time};
-use crate::vdaf::{AggregateShare, Vdaf, VerifyKey};
+use crate::time::Time;
+use crate::vdaf::VerifyKey;
 use crate::{Decode, Encode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -20,154 +24,28 @@ pub type Tx<'a> = Transaction<'a, Sqlite>;
 
 /// The migrations of `migrations/sqlite`, embedded in the binary, in order.
 const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../../../migrations/sqlite/0002_leader_reports.sql")),
-    (3, include_str!("../../../migrations/sqlite/0003_leader_jobs.sql")),
+    (1, include_str!("../../../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../../../migrations/sqlite/0002_leader_reports.sql")),
+    (3, include_str!("../../../../migrations/sqlite/0003_leader_jobs.sql")),
 ];
 
-/// Storage failures. A lost connection is `Unavailable` (503, retry); the rest are our faults.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    #[error("database error: {0}")]
-    Database(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+fn internal(e: impl std::fmt::Display) -> DapError {
+    DapError::Internal(e.to_string())
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                StoreError::Unavailable(e.to_string())
-            }
-            other => StoreError::Database(other.to_string()),
-        }
-    }
+/// An ID read back from a BLOB column.
+fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, DapError> {
+    T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
 }
 
-impl From<StoreError> for DapError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(d) => DapError::Unavailable(d),
-            other => DapError::Internal(other.to_string()),
-        }
-    }
-}
-
-pub fn now_seconds() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// A provisioned task with everything derived from it, ready for request handling.
-pub struct Task {
-    pub id: TaskId,
-    pub role: Role,
-    pub parameters: TaskParameters,
-    pub configuration: TaskConfiguration,
-    /// The encoded `TaskConfiguration`, for HPKE associated data.
-    pub configuration_encoded: Vec<u8>,
-    pub vdaf: Vdaf,
-    pub verify_key: VerifyKey,
-    pub aggregator_auth_token: AuthenticationToken,
-    pub collector_auth_token: Option<AuthenticationToken>,
-    pub collector_hpke_config: HpkeConfig,
-    pub max_batch_size: Option<u64>,
-}
-
-impl std::fmt::Debug for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Task").field("id", &self.id).field("role", &self.role).finish_non_exhaustive()
-    }
-}
-
-impl Task {
-    pub fn from_request(role: Role, req: &AggregatorTaskRequest) -> Result<Self, DapError> {
-        let bad = |e: crate::task::TaskError| DapError::BadRequest(e.to_string());
-        let configuration = req.parameters.task_configuration().map_err(bad)?;
-        let vdaf = Vdaf::new(&req.parameters.vdaf).map_err(|e| DapError::BadRequest(e.to_string()))?;
-        let collector_auth_token = req.collector_token().map_err(bad)?;
-        if role == Role::Leader && collector_auth_token.is_none() {
-            return Err(DapError::BadRequest("the leader needs a collector_auth_token".into()));
-        }
-        if let Some(max) = req.max_batch_size {
-            if max < req.parameters.min_batch_size {
-                return Err(DapError::BadRequest("max_batch_size is below min_batch_size".into()));
-            }
-        }
-        Ok(Task {
-            id: req.parameters.task_id,
-            role,
-            configuration_encoded: configuration.get_encoded().map_err(|e| DapError::BadRequest(e.to_string()))?,
-            configuration,
-            parameters: req.parameters.clone(),
-            vdaf,
-            verify_key: req.verify_key().map_err(bad)?,
-            aggregator_auth_token: req.aggregator_token().map_err(bad)?,
-            collector_auth_token,
-            collector_hpke_config: req.collector_config().map_err(bad)?,
-            max_batch_size: req.max_batch_size,
-        })
-    }
-
-    /// The VDAF context `"dap-18" || task_id`.
-    pub fn vdaf_context(&self) -> [u8; 38] {
-        crate::vdaf::vdaf_context(&self.id)
-    }
-}
-
-/// The batch bucket an output share is committed to (DAP-18 "Batch Buckets").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BatchBucket {
-    /// A one-unit interval starting at this time.
-    TimeInterval(Time),
-    LeaderSelected(BatchId),
-}
-
-impl BatchBucket {
-    pub fn key(&self) -> Vec<u8> {
-        match self {
-            BatchBucket::TimeInterval(t) => t.units().to_be_bytes().to_vec(),
-            BatchBucket::LeaderSelected(id) => id.as_bytes().to_vec(),
-        }
-    }
-}
-
-/// A batch bucket's values, or a batch's once buckets are combined.
-#[derive(Clone, Debug)]
-pub struct BucketValues {
-    pub aggregate_share: AggregateShare,
-    pub report_count: u64,
-    pub checksum: BatchChecksum,
-    pub min_time: Time,
-    pub max_time: Time,
-}
-
-impl BucketValues {
-    pub fn merge(&mut self, other: &BucketValues) -> Result<(), DapError> {
-        self.aggregate_share.merge(&other.aggregate_share).map_err(|e| DapError::Internal(e.to_string()))?;
-        self.report_count += other.report_count;
-        self.checksum.combine(&other.checksum);
-        self.min_time = self.min_time.min(other.min_time);
-        self.max_time = self.max_time.max(other.max_time);
-        Ok(())
-    }
-
-    /// The smallest interval holding every report's timestamp (`CollectionJobResp.interval`).
-    pub fn interval(&self) -> Interval {
-        Interval::unit_containing(self.min_time).merged_with(self.max_time)
-    }
-}
-
-/// The database, and a cache of provisioned tasks.
+/// A SQLite database (WAL), and a cache of provisioned tasks.
 #[derive(Clone)]
-pub struct Datastore {
+pub struct SqliteStore {
     pool: SqlitePool,
     tasks: Arc<RwLock<HashMap<TaskId, Arc<Task>>>>,
 }
 
-impl Datastore {
+impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite:` URL and applies migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
@@ -228,7 +106,7 @@ impl Datastore {
 
     /// Provisions a task; provisioning the identical task again is a no-op, a different one
     /// under the same ID is a conflict.
-    pub async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
+    async fn put_task_inner(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
         let task = Task::from_request(role, req)?;
         let params = serde_json::to_string(&req.parameters).map_err(|e| DapError::Internal(e.to_string()))?;
         let mut tx = self.begin().await?;
@@ -269,7 +147,7 @@ impl Datastore {
     }
 
     /// The task, from the cache or the database; `unrecognizedTask` if unknown.
-    pub async fn task(&self, id: &TaskId) -> Result<Arc<Task>, DapError> {
+    async fn task_inner(&self, id: &TaskId) -> Result<Arc<Task>, DapError> {
         if let Some(t) = self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(t.clone());
         }
@@ -306,7 +184,7 @@ impl Datastore {
         Ok(task)
     }
 
-    pub async fn delete_task(&self, id: &TaskId) -> Result<bool, DapError> {
+    async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, DapError> {
         let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
             .bind(id.as_bytes().as_slice())
             .execute(&self.pool)
@@ -316,7 +194,7 @@ impl Datastore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn task_ids(&self) -> Result<Vec<TaskId>, DapError> {
+    async fn task_ids_inner(&self) -> Result<Vec<TaskId>, DapError> {
         let rows = sqlx::query("SELECT task_id FROM tasks").fetch_all(&self.pool).await.map_err(StoreError::from)?;
         Ok(rows.iter().filter_map(|r| TaskId::try_from(r.get::<Vec<u8>, _>(0).as_slice()).ok()).collect())
     }
@@ -324,7 +202,7 @@ impl Datastore {
     // ---- HPKE keys ----
 
     /// The keys clients may encrypt to, active first; creates a default key on first use.
-    pub async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError> {
+    async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError> {
         let load = || async {
             let rows = sqlx::query(
                 "SELECT config, private_key, state FROM hpke_keys WHERE state != 'expired'
@@ -486,7 +364,7 @@ impl Datastore {
     }
 
     /// Whether any part of the batch was already collected.
-    pub async fn batch_overlaps_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<bool, DapError> {
+    pub async fn batch_overlaps_collected_tx(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<bool, DapError> {
         let row = match batch {
             Batch::TimeInterval(i) => {
                 let end = i.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
@@ -527,9 +405,150 @@ impl Datastore {
     }
 }
 
-/// A batch, as a collection names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Batch {
-    TimeInterval(Interval),
-    LeaderSelected(BatchId),
+#[async_trait::async_trait]
+impl Storage for SqliteStore {
+    async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
+        self.put_task_inner(role, req).await
+    }
+    async fn task(&self, id: &TaskId) -> Result<Arc<Task>, DapError> {
+        self.task_inner(id).await
+    }
+    async fn delete_task(&self, id: &TaskId) -> Result<bool, DapError> {
+        self.delete_task_inner(id).await
+    }
+    async fn task_ids(&self) -> Result<Vec<TaskId>, DapError> {
+        self.task_ids_inner().await
+    }
+    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError> {
+        self.hpke_keypairs_inner().await
+    }
+    async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError> {
+        let mut tx = self.pool.begin().await?;
+        Self::batch_overlaps_collected_tx(&mut tx, task, batch).await
+    }
+
+    async fn put_reports(&self, task: &Task, reports: &[&Report]) -> Result<Vec<Option<ReportError>>, DapError> {
+        leader::put_reports(self, task, reports).await
+    }
+    async fn tasks_with_unaggregated_reports(&self) -> Result<Vec<TaskId>, DapError> {
+        leader::tasks_with_unaggregated_reports(self).await
+    }
+    async fn create_aggregation_jobs(&self, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
+        leader::create_jobs(self, task, sizes).await
+    }
+    async fn acquire_aggregation_jobs(&self, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
+        leader::acquire_jobs(self, limit, lease_seconds).await
+    }
+    async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
+        leader::job_reports(self, job).await
+    }
+    async fn commit_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        outcomes: Vec<ReportOutcome>,
+    ) -> Result<StepCounts, DapError> {
+        leader::commit_job(self, task, job, outcomes).await
+    }
+    async fn retry_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        delay_seconds: i64,
+        error: &str,
+    ) -> Result<(), DapError> {
+        leader::retry_job(self, task, job, delay_seconds, error).await
+    }
+    async fn abandon_aggregation_job(&self, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
+        leader::abandon_job(self, task, job, error).await
+    }
+    async fn collection_job_by_digest(&self, task: &Task, digest: &[u8]) -> Result<Option<CollectionJobRow>, DapError> {
+        leader::collection_job_by_digest(self, task, digest).await
+    }
+    async fn collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<Option<CollectionJobRow>, DapError> {
+        leader::collection_job(self, task, id).await
+    }
+    async fn insert_collection_job(
+        &self,
+        task: &Task,
+        request: &[u8],
+        digest: &[u8],
+    ) -> Result<CollectionJobId, DapError> {
+        leader::insert_collection_job(self, task, request, digest).await
+    }
+    async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
+        leader::delete_collection_job(self, task, id).await
+    }
+    async fn acquire_collection_jobs(
+        &self,
+        limit: usize,
+        lease_seconds: i64,
+    ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
+        leader::acquire_collection_jobs(self, limit, lease_seconds).await
+    }
+    async fn commit_collection_batch(
+        &self,
+        task: &Task,
+        job: &CollectionJobRow,
+        seal: SealShare<'_>,
+    ) -> Result<BatchReadiness, DapError> {
+        leader::commit_collection_batch(self, task, job, seal).await
+    }
+    async fn defer_collection_job(
+        &self,
+        task: &Task,
+        id: &CollectionJobId,
+        delay_seconds: i64,
+    ) -> Result<(), DapError> {
+        leader::defer_collection_job(self, task, id, delay_seconds).await
+    }
+    async fn end_collection_job(
+        &self,
+        task: &Task,
+        id: &CollectionJobId,
+        outcome: Result<Vec<u8>, (String, String)>,
+    ) -> Result<(), DapError> {
+        leader::end_collection_job(self, task, id, outcome).await
+    }
+
+    async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, DapError> {
+        helper::helper_job(self, task, job_id).await
+    }
+    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, DapError> {
+        helper::helper_init_job(self, task, step).await
+    }
+    async fn helper_kept_states(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+    ) -> Result<HashMap<ReportId, KeptState>, DapError> {
+        helper::helper_kept_states(self, task, job_id).await
+    }
+    async fn helper_continue_job(
+        &self,
+        task: &Task,
+        from: AggregationJobStep,
+        step: HelperStep,
+    ) -> Result<Option<Vec<u8>>, DapError> {
+        helper::helper_continue_job(self, task, from, step).await
+    }
+    async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
+        helper::helper_delete_job(self, task, job_id).await
+    }
+    async fn helper_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<Option<Vec<u8>>, DapError> {
+        helper::helper_aggregate_share(self, task, id).await
+    }
+    async fn helper_release_aggregate_share(
+        &self,
+        task: &Task,
+        id: &AggregateShareId,
+        digest: &[u8; 32],
+        batch: &Batch,
+        build: BuildShare<'_>,
+    ) -> Result<ShareRelease, DapError> {
+        helper::helper_release_aggregate_share(self, task, id, digest, batch, build).await
+    }
+    async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, DapError> {
+        helper::helper_delete_aggregate_share(self, task, id).await
+    }
 }

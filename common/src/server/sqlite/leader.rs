@@ -1,63 +1,73 @@
-//! The leader's storage steps: each function is one transaction of one protocol step (job
-//! creation, a committed aggregation step, a collection job's batch commitment, ...), so that
-//! the protocol modules hold no SQL and the backend can change underneath them.
+//! The leader's protocol steps on SQLite: report upload, job creation, job leasing and
+//! commitment, and collection jobs, each one transaction.
 
-use duet_common::messages::*;
-use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::datastore::{now_seconds, Batch, BatchBucket, BucketValues, Datastore, StoreError, Task};
-use duet_common::time::{Interval, Time};
-use duet_common::vdaf::OutputShare;
-use duet_common::{Decode, Encode};
+use super::{id_of, internal, SqliteStore, Tx};
+use crate::messages::*;
+use crate::problem::{DapError, DapProblemType};
+use crate::server::storage::*;
+use crate::time::Interval;
+use crate::{Decode, Encode};
 use sqlx::Row;
-use std::collections::HashMap;
 
-fn internal(e: impl std::fmt::Display) -> DapError {
-    DapError::Internal(e.to_string())
-}
-
-fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, DapError> {
-    T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
-}
-
-/// How the job creator cuts reports into jobs.
-#[derive(Clone, Copy, Debug)]
-pub struct JobSizes {
-    pub min: usize,
-    pub max: usize,
-    /// A job smaller than `min` is still created once its oldest report has waited this long.
-    pub max_delay_seconds: i64,
-    /// At most this many jobs per task and creator pass.
-    pub max_jobs_per_pass: usize,
-}
-
-/// A report waiting for a job: its ID and upload time (seconds).
-type Pending = (Vec<u8>, i64);
-
-/// Cuts `reports` (oldest first, with their upload time) into jobs of at most `sizes.max`; the
-/// last, short one only if it is at least `sizes.min` or has waited long enough.
-fn cut_jobs(reports: &[Pending], sizes: &JobSizes, now: i64, room_limited: bool) -> Vec<Vec<Vec<u8>>> {
-    let mut jobs = Vec::new();
-    for chunk in reports.chunks(sizes.max.max(1)) {
-        let oldest = chunk.iter().map(|r| r.1).min().unwrap_or(now);
-        if chunk.len() >= sizes.min || room_limited || now - oldest >= sizes.max_delay_seconds {
-            jobs.push(chunk.iter().map(|r| r.0.clone()).collect());
+/// Upload: stores the reports that passed the stateless checks, in one transaction. A report
+/// whose ID is known is a replay; one for a collected time-interval bucket is refused too (the
+/// spec lets the leader call it a replay).
+pub(super) async fn put_reports(
+    s: &SqliteStore,
+    task: &Task,
+    reports: &[&Report],
+) -> Result<Vec<Option<ReportError>>, DapError> {
+    let mut tx = s.begin().await?;
+    let mut out = Vec::with_capacity(reports.len());
+    let mut collected_cache = std::collections::HashMap::new();
+    let now = now_seconds();
+    for report in reports {
+        let meta = &report.report_metadata;
+        if task.configuration.batch_mode == BatchMode::TimeInterval {
+            let bucket = BatchBucket::TimeInterval(meta.time);
+            let collected = match collected_cache.get(&bucket) {
+                Some(c) => *c,
+                None => {
+                    let c = SqliteStore::bucket_collected(&mut tx, task, &bucket).await?;
+                    collected_cache.insert(bucket, c);
+                    c
+                }
+            };
+            if collected {
+                out.push(Some(ReportError::ReportReplayed));
+                continue;
+            }
         }
-        if jobs.len() >= sizes.max_jobs_per_pass {
-            break;
-        }
+        let inserted = sqlx::query(
+            "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
+             leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'unaggregated', ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(task.id.as_bytes().as_slice())
+        .bind(meta.report_id.as_bytes().as_slice())
+        .bind(meta.time.units() as i64)
+        .bind(meta.get_encoded().map_err(internal)?)
+        .bind(report.public_share.as_slice())
+        .bind(report.leader_encrypted_input_share.get_encoded().map_err(internal)?)
+        .bind(report.helper_encrypted_input_share.get_encoded().map_err(internal)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        out.push((inserted.rows_affected() == 0).then_some(ReportError::ReportReplayed));
     }
-    jobs
+    tx.commit().await?;
+    Ok(out)
 }
 
 /// Job creation for one task, in one transaction: unaggregated reports go into new jobs (and,
 /// for leader-selected tasks, into batches filled to `target_batch_size`). Returns the number of
 /// jobs created.
-pub async fn create_jobs(ds: &Datastore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
+pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
     let now = now_seconds();
     let tid = task.id.as_bytes().as_slice();
-    let mut tx = ds.begin().await?;
+    let mut tx = s.begin().await?;
     let limit = (sizes.max.max(1) * sizes.max_jobs_per_pass) as i64;
-    let pending: Vec<Pending> = sqlx::query(
+    let pending: Vec<PendingReport> = sqlx::query(
         "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = ? AND state = 'unaggregated'
          ORDER BY report_time, report_id LIMIT ?",
     )
@@ -73,11 +83,11 @@ pub async fn create_jobs(ds: &Datastore, task: &Task, sizes: &JobSizes) -> Resul
         return Ok(0);
     }
     // (batch, reports) groups to cut into jobs; `true` when the group is limited by batch room.
-    let mut groups: Vec<(Option<BatchId>, Vec<Pending>, bool)> = Vec::new();
+    let mut groups: Vec<(Option<BatchId>, Vec<PendingReport>, bool)> = Vec::new();
     match task.configuration.batch_mode {
         BatchMode::TimeInterval => groups.push((None, pending, false)),
         BatchMode::LeaderSelected => {
-            let target = task.max_batch_size.unwrap_or(task.configuration.min_batch_size).max(1) as usize;
+            let target = task.target_batch_size() as usize;
             let open = sqlx::query(
                 "SELECT b.batch_id, (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id
                    AND r.batch_id = b.batch_id AND r.state IN ('in_job', 'aggregated'))
@@ -154,21 +164,15 @@ pub async fn create_jobs(ds: &Datastore, task: &Task, sizes: &JobSizes) -> Resul
     Ok(created)
 }
 
-/// An aggregation job leased to this driver.
-#[derive(Clone, Debug)]
-pub struct LeasedJob {
-    pub task_id: TaskId,
-    pub job_id: AggregationJobId,
-    pub batch_id: Option<BatchId>,
-    pub step: u16,
-    pub attempts: u32,
-}
-
 /// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver
 /// died) is runnable again.
-pub async fn acquire_jobs(ds: &Datastore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
+pub(super) async fn acquire_jobs(
+    s: &SqliteStore,
+    limit: usize,
+    lease_seconds: i64,
+) -> Result<Vec<LeasedJob>, DapError> {
     let now = now_seconds();
-    let mut tx = ds.begin().await?;
+    let mut tx = s.begin().await?;
     let rows = sqlx::query(
         "SELECT task_id, job_id, batch_id, step, attempts FROM leader_aggregation_jobs
          WHERE state = 'active' AND next_attempt_seconds <= ? AND lease_expiry_seconds <= ?
@@ -205,24 +209,16 @@ pub async fn acquire_jobs(ds: &Datastore, limit: usize, lease_seconds: i64) -> R
     Ok(jobs)
 }
 
-/// A report of a job, as uploaded.
-pub struct JobReport {
-    pub metadata: ReportMetadata,
-    pub public_share: Vec<u8>,
-    pub leader_share: HpkeCiphertext,
-    pub helper_share: HpkeCiphertext,
-}
-
 /// The reports of a job still awaiting their outcome, in a stable order (so that a retried
 /// request is byte-identical).
-pub async fn job_reports(ds: &Datastore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
+pub(super) async fn job_reports(s: &SqliteStore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
     let rows = sqlx::query(
         "SELECT report_metadata, public_share, leader_encrypted_input_share, helper_encrypted_input_share
          FROM client_reports WHERE task_id = ? AND job_id = ? AND state = 'in_job' ORDER BY report_id",
     )
     .bind(job.task_id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
-    .fetch_all(ds.pool())
+    .fetch_all(s.pool())
     .await
     .map_err(StoreError::from)?;
     let corrupt = |_| DapError::Internal("stored report is corrupt".into());
@@ -238,45 +234,29 @@ pub async fn job_reports(ds: &Datastore, job: &LeasedJob) -> Result<Vec<JobRepor
         .collect()
 }
 
-/// One report's outcome in a step.
-pub enum ReportOutcome {
-    Aggregated { report_id: ReportId, time: Time, out_share: OutputShare },
-    Failed { report_id: ReportId, error: ReportError },
-}
-
-/// Counts of a committed step.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct StepCounts {
-    pub aggregated: u64,
-    pub failed: u64,
-}
-
 /// Commits a finished job in one transaction: output shares into their batch buckets (unless the
 /// bucket was collected meanwhile, which fails the report with `batch_collected`), each report's
 /// final state (its payload dropped, its ID kept for replay checks), and the job finished.
-pub async fn commit_job(
-    ds: &Datastore,
+pub(super) async fn commit_job(
+    s: &SqliteStore,
     task: &Task,
     job: &LeasedJob,
     outcomes: Vec<ReportOutcome>,
 ) -> Result<StepCounts, DapError> {
     let tid = task.id.as_bytes().as_slice();
-    let mut tx = ds.begin().await?;
-    let mut buckets: HashMap<BatchBucket, BucketValues> = HashMap::new();
-    let mut collected: HashMap<BatchBucket, bool> = HashMap::new();
+    let mut tx = s.begin().await?;
+    let mut sums = BucketSums::default();
+    let mut collected: std::collections::HashMap<BatchBucket, bool> = std::collections::HashMap::new();
     let mut final_states: Vec<(ReportId, Option<ReportError>)> = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         match outcome {
             ReportOutcome::Failed { report_id, error } => final_states.push((report_id, Some(error))),
             ReportOutcome::Aggregated { report_id, time, out_share } => {
-                let bucket = match job.batch_id {
-                    Some(b) => BatchBucket::LeaderSelected(b),
-                    None => BatchBucket::TimeInterval(time),
-                };
+                let bucket = BatchBucket::of(job.batch_id, time);
                 let is_collected = match collected.get(&bucket) {
                     Some(c) => *c,
                     None => {
-                        let c = Datastore::bucket_collected(&mut tx, task, &bucket).await?;
+                        let c = SqliteStore::bucket_collected(&mut tx, task, &bucket).await?;
                         collected.insert(bucket, c);
                         c
                     }
@@ -285,24 +265,13 @@ pub async fn commit_job(
                     final_states.push((report_id, Some(ReportError::BatchCollected)));
                     continue;
                 }
-                let entry = buckets.entry(bucket).or_insert_with(|| BucketValues {
-                    aggregate_share: task.vdaf.aggregate_init(),
-                    report_count: 0,
-                    checksum: BatchChecksum::default(),
-                    min_time: time,
-                    max_time: time,
-                });
-                entry.aggregate_share.accumulate(&out_share).map_err(internal)?;
-                entry.report_count += 1;
-                entry.checksum.update(&report_id);
-                entry.min_time = entry.min_time.min(time);
-                entry.max_time = entry.max_time.max(time);
+                sums.add(task, bucket, &report_id, time, &out_share)?;
                 final_states.push((report_id, None));
             }
         }
     }
-    for (bucket, values) in &buckets {
-        Datastore::add_to_bucket(&mut tx, task, bucket, 0, values).await?;
+    for (bucket, values) in &sums.0 {
+        SqliteStore::add_to_bucket(&mut tx, task, bucket, 0, values).await?;
     }
     let mut counts = StepCounts::default();
     for (report_id, error) in &final_states {
@@ -331,7 +300,7 @@ pub async fn commit_job(
 }
 
 async fn finish_job(
-    tx: &mut duet_common::server::datastore::Tx<'_>,
+    tx: &mut Tx<'_>,
     task: &Task,
     job: &LeasedJob,
     state: &str,
@@ -352,8 +321,8 @@ async fn finish_job(
 }
 
 /// Gives the job back for a later attempt, `delay_seconds` from now.
-pub async fn retry_job(
-    ds: &Datastore,
+pub(super) async fn retry_job(
+    s: &SqliteStore,
     task: &Task,
     job: &LeasedJob,
     delay_seconds: i64,
@@ -367,15 +336,15 @@ pub async fn retry_job(
     .bind(error)
     .bind(task.id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
-    .execute(ds.pool())
+    .execute(s.pool())
     .await
     .map_err(StoreError::from)?;
     Ok(())
 }
 
 /// Gives up on a job: its reports fail (without a report error: the job, not the report, broke).
-pub async fn abandon_job(ds: &Datastore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
-    let mut tx = ds.begin().await?;
+pub(super) async fn abandon_job(s: &SqliteStore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
+    let mut tx = s.begin().await?;
     sqlx::query(
         "UPDATE client_reports SET state = 'failed', public_share = x'', leader_encrypted_input_share = x'',
            helper_encrypted_input_share = x'' WHERE task_id = ? AND job_id = ? AND state = 'in_job'",
@@ -391,31 +360,15 @@ pub async fn abandon_job(ds: &Datastore, task: &Task, job: &LeasedJob, error: &s
 }
 
 /// Leader tasks with work for the job creator.
-pub async fn tasks_with_unaggregated_reports(ds: &Datastore) -> Result<Vec<TaskId>, DapError> {
+pub(super) async fn tasks_with_unaggregated_reports(s: &SqliteStore) -> Result<Vec<TaskId>, DapError> {
     let rows = sqlx::query("SELECT DISTINCT task_id FROM client_reports WHERE state = 'unaggregated'")
-        .fetch_all(ds.pool())
+        .fetch_all(s.pool())
         .await
         .map_err(StoreError::from)?;
     rows.into_iter().map(|r| id_of(r.get(0), "task ID")).collect()
 }
 
 // ---- collection jobs ----
-
-/// A collection job's stored state.
-pub struct CollectionJobRow {
-    pub id: CollectionJobId,
-    pub request: CollectionJobReq,
-    pub batch_id: Option<BatchId>,
-    pub state: String,
-    pub batch_committed: bool,
-    pub report_count: Option<u64>,
-    pub checksum: Option<BatchChecksum>,
-    pub result_interval: Option<Interval>,
-    pub leader_encrypted_agg_share: Option<HpkeCiphertext>,
-    pub response: Option<Vec<u8>>,
-    pub error: Option<(String, String)>,
-    pub attempts: u32,
-}
 
 const COLLECTION_COLUMNS: &str = "collection_job_id, request, batch_id, state, batch_committed, report_count, checksum,
     result_interval, leader_encrypted_agg_share, response, error_type, error_detail, attempts";
@@ -450,8 +403,8 @@ fn collection_row(r: &sqlx::sqlite::SqliteRow) -> Result<CollectionJobRow, DapEr
 }
 
 /// The live (not deleted) collection job created by a byte-identical request, if any.
-pub async fn collection_job_by_digest(
-    ds: &Datastore,
+pub(super) async fn collection_job_by_digest(
+    s: &SqliteStore,
     task: &Task,
     digest: &[u8],
 ) -> Result<Option<CollectionJobRow>, DapError> {
@@ -461,14 +414,14 @@ pub async fn collection_job_by_digest(
     ))
     .bind(task.id.as_bytes().as_slice())
     .bind(digest)
-    .fetch_optional(ds.pool())
+    .fetch_optional(s.pool())
     .await
     .map_err(StoreError::from)?;
     row.as_ref().map(collection_row).transpose()
 }
 
-pub async fn collection_job(
-    ds: &Datastore,
+pub(super) async fn collection_job(
+    s: &SqliteStore,
     task: &Task,
     id: &CollectionJobId,
 ) -> Result<Option<CollectionJobRow>, DapError> {
@@ -477,7 +430,7 @@ pub async fn collection_job(
     ))
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
-    .fetch_optional(ds.pool())
+    .fetch_optional(s.pool())
     .await
     .map_err(StoreError::from)?;
     row.as_ref().map(collection_row).transpose()
@@ -485,13 +438,13 @@ pub async fn collection_job(
 
 /// Creates a collection job, unless an identical request created a live one first (then that
 /// one is returned).
-pub async fn insert_collection_job(
-    ds: &Datastore,
+pub(super) async fn insert_collection_job(
+    s: &SqliteStore,
     task: &Task,
     request: &[u8],
     digest: &[u8],
 ) -> Result<CollectionJobId, DapError> {
-    let mut tx = ds.begin().await?;
+    let mut tx = s.begin().await?;
     let existing = sqlx::query(
         "SELECT collection_job_id FROM collection_jobs WHERE task_id = ? AND request_digest = ? AND state != 'deleted'",
     )
@@ -521,27 +474,31 @@ pub async fn insert_collection_job(
 }
 
 /// Marks a job deleted; `false` if there was no live job. Collected-batch records stay.
-pub async fn delete_collection_job(ds: &Datastore, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
+pub(super) async fn delete_collection_job(
+    s: &SqliteStore,
+    task: &Task,
+    id: &CollectionJobId,
+) -> Result<bool, DapError> {
     let done = sqlx::query(
         "UPDATE collection_jobs SET state = 'deleted', response = NULL, leader_encrypted_agg_share = NULL
          WHERE task_id = ? AND collection_job_id = ? AND state != 'deleted'",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
-    .execute(ds.pool())
+    .execute(s.pool())
     .await
     .map_err(StoreError::from)?;
     Ok(done.rows_affected() > 0)
 }
 
 /// Leases up to `limit` pending collection jobs: (task, job ID).
-pub async fn acquire_collection_jobs(
-    ds: &Datastore,
+pub(super) async fn acquire_collection_jobs(
+    s: &SqliteStore,
     limit: usize,
     lease_seconds: i64,
 ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
     let now = now_seconds();
-    let mut tx = ds.begin().await?;
+    let mut tx = s.begin().await?;
     let rows = sqlx::query(
         "SELECT task_id, collection_job_id FROM collection_jobs
          WHERE state = 'pending' AND next_attempt_seconds <= ? AND lease_expiry_seconds <= ?
@@ -572,29 +529,19 @@ pub async fn acquire_collection_jobs(
     Ok(jobs)
 }
 
-/// Where a collection job's batch stands.
-pub enum BatchReadiness {
-    /// Not collectible yet (reports still being aggregated, too few, no batch ready).
-    Wait(String),
-    /// Collected now: the leader's aggregate share and the batch's count, checksum, interval.
-    Committed { values: BucketValues, batch: Batch },
-    /// The batch can never be collected by this job.
-    Refuse(DapError),
-}
-
 /// The collection step that commits a batch, in one transaction: pick the batch (leader-selected),
 /// wait for its reports to be aggregated and for `min_batch_size`, refuse overlaps, then mark it
 /// collected so that no later report joins it. `seal` turns the batch values into the leader's
 /// encrypted aggregate share, stored with them.
-pub async fn commit_collection_batch(
-    ds: &Datastore,
+pub(super) async fn commit_collection_batch(
+    s: &SqliteStore,
     task: &Task,
     job: &CollectionJobRow,
-    seal: impl FnOnce(&BucketValues) -> Result<HpkeCiphertext, DapError>,
+    seal: SealShare<'_>,
 ) -> Result<BatchReadiness, DapError> {
     let tid = task.id.as_bytes().as_slice();
     let min = task.configuration.min_batch_size;
-    let mut tx = ds.begin().await?;
+    let mut tx = s.begin().await?;
     let batch = match (&job.request.query, job.batch_id) {
         (Query::TimeInterval(q), _) => {
             let interval = q.batch_interval;
@@ -650,21 +597,21 @@ pub async fn commit_collection_batch(
             return Ok(BatchReadiness::Wait(format!("{in_flight} reports of the batch are still being aggregated")));
         }
     }
-    if Datastore::batch_overlaps_collected(&mut tx, task, &batch).await? {
+    if SqliteStore::batch_overlaps_collected_tx(&mut tx, task, &batch).await? {
         return Ok(BatchReadiness::Refuse(DapError::dap(
             DapProblemType::BatchOverlap,
             Some(task.id),
             "the batch overlaps one already collected",
         )));
     }
-    let values = Datastore::batch_values(&mut tx, task, &batch).await?;
+    let values = SqliteStore::batch_values(&mut tx, task, &batch).await?;
     let count = values.as_ref().map_or(0, |v| v.report_count);
     let Some(values) = values.filter(|_| count >= min) else {
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(BatchReadiness::Wait(format!("the batch holds {count} reports, fewer than min_batch_size {min}")));
     };
     let sealed = seal(&values)?;
-    Datastore::mark_collected(&mut tx, task, &batch).await?;
+    SqliteStore::mark_collected(&mut tx, task, &batch).await?;
     sqlx::query(
         "UPDATE collection_jobs SET batch_committed = 1, report_count = ?, checksum = ?, result_interval = ?,
            leader_encrypted_agg_share = ? WHERE task_id = ? AND collection_job_id = ?",
@@ -684,9 +631,9 @@ pub async fn commit_collection_batch(
 
 /// The oldest open batch that is collectible: none of its reports in flight, at least
 /// `min_batch_size` aggregated, and either full or with no more reports waiting to fill it.
-async fn pick_batch(tx: &mut duet_common::server::datastore::Tx<'_>, task: &Task) -> Result<Option<BatchId>, DapError> {
+async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, DapError> {
     let tid = task.id.as_bytes().as_slice();
-    let target = task.max_batch_size.unwrap_or(task.configuration.min_batch_size).max(1) as i64;
+    let target = task.target_batch_size() as i64;
     let waiting = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND state = 'unaggregated'")
         .bind(tid)
         .fetch_one(&mut **tx)
@@ -715,8 +662,8 @@ async fn pick_batch(tx: &mut duet_common::server::datastore::Tx<'_>, task: &Task
     Ok(None)
 }
 
-pub async fn defer_collection_job(
-    ds: &Datastore,
+pub(super) async fn defer_collection_job(
+    s: &SqliteStore,
     task: &Task,
     id: &CollectionJobId,
     delay_seconds: i64,
@@ -728,15 +675,15 @@ pub async fn defer_collection_job(
     .bind(now_seconds() + delay_seconds)
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
-    .execute(ds.pool())
+    .execute(s.pool())
     .await
     .map_err(StoreError::from)?;
     Ok(())
 }
 
 /// Ends a job with its `CollectionJobResp`, or with the error that failed it.
-pub async fn end_collection_job(
-    ds: &Datastore,
+pub(super) async fn end_collection_job(
+    s: &SqliteStore,
     task: &Task,
     id: &CollectionJobId,
     outcome: Result<Vec<u8>, (String, String)>,
@@ -755,32 +702,8 @@ pub async fn end_collection_job(
     .bind(error.as_ref().map(|e| e.1.clone()))
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
-    .execute(ds.pool())
+    .execute(s.pool())
     .await
     .map_err(StoreError::from)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reports(n: usize, uploaded: i64) -> Vec<Pending> {
-        (0..n).map(|i| (vec![i as u8], uploaded)).collect()
-    }
-
-    #[test]
-    fn jobs_are_cut_to_size_and_short_ones_wait() {
-        let sizes = JobSizes { min: 3, max: 4, max_delay_seconds: 10, max_jobs_per_pass: 10 };
-        let jobs = cut_jobs(&reports(10, 100), &sizes, 105, false);
-        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4]);
-        // Once the short remainder has waited long enough, it goes too.
-        let jobs = cut_jobs(&reports(10, 100), &sizes, 110, false);
-        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
-        // A chunk that fills a batch's last room never waits.
-        let jobs = cut_jobs(&reports(2, 100), &sizes, 100, true);
-        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![2]);
-        let sizes = JobSizes { max_jobs_per_pass: 1, ..sizes };
-        assert_eq!(cut_jobs(&reports(10, 0), &sizes, 100, false).len(), 1);
-    }
 }

@@ -1,0 +1,308 @@
+//! The helper's protocol steps on SQLite: aggregation job initialisation and continuation
+//! (replay checks, output shares, kept verification states, stored responses) and aggregate
+//! shares, each one transaction.
+
+use super::{id_of, internal, SqliteStore, Tx};
+use crate::messages::*;
+use crate::problem::DapError;
+use crate::server::storage::*;
+use crate::time::Time;
+use crate::Encode;
+use sqlx::Row;
+use std::collections::HashMap;
+
+/// Commits output shares (replay and collected-bucket checks first), keeps the states of
+/// continuing reports, and turns the outcomes into `VerifyResp`s.
+async fn commit_outcomes(tx: &mut Tx<'_>, task: &Task, step: &mut HelperStep) -> Result<Vec<VerifyResp>, DapError> {
+    let tid = task.id.as_bytes().as_slice();
+    let mut resps = Vec::with_capacity(step.outcomes.len());
+    let mut sums = BucketSums::default();
+    let mut collected_cache: HashMap<BatchBucket, bool> = HashMap::new();
+    for (report_id, outcome) in step.report_ids.iter().zip(std::mem::take(&mut step.outcomes)) {
+        let verify_resp_type = match outcome {
+            HelperOutcome::Reject(report_error) => VerifyRespType::Reject { report_error },
+            HelperOutcome::Keep { state, outbound, time } => {
+                sqlx::query(
+                    "INSERT INTO helper_report_states (task_id, job_id, ord, report_id, report_time, verify_state)
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(tid)
+                .bind(step.job_id.as_bytes().as_slice())
+                .bind(resps.len() as i64)
+                .bind(report_id.as_bytes().as_slice())
+                .bind(time.units() as i64)
+                .bind(state.get_encoded().map_err(internal)?)
+                .execute(&mut **tx)
+                .await?;
+                VerifyRespType::Continue { payload: outbound }
+            }
+            HelperOutcome::Commit { out_share, outbound, time } => {
+                let bucket = BatchBucket::of(step.batch_id, time);
+                let collected = match collected_cache.get(&bucket) {
+                    Some(c) => *c,
+                    None => {
+                        let c = SqliteStore::bucket_collected(tx, task, &bucket).await?;
+                        collected_cache.insert(bucket, c);
+                        c
+                    }
+                };
+                let fresh = !collected
+                    && sqlx::query(
+                        "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES (?, ?, ?)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(tid)
+                    .bind(report_id.as_bytes().as_slice())
+                    .bind(step.job_id.as_bytes().as_slice())
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                if collected {
+                    VerifyRespType::Reject { report_error: ReportError::BatchCollected }
+                } else if !fresh {
+                    VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
+                } else {
+                    sums.add(task, bucket, report_id, time, &out_share)?;
+                    match outbound {
+                        Some(payload) => VerifyRespType::Continue { payload },
+                        None => VerifyRespType::Finish,
+                    }
+                }
+            }
+        };
+        resps.push(VerifyResp { report_id: *report_id, verify_resp_type });
+    }
+    for (bucket, values) in &sums.0 {
+        SqliteStore::add_to_bucket(tx, task, bucket, 0, values).await?;
+    }
+    tracing::debug!(task_id = %task.id, job_id = %step.job_id, step = %step.step, buckets = sums.0.len(),
+        "committed aggregation step");
+    Ok(resps)
+}
+
+/// Whether `sql` (a `SELECT 1 ... WHERE task_id = ? AND job_id = ?`) finds a row.
+async fn job_row_exists(tx: &mut Tx<'_>, sql: &str, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+    Ok(sqlx::query(sql)
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job_id.as_bytes().as_slice())
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
+}
+
+async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+    job_row_exists(tx, "SELECT 1 FROM helper_report_states WHERE task_id = ? AND job_id = ? LIMIT 1", task, job_id)
+        .await
+}
+
+fn encode_resp(verify_resps: Vec<VerifyResp>) -> Result<Vec<u8>, DapError> {
+    AggregationJobResp { verify_resps }.get_encoded().map_err(internal)
+}
+
+pub(super) async fn helper_job(
+    s: &SqliteStore,
+    task: &Task,
+    job_id: &AggregationJobId,
+) -> Result<Option<HelperJob>, DapError> {
+    let row = sqlx::query(
+        "SELECT step, last_request_digest, last_response, batch_id, state FROM helper_aggregation_jobs
+         WHERE task_id = ? AND job_id = ?",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .fetch_optional(s.pool())
+    .await?;
+    row.map(|r| {
+        Ok(HelperJob {
+            step: AggregationJobStep(r.get::<i64, _>(0) as u16),
+            last_request_digest: r.get(1),
+            last_response: r.get(2),
+            batch_id: r.get::<Option<Vec<u8>>, _>(3).map(|b| id_of(b, "batch ID")).transpose()?,
+            state: r.get(4),
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn helper_init_job(
+    s: &SqliteStore,
+    task: &Task,
+    mut step: HelperStep,
+) -> Result<Option<Vec<u8>>, DapError> {
+    let mut tx = s.begin().await?;
+    // A concurrent identical request may have won the race while we verified.
+    if job_row_exists(
+        &mut tx,
+        "SELECT 1 FROM helper_aggregation_jobs WHERE task_id = ? AND job_id = ?",
+        task,
+        &step.job_id,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    let resps = commit_outcomes(&mut tx, task, &mut step).await?;
+    let continuing = resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. }))
+        && has_states(&mut tx, task, &step.job_id).await?;
+    let body = encode_resp(resps)?;
+    sqlx::query(
+        "INSERT INTO helper_aggregation_jobs (task_id, job_id, init_digest, step, last_request_digest, last_response,
+         batch_id, state, created_at_seconds) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(step.job_id.as_bytes().as_slice())
+    .bind(step.digest.as_slice())
+    .bind(step.digest.as_slice())
+    .bind(&body)
+    .bind(step.batch_id.map(|b| b.as_bytes().to_vec()))
+    .bind(if continuing { "active" } else { "finished" })
+    .bind(now_seconds())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(body))
+}
+
+pub(super) async fn helper_kept_states(
+    s: &SqliteStore,
+    task: &Task,
+    job_id: &AggregationJobId,
+) -> Result<HashMap<ReportId, KeptState>, DapError> {
+    let rows = sqlx::query(
+        "SELECT report_id, report_time, verify_state FROM helper_report_states WHERE task_id = ? AND job_id = ?",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .fetch_all(s.pool())
+    .await?;
+    rows.into_iter()
+        .map(|r| Ok((id_of(r.get(0), "report ID")?, (Time::from_units(r.get::<i64, _>(1) as u64), r.get(2)))))
+        .collect()
+}
+
+pub(super) async fn helper_continue_job(
+    s: &SqliteStore,
+    task: &Task,
+    from: AggregationJobStep,
+    mut step: HelperStep,
+) -> Result<Option<Vec<u8>>, DapError> {
+    let mut tx = s.begin().await?;
+    // The previous step's states are consumed; reports the leader left out are dropped with them.
+    sqlx::query("DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(step.job_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await?;
+    let resps = commit_outcomes(&mut tx, task, &mut step).await?;
+    let continuing = has_states(&mut tx, task, &step.job_id).await?;
+    let body = encode_resp(resps)?;
+    let updated = sqlx::query(
+        "UPDATE helper_aggregation_jobs SET step = ?, last_request_digest = ?, last_response = ?, state = ?
+         WHERE task_id = ? AND job_id = ? AND step = ?",
+    )
+    .bind(step.step.0 as i64)
+    .bind(step.digest.as_slice())
+    .bind(&body)
+    .bind(if continuing { "active" } else { "finished" })
+    .bind(task.id.as_bytes().as_slice())
+    .bind(step.job_id.as_bytes().as_slice())
+    .bind(from.0 as i64)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        // Another request advanced the job meanwhile; ours rolls back.
+        return Ok(None);
+    }
+    tx.commit().await?;
+    Ok(Some(body))
+}
+
+pub(super) async fn helper_delete_job(s: &SqliteStore, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
+    let mut tx = s.begin().await?;
+    for sql in [
+        "DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?",
+        "UPDATE helper_aggregation_jobs SET state = 'deleted', last_response = x'' WHERE task_id = ? AND job_id = ?",
+    ] {
+        sqlx::query(sql)
+            .bind(task.id.as_bytes().as_slice())
+            .bind(job_id.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn stored_share<'e, E: sqlx::Executor<'e, Database = sqlx::Sqlite>>(
+    e: E,
+    task: &Task,
+    id: &AggregateShareId,
+) -> Result<Option<Vec<u8>>, DapError> {
+    let row = sqlx::query(
+        "SELECT response FROM helper_aggregate_shares WHERE task_id = ? AND share_id = ? AND state = 'finished'",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+pub(super) async fn helper_aggregate_share(
+    s: &SqliteStore,
+    task: &Task,
+    id: &AggregateShareId,
+) -> Result<Option<Vec<u8>>, DapError> {
+    stored_share(s.pool(), task, id).await
+}
+
+pub(super) async fn helper_release_aggregate_share(
+    s: &SqliteStore,
+    task: &Task,
+    id: &AggregateShareId,
+    digest: &[u8; 32],
+    batch: &Batch,
+    build: BuildShare<'_>,
+) -> Result<ShareRelease, DapError> {
+    let mut tx = s.begin().await?;
+    // The identical request may have completed first.
+    if let Some(resp) = stored_share(&mut *tx, task, id).await? {
+        return Ok(ShareRelease::Released(resp));
+    }
+    if SqliteStore::batch_overlaps_collected_tx(&mut tx, task, batch).await? {
+        return Ok(ShareRelease::Overlap);
+    }
+    let values = SqliteStore::batch_values(&mut tx, task, batch).await?;
+    let response = build(values.as_ref())?;
+    SqliteStore::mark_collected(&mut tx, task, batch).await?;
+    sqlx::query(
+        "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
+         VALUES (?, ?, ?, ?, 'finished', ?)",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .bind(digest.as_slice())
+    .bind(&response)
+    .bind(now_seconds())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ShareRelease::Released(response))
+}
+
+pub(super) async fn helper_delete_aggregate_share(
+    s: &SqliteStore,
+    task: &Task,
+    id: &AggregateShareId,
+) -> Result<bool, DapError> {
+    let done = sqlx::query(
+        "UPDATE helper_aggregate_shares SET state = 'deleted', response = x''
+         WHERE task_id = ? AND share_id = ? AND state = 'finished'",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(id.as_bytes().as_slice())
+    .execute(s.pool())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}

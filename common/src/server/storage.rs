@@ -1,0 +1,502 @@
+//! The storage interface both aggregators stand on: one [`Storage`] trait whose methods are each
+//! one transaction of one protocol step (an upload, a job's creation, a committed aggregation
+//! step, a batch's collection, ...), with the records they exchange. Protocol modules hold no
+//! SQL; each backend (SQLite in [`super::sqlite`]) implements the trait.
+
+use crate::auth::AuthenticationToken;
+use crate::hpke::HpkeKeypair;
+use crate::messages::*;
+use crate::problem::DapError;
+use crate::task::{AggregatorTaskRequest, TaskParameters};
+use crate::time::{Interval, Time};
+use crate::vdaf::{AggregateShare, OutputShare, Vdaf, VerifyKey, VerifyState};
+use crate::Encode;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Storage failures. A lost connection is `Unavailable` (503, retry); the rest are our faults.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for DapError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(d) => DapError::Unavailable(d),
+            other => DapError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for DapError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+pub fn now_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A provisioned task with everything derived from it, ready for request handling.
+pub struct Task {
+    pub id: TaskId,
+    pub role: Role,
+    pub parameters: TaskParameters,
+    pub configuration: TaskConfiguration,
+    /// The encoded `TaskConfiguration`, for HPKE associated data.
+    pub configuration_encoded: Vec<u8>,
+    pub vdaf: Vdaf,
+    pub verify_key: VerifyKey,
+    pub aggregator_auth_token: AuthenticationToken,
+    pub collector_auth_token: Option<AuthenticationToken>,
+    pub collector_hpke_config: HpkeConfig,
+    pub max_batch_size: Option<u64>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task").field("id", &self.id).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+impl Task {
+    pub fn from_request(role: Role, req: &AggregatorTaskRequest) -> Result<Self, DapError> {
+        let bad = |e: crate::task::TaskError| DapError::BadRequest(e.to_string());
+        let configuration = req.parameters.task_configuration().map_err(bad)?;
+        let vdaf = Vdaf::new(&req.parameters.vdaf).map_err(|e| DapError::BadRequest(e.to_string()))?;
+        let collector_auth_token = req.collector_token().map_err(bad)?;
+        if role == Role::Leader && collector_auth_token.is_none() {
+            return Err(DapError::BadRequest("the leader needs a collector_auth_token".into()));
+        }
+        if let Some(max) = req.max_batch_size {
+            if max < req.parameters.min_batch_size {
+                return Err(DapError::BadRequest("max_batch_size is below min_batch_size".into()));
+            }
+        }
+        Ok(Task {
+            id: req.parameters.task_id,
+            role,
+            configuration_encoded: configuration.get_encoded().map_err(|e| DapError::BadRequest(e.to_string()))?,
+            configuration,
+            parameters: req.parameters.clone(),
+            vdaf,
+            verify_key: req.verify_key().map_err(bad)?,
+            aggregator_auth_token: req.aggregator_token().map_err(bad)?,
+            collector_auth_token,
+            collector_hpke_config: req.collector_config().map_err(bad)?,
+            max_batch_size: req.max_batch_size,
+        })
+    }
+
+    /// The VDAF context `"dap-18" || task_id`.
+    pub fn vdaf_context(&self) -> [u8; 38] {
+        crate::vdaf::vdaf_context(&self.id)
+    }
+
+    /// The size leader-selected batches are filled to: `max_batch_size`, else `min_batch_size`.
+    pub fn target_batch_size(&self) -> u64 {
+        self.max_batch_size.unwrap_or(self.configuration.min_batch_size).max(1)
+    }
+}
+
+/// The batch bucket an output share is committed to (DAP-18 "Batch Buckets").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchBucket {
+    /// A one-unit interval starting at this time.
+    TimeInterval(Time),
+    LeaderSelected(BatchId),
+}
+
+impl BatchBucket {
+    /// The bucket of a report with timestamp `time` in a job of batch `batch_id` (if any).
+    pub fn of(batch_id: Option<BatchId>, time: Time) -> Self {
+        match batch_id {
+            Some(id) => BatchBucket::LeaderSelected(id),
+            None => BatchBucket::TimeInterval(time),
+        }
+    }
+
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            BatchBucket::TimeInterval(t) => t.units().to_be_bytes().to_vec(),
+            BatchBucket::LeaderSelected(id) => id.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// A batch bucket's values, or a batch's once buckets are combined.
+#[derive(Clone, Debug)]
+pub struct BucketValues {
+    pub aggregate_share: AggregateShare,
+    pub report_count: u64,
+    pub checksum: BatchChecksum,
+    pub min_time: Time,
+    pub max_time: Time,
+}
+
+impl BucketValues {
+    pub fn merge(&mut self, other: &BucketValues) -> Result<(), DapError> {
+        self.aggregate_share.merge(&other.aggregate_share).map_err(|e| DapError::Internal(e.to_string()))?;
+        self.report_count += other.report_count;
+        self.checksum.combine(&other.checksum);
+        self.min_time = self.min_time.min(other.min_time);
+        self.max_time = self.max_time.max(other.max_time);
+        Ok(())
+    }
+
+    /// The smallest interval holding every report's timestamp (`CollectionJobResp.interval`).
+    pub fn interval(&self) -> Interval {
+        Interval::unit_containing(self.min_time).merged_with(self.max_time)
+    }
+}
+
+/// Output shares summed per bucket, as a step commits them.
+#[derive(Default)]
+pub struct BucketSums(pub HashMap<BatchBucket, BucketValues>);
+
+impl BucketSums {
+    pub fn add(
+        &mut self,
+        task: &Task,
+        bucket: BatchBucket,
+        report_id: &ReportId,
+        time: Time,
+        out_share: &OutputShare,
+    ) -> Result<(), DapError> {
+        let entry = self.0.entry(bucket).or_insert_with(|| BucketValues {
+            aggregate_share: task.vdaf.aggregate_init(),
+            report_count: 0,
+            checksum: BatchChecksum::default(),
+            min_time: time,
+            max_time: time,
+        });
+        entry.aggregate_share.accumulate(out_share).map_err(|e| DapError::Internal(e.to_string()))?;
+        entry.report_count += 1;
+        entry.checksum.update(report_id);
+        entry.min_time = entry.min_time.min(time);
+        entry.max_time = entry.max_time.max(time);
+        Ok(())
+    }
+}
+
+/// A batch, as a collection names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batch {
+    TimeInterval(Interval),
+    LeaderSelected(BatchId),
+}
+
+// ---- leader records ----
+
+/// How the leader's job creator cuts reports into jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct JobSizes {
+    pub min: usize,
+    pub max: usize,
+    /// A job smaller than `min` is still created once its oldest report has waited this long.
+    pub max_delay_seconds: i64,
+    /// At most this many jobs per task and creator pass.
+    pub max_jobs_per_pass: usize,
+}
+
+/// A report waiting for a job: its ID and upload time (seconds).
+pub type PendingReport = (Vec<u8>, i64);
+
+/// Cuts `reports` (oldest first) into jobs of at most `sizes.max`; the last, short one only if
+/// it is at least `sizes.min`, has waited long enough, or fills the last room of a batch.
+pub fn cut_jobs(reports: &[PendingReport], sizes: &JobSizes, now: i64, room_limited: bool) -> Vec<Vec<Vec<u8>>> {
+    let mut jobs = Vec::new();
+    for chunk in reports.chunks(sizes.max.max(1)) {
+        let oldest = chunk.iter().map(|r| r.1).min().unwrap_or(now);
+        if chunk.len() >= sizes.min || room_limited || now - oldest >= sizes.max_delay_seconds {
+            jobs.push(chunk.iter().map(|r| r.0.clone()).collect());
+        }
+        if jobs.len() >= sizes.max_jobs_per_pass {
+            break;
+        }
+    }
+    jobs
+}
+
+/// An aggregation job leased to a leader's driver.
+#[derive(Clone, Debug)]
+pub struct LeasedJob {
+    pub task_id: TaskId,
+    pub job_id: AggregationJobId,
+    pub batch_id: Option<BatchId>,
+    pub step: u16,
+    /// This attempt's number, from 1.
+    pub attempts: u32,
+}
+
+/// A report of a job, as uploaded.
+pub struct JobReport {
+    pub metadata: ReportMetadata,
+    pub public_share: Vec<u8>,
+    pub leader_share: HpkeCiphertext,
+    pub helper_share: HpkeCiphertext,
+}
+
+/// One report's outcome in a leader's aggregation job.
+pub enum ReportOutcome {
+    Aggregated { report_id: ReportId, time: Time, out_share: OutputShare },
+    Failed { report_id: ReportId, error: ReportError },
+}
+
+/// Counts of a committed job.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepCounts {
+    pub aggregated: u64,
+    pub failed: u64,
+}
+
+/// A collection job's stored state.
+pub struct CollectionJobRow {
+    pub id: CollectionJobId,
+    pub request: CollectionJobReq,
+    pub batch_id: Option<BatchId>,
+    pub state: String,
+    pub batch_committed: bool,
+    pub report_count: Option<u64>,
+    pub checksum: Option<BatchChecksum>,
+    pub result_interval: Option<Interval>,
+    pub leader_encrypted_agg_share: Option<HpkeCiphertext>,
+    pub response: Option<Vec<u8>>,
+    /// The DAP problem token (possibly empty) and detail of a failed job.
+    pub error: Option<(String, String)>,
+    pub attempts: u32,
+}
+
+/// Where a collection job's batch stands.
+pub enum BatchReadiness {
+    /// Not collectible yet (reports still being aggregated, too few, no batch ready).
+    Wait(String),
+    /// Collected now: the batch's values, with the leader's encrypted share stored.
+    Committed { values: BucketValues, batch: Batch },
+    /// The batch can never be collected by this job.
+    Refuse(DapError),
+}
+
+/// Turns a batch's values into the leader's encrypted aggregate share.
+pub type SealShare<'a> = &'a (dyn Fn(&BucketValues) -> Result<HpkeCiphertext, DapError> + Send + Sync);
+
+// ---- helper records ----
+
+/// One report's outcome after the CPU-bound part of a helper step.
+pub enum HelperOutcome {
+    Commit { out_share: OutputShare, outbound: Option<Vec<u8>>, time: Time },
+    Keep { state: VerifyState, outbound: Vec<u8>, time: Time },
+    Reject(ReportError),
+}
+
+/// A helper's aggregation job.
+pub struct HelperJob {
+    pub step: AggregationJobStep,
+    pub last_request_digest: Vec<u8>,
+    pub last_response: Vec<u8>,
+    pub batch_id: Option<BatchId>,
+    pub state: String,
+}
+
+/// A helper step to commit: the job, the request's digest and the reports' outcomes.
+pub struct HelperStep {
+    pub job_id: AggregationJobId,
+    pub digest: [u8; 32],
+    pub batch_id: Option<BatchId>,
+    pub step: AggregationJobStep,
+    pub report_ids: Vec<ReportId>,
+    pub outcomes: Vec<HelperOutcome>,
+}
+
+/// A report's state kept between helper steps: its time and encoded verification state.
+pub type KeptState = (Time, Vec<u8>);
+
+/// What became of an aggregate-share request at the helper.
+pub enum ShareRelease {
+    /// The encoded `AggregateShare` (new, or the one an identical request created).
+    Released(Vec<u8>),
+    /// The batch overlaps one already collected.
+    Overlap,
+}
+
+/// Checks a batch's values against the leader's request and builds the encoded `AggregateShare`.
+pub type BuildShare<'a> = &'a (dyn Fn(Option<&BucketValues>) -> Result<Vec<u8>, DapError> + Send + Sync);
+
+/// The storage interface: every method is one transaction.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync {
+    // -- both roles --
+
+    /// Provisions a task; the identical task again is a no-op, a different one under the same
+    /// ID a conflict.
+    async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError>;
+    /// The task (cached); `unrecognizedTask` if unknown.
+    async fn task(&self, id: &TaskId) -> Result<Arc<Task>, DapError>;
+    async fn delete_task(&self, id: &TaskId) -> Result<bool, DapError>;
+    async fn task_ids(&self) -> Result<Vec<TaskId>, DapError>;
+    /// The aggregator's HPKE keys with their state, active first; creates one on first use.
+    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError>;
+    /// Whether any part of the batch was already collected.
+    async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError>;
+
+    // -- leader: upload --
+
+    /// Stores accepted reports durably; per report, the error that refused it (a replayed ID,
+    /// or a time-interval bucket already collected).
+    async fn put_reports(&self, task: &Task, reports: &[&Report]) -> Result<Vec<Option<ReportError>>, DapError>;
+
+    // -- leader: aggregation --
+
+    async fn tasks_with_unaggregated_reports(&self) -> Result<Vec<TaskId>, DapError>;
+    /// Puts unaggregated reports into new jobs (for leader-selected tasks, into batches filled
+    /// to the task's target size). Returns the number of jobs created.
+    async fn create_aggregation_jobs(&self, task: &Task, sizes: &JobSizes) -> Result<usize, DapError>;
+    /// Leases up to `limit` runnable jobs; a job whose lease lapsed is runnable again.
+    async fn acquire_aggregation_jobs(&self, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError>;
+    /// The job's reports awaiting their outcome, in a stable order.
+    async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, DapError>;
+    /// Commits a finished job: output shares into buckets (a report whose bucket was collected
+    /// meanwhile fails with `batch_collected`), each report's final state, the job finished.
+    async fn commit_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        outcomes: Vec<ReportOutcome>,
+    ) -> Result<StepCounts, DapError>;
+    async fn retry_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        delay_seconds: i64,
+        error: &str,
+    ) -> Result<(), DapError>;
+    /// Gives up on a job: its reports fail.
+    async fn abandon_aggregation_job(&self, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError>;
+
+    // -- leader: collection --
+
+    /// The live (not deleted) job created by a byte-identical request.
+    async fn collection_job_by_digest(&self, task: &Task, digest: &[u8]) -> Result<Option<CollectionJobRow>, DapError>;
+    async fn collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<Option<CollectionJobRow>, DapError>;
+    /// Creates a job, unless an identical request created a live one first (its ID is returned).
+    async fn insert_collection_job(
+        &self,
+        task: &Task,
+        request: &[u8],
+        digest: &[u8],
+    ) -> Result<CollectionJobId, DapError>;
+    async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError>;
+    async fn acquire_collection_jobs(
+        &self,
+        limit: usize,
+        lease_seconds: i64,
+    ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError>;
+    /// Commits the job's batch once it is complete and large enough, marking it collected.
+    async fn commit_collection_batch(
+        &self,
+        task: &Task,
+        job: &CollectionJobRow,
+        seal: SealShare<'_>,
+    ) -> Result<BatchReadiness, DapError>;
+    async fn defer_collection_job(&self, task: &Task, id: &CollectionJobId, delay_seconds: i64)
+        -> Result<(), DapError>;
+    /// Ends a job with its encoded `CollectionJobResp`, or the (problem token, detail) failing it.
+    async fn end_collection_job(
+        &self,
+        task: &Task,
+        id: &CollectionJobId,
+        outcome: Result<Vec<u8>, (String, String)>,
+    ) -> Result<(), DapError>;
+
+    // -- helper: aggregation --
+
+    async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, DapError>;
+    /// Commits a job's initialisation (replay and collected-bucket checks, output shares, kept
+    /// states, the stored response). `None` if an identical request created the job first.
+    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, DapError>;
+    /// The states kept for a job's next step.
+    async fn helper_kept_states(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+    ) -> Result<HashMap<ReportId, KeptState>, DapError>;
+    /// Commits a continuation step from `from` to `step.step`. `None` if the job moved on
+    /// concurrently.
+    async fn helper_continue_job(
+        &self,
+        task: &Task,
+        from: AggregationJobStep,
+        step: HelperStep,
+    ) -> Result<Option<Vec<u8>>, DapError>;
+    async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError>;
+
+    // -- helper: collection --
+
+    /// The stored (not deleted) encoded `AggregateShare`.
+    async fn helper_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<Option<Vec<u8>>, DapError>;
+    /// Releases the batch's aggregate share: overlap check, `build` (which checks the values
+    /// and encodes the share), batch marked collected, share stored under `id`.
+    async fn helper_release_aggregate_share(
+        &self,
+        task: &Task,
+        id: &AggregateShareId,
+        digest: &[u8; 32],
+        batch: &Batch,
+        build: BuildShare<'_>,
+    ) -> Result<ShareRelease, DapError>;
+    async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, DapError>;
+}
+
+/// The storage both servers hold.
+pub type Store = Arc<dyn Storage>;
+
+/// Opens the storage a database URL names (`sqlite:...`), applying migrations.
+pub async fn open(url: &str) -> Result<Store, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(super::sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Database(format!("unsupported database URL {url:?}: duet supports sqlite: URLs")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reports(n: usize, uploaded: i64) -> Vec<PendingReport> {
+        (0..n).map(|i| (vec![i as u8], uploaded)).collect()
+    }
+
+    #[test]
+    fn jobs_are_cut_to_size_and_short_ones_wait() {
+        let sizes = JobSizes { min: 3, max: 4, max_delay_seconds: 10, max_jobs_per_pass: 10 };
+        let jobs = cut_jobs(&reports(10, 100), &sizes, 105, false);
+        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4]);
+        // Once the short remainder has waited long enough, it goes too.
+        let jobs = cut_jobs(&reports(10, 100), &sizes, 110, false);
+        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        // A chunk that fills a batch's last room never waits.
+        let jobs = cut_jobs(&reports(2, 100), &sizes, 100, true);
+        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![2]);
+        let sizes = JobSizes { max_jobs_per_pass: 1, ..sizes };
+        assert_eq!(cut_jobs(&reports(10, 0), &sizes, 100, false).len(), 1);
+    }
+}
