@@ -479,15 +479,28 @@ pub(super) async fn delete_collection_job(
     task: &Task,
     id: &CollectionJobId,
 ) -> Result<bool, DapError> {
+    let tid = task.id.as_bytes().as_slice();
+    let mut tx = s.begin().await?;
+    // A leader-selected batch chosen by a job that never committed it goes back to the pool,
+    // so that its reports are not stranded.
+    sqlx::query(
+        "UPDATE leader_batches SET state = 'open' WHERE task_id = ? AND batch_id = (SELECT batch_id FROM collection_jobs
+           WHERE task_id = ? AND collection_job_id = ? AND state = 'pending' AND batch_committed = 0)",
+    )
+    .bind(tid)
+    .bind(tid)
+    .bind(id.as_bytes().as_slice())
+    .execute(&mut *tx)
+    .await?;
     let done = sqlx::query(
         "UPDATE collection_jobs SET state = 'deleted', response = NULL, leader_encrypted_agg_share = NULL
          WHERE task_id = ? AND collection_job_id = ? AND state != 'deleted'",
     )
-    .bind(task.id.as_bytes().as_slice())
+    .bind(tid)
     .bind(id.as_bytes().as_slice())
-    .execute(s.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() > 0)
 }
 

@@ -1,0 +1,376 @@
+//! The storage suite: every protocol step of the [`Storage`] trait, checked on each backend
+//! through the trait alone (no backend-specific SQL), so that every backend passes the same
+//! tests. Each test gets a fresh database.
+
+use duet_common::auth::AuthenticationToken;
+use duet_common::hpke::HpkeKeypair;
+use duet_common::messages::*;
+use duet_common::problem::DapProblemType;
+use duet_common::server::storage::*;
+use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
+use duet_common::time::{Duration, Interval, Time};
+use duet_common::vdaf::{Measurement, OutputShare, Transition, VdafConfig, VerifyKey};
+use duet_common::Encode;
+
+/// A fresh database of each backend, kept alive (its folder) for the test's duration.
+async fn backends() -> Vec<(String, Store, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("storage.db").display());
+    let store = open(&url).await.unwrap();
+    vec![("sqlite".into(), store, dir)]
+}
+
+fn task_request(
+    mode: BatchMode,
+    min_batch_size: u64,
+    max_batch_size: Option<u64>,
+    leader: bool,
+) -> AggregatorTaskRequest {
+    let collector = HpkeKeypair::generate_default(HpkeConfigId(1));
+    AggregatorTaskRequest {
+        parameters: TaskParameters {
+            task_id: TaskId::random(),
+            task_info: "storage suite".into(),
+            leader_endpoint: "http://leader.example/".into(),
+            helper_endpoint: "http://helper.example/".into(),
+            time_precision: 60,
+            min_batch_size,
+            batch_mode: mode,
+            vdaf: VdafConfig::Prio3Count,
+            task_interval_seconds: None,
+        },
+        vdaf_verify_key: VerifyKey::random().to_base64(),
+        aggregator_auth_token: AuthenticationToken::random().expose().into(),
+        collector_auth_token: leader.then(|| AuthenticationToken::random().expose().to_string()),
+        collector_hpke_config: hpke_config_to_b64(collector.config()),
+        max_batch_size,
+    }
+}
+
+fn report(time: u64) -> Report {
+    let ct = |id| HpkeCiphertext { config_id: HpkeConfigId(id), enc: vec![1, 2, 3], payload: vec![4, 5, 6] };
+    Report {
+        report_metadata: ReportMetadata {
+            report_id: ReportId::random(),
+            time: Time::from_units(time),
+            public_extensions: vec![],
+        },
+        public_share: vec![],
+        leader_encrypted_input_share: ct(1),
+        helper_encrypted_input_share: ct(2),
+    }
+}
+
+/// Both aggregators' output shares of a Count measurement, by running the VDAF.
+fn output_shares(task: &Task, report_id: &ReportId, m: bool) -> (OutputShare, OutputShare) {
+    let ctx = task.vdaf_context();
+    let nonce = report_id.as_bytes();
+    let (public, [ls, hs]) = task.vdaf.shard(&ctx, &Measurement::Count(m), nonce).unwrap();
+    let (state, msg) = task.vdaf.leader_init(&task.verify_key, &ctx, nonce, &public, &ls).unwrap();
+    let Transition::FinishedWithOutbound { out_share: helper_out, outbound } =
+        task.vdaf.helper_init(&task.verify_key, &ctx, nonce, &public, &hs, &msg).unwrap()
+    else {
+        panic!("Prio3 helper finishes at once")
+    };
+    let Transition::Finished { out_share: leader_out } = task.vdaf.leader_continued(&ctx, state, &outbound).unwrap()
+    else {
+        panic!("Prio3 leader finishes on the helper's message")
+    };
+    (leader_out, helper_out)
+}
+
+fn sizes(max: usize) -> JobSizes {
+    JobSizes { min: 1, max, max_delay_seconds: 0, max_jobs_per_pass: 100 }
+}
+
+fn collection_request(query: Query) -> (Vec<u8>, [u8; 32]) {
+    let body = CollectionJobReq { query, agg_param: vec![], extensions: vec![] }.get_encoded().unwrap();
+    let mut digest = [0u8; 32];
+    digest[..body.len().min(32)].copy_from_slice(&body[..body.len().min(32)]);
+    digest[31] ^= body.len() as u8;
+    (body, digest)
+}
+
+#[tokio::test]
+async fn tasks_are_provisioned_once_and_deleted() {
+    for (name, store, _dir) in backends().await {
+        let req = task_request(BatchMode::TimeInterval, 10, None, true);
+        let task = store.put_task(Role::Leader, &req).await.unwrap();
+        assert_eq!(store.task(&task.id).await.unwrap().parameters, req.parameters, "{name}");
+        // The identical task again is fine; the same ID with other parameters is a conflict.
+        store.put_task(Role::Leader, &req).await.unwrap();
+        let mut other = req.clone();
+        other.parameters.min_batch_size = 11;
+        assert!(matches!(store.put_task(Role::Leader, &other).await, Err(duet_common::problem::DapError::Conflict(_))));
+        assert_eq!(store.task_ids().await.unwrap(), vec![task.id]);
+        assert!(store.delete_task(&task.id).await.unwrap());
+        assert!(!store.delete_task(&task.id).await.unwrap());
+        let err = store.task(&task.id).await.unwrap_err();
+        assert_eq!(err.kind(), Some(DapProblemType::UnrecognizedTask), "{name}");
+        // A key is made on first use and kept.
+        let keys = store.hpke_keypairs().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].1, "active");
+        assert_eq!(store.hpke_keypairs().await.unwrap()[0].0.config(), keys[0].0.config());
+    }
+}
+
+#[tokio::test]
+async fn leader_time_interval_upload_aggregate_collect() {
+    for (name, store, _dir) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 3, None, true)).await.unwrap();
+        let reports: Vec<Report> = (0..5).map(|i| report(1000 + i % 2)).collect();
+        let refs: Vec<&Report> = reports.iter().collect();
+        assert_eq!(store.put_reports(&task, &refs).await.unwrap(), vec![None; 5], "{name}");
+        // Replays are refused, fresh reports in the same request accepted.
+        let fresh = report(1000);
+        let again = store.put_reports(&task, &[&reports[0], &fresh]).await.unwrap();
+        assert_eq!(again, vec![Some(ReportError::ReportReplayed), None]);
+
+        assert_eq!(store.tasks_with_unaggregated_reports().await.unwrap(), vec![task.id]);
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(4)).await.unwrap(), 2);
+        assert!(store.tasks_with_unaggregated_reports().await.unwrap().is_empty());
+        let jobs = store.acquire_aggregation_jobs(10, 60).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        // Leased jobs are not handed out twice.
+        assert!(store.acquire_aggregation_jobs(10, 60).await.unwrap().is_empty());
+
+        // A pending collection of [1000, 1002) waits while reports are in flight.
+        let interval = Interval { start: Time::from_units(1000), duration: Duration::from_units(2) };
+        let (body, digest) =
+            collection_request(Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }));
+        let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+        assert_eq!(store.insert_collection_job(&task, &body, &digest).await.unwrap(), cj, "identical request");
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        let seal = |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![9], payload: vec![9] });
+        assert!(matches!(store.commit_collection_batch(&task, &row, &seal).await.unwrap(), BatchReadiness::Wait(_)));
+
+        let mut expected = 0u64;
+        for job in &jobs {
+            let job_reports = store.aggregation_job_reports(job).await.unwrap();
+            let outcomes: Vec<ReportOutcome> = job_reports
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let id = r.metadata.report_id;
+                    if i == 0 {
+                        ReportOutcome::Failed { report_id: id, error: ReportError::VdafVerifyError }
+                    } else {
+                        expected += 1;
+                        let (out, _) = output_shares(&task, &id, true);
+                        ReportOutcome::Aggregated { report_id: id, time: r.metadata.time, out_share: out }
+                    }
+                })
+                .collect();
+            let n = outcomes.len() as u64;
+            let counts = store.commit_aggregation_job(&task, job, outcomes).await.unwrap();
+            assert_eq!(counts, StepCounts { aggregated: n - 1, failed: 1 });
+        }
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        let BatchReadiness::Committed { values, batch } =
+            store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+        else {
+            panic!("{name}: the batch is complete")
+        };
+        assert_eq!(batch, Batch::TimeInterval(interval));
+        assert_eq!(values.report_count, expected);
+        assert_eq!(values.interval(), interval);
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        assert!(row.batch_committed);
+        assert_eq!(row.report_count, Some(expected));
+        assert_eq!(row.checksum, Some(values.checksum));
+        // The batch is collected now: overlapping queries and late reports are refused.
+        assert!(store.batch_overlaps_collected(&task, &Batch::TimeInterval(interval)).await.unwrap());
+        let late = report(1001);
+        assert_eq!(store.put_reports(&task, &[&late]).await.unwrap(), vec![Some(ReportError::ReportReplayed)]);
+        store.end_collection_job(&task, &cj, Ok(vec![7, 7])).await.unwrap();
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        assert_eq!((row.state.as_str(), row.response), ("finished", Some(vec![7, 7])));
+        assert!(store.delete_collection_job(&task, &cj).await.unwrap());
+        assert!(store.collection_job_by_digest(&task, &digest).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn leader_selected_batches_fill_to_their_size() {
+    for (name, store, _dir) in backends().await {
+        let task =
+            store.put_task(Role::Leader, &task_request(BatchMode::LeaderSelected, 2, Some(3), true)).await.unwrap();
+        let reports: Vec<Report> = (0..7).map(|_| report(500)).collect();
+        let refs: Vec<&Report> = reports.iter().collect();
+        store.put_reports(&task, &refs).await.unwrap();
+        // Batches of 3, 3 and 1; jobs never straddle batches.
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 3, "{name}");
+        let jobs = store.acquire_aggregation_jobs(10, 60).await.unwrap();
+        let mut per_batch = std::collections::HashMap::new();
+        for job in &jobs {
+            let n = store.aggregation_job_reports(job).await.unwrap().len();
+            *per_batch.entry(job.batch_id.unwrap()).or_insert(0) += n;
+        }
+        let mut sizes_seen: Vec<usize> = per_batch.values().copied().collect();
+        sizes_seen.sort();
+        assert_eq!(sizes_seen, vec![1, 3, 3]);
+        for job in &jobs {
+            let outcomes = store
+                .aggregation_job_reports(job)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let (out, _) = output_shares(&task, &r.metadata.report_id, false);
+                    ReportOutcome::Aggregated { report_id: r.metadata.report_id, time: r.metadata.time, out_share: out }
+                })
+                .collect();
+            store.commit_aggregation_job(&task, job, outcomes).await.unwrap();
+        }
+        // Two full batches are collected first; the last (1 report, below min_batch_size 2) never.
+        let (body, digest) = collection_request(Query::LeaderSelected(LeaderSelectedQueryConfig));
+        let seal = |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![8], payload: vec![8] });
+        let mut collected = Vec::new();
+        for _ in 0..3 {
+            let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+            let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+            match store.commit_collection_batch(&task, &row, &seal).await.unwrap() {
+                BatchReadiness::Committed { values, batch: Batch::LeaderSelected(id) } => {
+                    assert_eq!(values.report_count, 3);
+                    collected.push(id);
+                    store.end_collection_job(&task, &cj, Ok(vec![1])).await.unwrap();
+                    store.delete_collection_job(&task, &cj).await.unwrap();
+                }
+                BatchReadiness::Wait(_) => {
+                    assert_eq!(collected.len(), 2, "{name}: the third batch is too small");
+                    // Deleting the waiting job leaves nothing stranded.
+                    assert!(store.delete_collection_job(&task, &cj).await.unwrap());
+                }
+                _ => panic!("unexpected readiness"),
+            }
+        }
+        assert_eq!(collected.len(), 2);
+        assert_ne!(collected[0], collected[1]);
+        // One more report tops up the open batch, which becomes collectible.
+        let extra = report(501);
+        store.put_reports(&task, &[&extra]).await.unwrap();
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
+        let job = store.acquire_aggregation_jobs(10, 60).await.unwrap().remove(0);
+        assert!(!collected.contains(&job.batch_id.unwrap()), "{name}: a collected batch takes no reports");
+        let r = store.aggregation_job_reports(&job).await.unwrap().remove(0);
+        let (out, _) = output_shares(&task, &r.metadata.report_id, true);
+        store
+            .commit_aggregation_job(
+                &task,
+                &job,
+                vec![ReportOutcome::Aggregated {
+                    report_id: r.metadata.report_id,
+                    time: r.metadata.time,
+                    out_share: out,
+                }],
+            )
+            .await
+            .unwrap();
+        let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+        else {
+            panic!("{name}: the topped-up batch is ready")
+        };
+        assert_eq!(values.report_count, 2);
+    }
+}
+
+#[tokio::test]
+async fn leases_lapse_retries_wait_and_abandoned_jobs_fail_their_reports() {
+    for (name, store, _dir) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
+        let reports: Vec<Report> = (0..2).map(|_| report(10)).collect();
+        store.put_reports(&task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        store.create_aggregation_jobs(&task, &sizes(1)).await.unwrap();
+        // A lease of 0 s lapses at once: the job is runnable again (a crashed driver's job).
+        let first = store.acquire_aggregation_jobs(1, 0).await.unwrap();
+        assert_eq!(first.len(), 1, "{name}");
+        let again = store.acquire_aggregation_jobs(1, 60).await.unwrap();
+        assert_eq!(again[0].job_id, first[0].job_id);
+        assert_eq!(again[0].attempts, 2);
+        // A retry later is not handed out before its time.
+        store.retry_aggregation_job(&task, &again[0], 3600, "helper down").await.unwrap();
+        let other = store.acquire_aggregation_jobs(10, 60).await.unwrap();
+        assert_eq!(other.len(), 1);
+        assert_ne!(other[0].job_id, first[0].job_id);
+        store.abandon_aggregation_job(&task, &other[0], "given up").await.unwrap();
+        assert!(store.aggregation_job_reports(&other[0]).await.unwrap().is_empty(), "its reports are settled");
+    }
+}
+
+#[tokio::test]
+async fn helper_jobs_check_replays_and_aggregate_shares_release_once() {
+    for (name, store, _dir) in backends().await {
+        let task = store.put_task(Role::Helper, &task_request(BatchMode::TimeInterval, 2, None, false)).await.unwrap();
+        let ids: Vec<ReportId> = (0..3).map(|_| ReportId::random()).collect();
+        let step = |job_id, ids: &[ReportId], digest: u8| HelperStep {
+            job_id,
+            digest: [digest; 32],
+            batch_id: None,
+            step: AggregationJobStep(0),
+            report_ids: ids.to_vec(),
+            outcomes: ids
+                .iter()
+                .map(|id| HelperOutcome::Commit {
+                    out_share: output_shares(&task, id, true).1,
+                    outbound: Some(vec![1]),
+                    time: Time::from_units(77),
+                })
+                .collect(),
+        };
+        let job1 = AggregationJobId::random();
+        let body = store.helper_init_job(&task, step(job1, &ids, 1)).await.unwrap().expect("created");
+        assert!(store.helper_init_job(&task, step(job1, &ids, 1)).await.unwrap().is_none(), "{name}: exists");
+        let stored = store.helper_job(&task, &job1).await.unwrap().unwrap();
+        assert_eq!((stored.last_response, stored.state.as_str()), (body, "finished"));
+        // The same reports in another job are replays.
+        let job2 = AggregationJobId::random();
+        let body2 = store.helper_init_job(&task, step(job2, &ids[..1], 2)).await.unwrap().unwrap();
+        let resp = <AggregationJobResp as duet_common::Decode>::get_decoded(&body2).unwrap();
+        assert_eq!(
+            resp.verify_resps[0].verify_resp_type,
+            VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
+        );
+
+        let interval = Interval { start: Time::from_units(77), duration: Duration::ONE };
+        let batch = Batch::TimeInterval(interval);
+        let share_id = AggregateShareId::random();
+        let checked = std::sync::Mutex::new(None);
+        let build = |v: Option<&BucketValues>| {
+            *checked.lock().unwrap() = v.map(|v| v.report_count);
+            Ok(vec![42])
+        };
+        // A build that refuses (a mismatch, say) releases nothing and leaves the batch open.
+        let refuse = |_: Option<&BucketValues>| {
+            Err(duet_common::problem::DapError::dap(DapProblemType::BatchMismatch, Some(task.id), "no"))
+        };
+        assert!(store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &refuse).await.is_err());
+        assert!(!store.batch_overlaps_collected(&task, &batch).await.unwrap());
+        let ShareRelease::Released(resp) =
+            store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &build).await.unwrap()
+        else {
+            panic!("{name}: released")
+        };
+        assert_eq!(resp, vec![42]);
+        assert_eq!(*checked.lock().unwrap(), Some(3));
+        assert_eq!(store.helper_aggregate_share(&task, &share_id).await.unwrap(), Some(vec![42]));
+        // Another request for an overlapping batch is refused.
+        let other = AggregateShareId::random();
+        assert!(matches!(
+            store.helper_release_aggregate_share(&task, &other, &[2; 32], &batch, &build).await.unwrap(),
+            ShareRelease::Overlap
+        ));
+        assert!(store.helper_delete_aggregate_share(&task, &share_id).await.unwrap());
+        assert_eq!(store.helper_aggregate_share(&task, &share_id).await.unwrap(), None);
+        // A report committed after collection is refused with batch_collected.
+        let late = [ReportId::random()];
+        let body3 = store.helper_init_job(&task, step(AggregationJobId::random(), &late, 3)).await.unwrap().unwrap();
+        let resp = <AggregationJobResp as duet_common::Decode>::get_decoded(&body3).unwrap();
+        assert_eq!(
+            resp.verify_resps[0].verify_resp_type,
+            VerifyRespType::Reject { report_error: ReportError::BatchCollected }
+        );
+    }
+}
