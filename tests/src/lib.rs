@@ -140,3 +140,47 @@ pub fn all_vdafs() -> Vec<VdafConfig> {
         VdafConfig::Prio3MultihotCountVec { length: 10, chunk_length: 4, max_weight: 4 },
     ]
 }
+
+/// The PostgreSQL server tests use (trust authentication), overridable with
+/// `DUET_TEST_POSTGRES`.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DUET_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A PostgreSQL database of its own for one test, dropped when this value is.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        use sqlx::{Connection, Executor};
+        let admin = postgres_admin_url();
+        let name = format!(
+            "duet_test_{}",
+            TaskId::random().as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL on 127.0.0.1:5432");
+        conn.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+        Self { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async code; a small runtime of its own does the clean-up.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                use sqlx::{Connection, Executor};
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+                }
+            })
+        })
+        .join();
+    }
+}

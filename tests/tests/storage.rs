@@ -11,13 +11,23 @@ use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameter
 use duet_common::time::{Duration, Interval, Time};
 use duet_common::vdaf::{Measurement, OutputShare, Transition, VdafConfig, VerifyKey};
 use duet_common::Encode;
+use duet_tests::PgDatabase;
 
-/// A fresh database of each backend, kept alive (its folder) for the test's duration.
-async fn backends() -> Vec<(String, Store, tempfile::TempDir)> {
+/// What keeps a test database alive: a SQLite file's folder or a PostgreSQL database.
+#[allow(dead_code)]
+enum Keep {
+    Dir(tempfile::TempDir),
+    Pg(PgDatabase),
+}
+
+/// A fresh database of each backend, kept alive for the test's duration.
+async fn backends() -> Vec<(String, Store, Keep)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("storage.db").display());
-    let store = open(&url).await.unwrap();
-    vec![("sqlite".into(), store, dir)]
+    let sqlite = open(&url).await.unwrap();
+    let pg = PgDatabase::create().await;
+    let postgres = open(&pg.url).await.unwrap();
+    vec![("sqlite".into(), sqlite, Keep::Dir(dir)), ("postgres".into(), postgres, Keep::Pg(pg))]
 }
 
 fn task_request(

@@ -1,10 +1,10 @@
 //! What the leader and helper servers share (feature `server`): HTTP glue ([`http`]), the
-//! storage interface with a transaction per protocol step ([`storage`]) and its SQLite backend
-//! ([`sqlite`]), `/hpke_config` ([`hpke_config`]) and the admin API for provisioning tasks
+//! storage interface with a transaction per protocol step ([`storage`]) and its SQL backends
+//! ([`sql`]: SQLite and PostgreSQL), `/hpke_config` ([`hpke_config`]) and the admin API for provisioning tasks
 //! ([`admin`]).
 
 pub mod admin;
 pub mod hpke_config;
 pub mod http;
-pub mod sqlite;
+pub mod sql;
 pub mod storage;

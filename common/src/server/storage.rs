@@ -1,7 +1,7 @@
 //! The storage interface both aggregators stand on: one [`Storage`] trait whose methods are each
 //! one transaction of one protocol step (an upload, a job's creation, a committed aggregation
 //! step, a batch's collection, ...), with the records they exchange. Protocol modules hold no
-//! SQL; each backend (SQLite in [`super::sqlite`]) implements the trait.
+//! SQL; the SQL backends ([`super::sql`]: SQLite and PostgreSQL) implement the trait.
 
 use crate::auth::AuthenticationToken;
 use crate::hpke::HpkeKeypair;
@@ -25,15 +25,34 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// How a lost serialization race reads once it is an error: the transaction was rolled back and
+/// the step may simply run again.
+const SERIALIZATION_CONFLICT: &str = "serialization conflict: ";
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            // PostgreSQL: serialization_failure, deadlock_detected; SQLite: busy after the timeout.
+            sqlx::Error::Database(ref d)
+                if matches!(d.code().as_deref(), Some("40001") | Some("40P01") | Some("5") | Some("517")) =>
+            {
+                StoreError::Unavailable(format!("{SERIALIZATION_CONFLICT}{e}"))
+            }
+            // PostgreSQL going away: admin shutdown, cannot connect now, and the connection classes.
+            sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
                 StoreError::Unavailable(e.to_string())
             }
             other => StoreError::Database(other.to_string()),
         }
     }
+}
+
+/// Whether an error is a lost serialization race, worth running the step again for.
+pub fn is_serialization_conflict(e: &DapError) -> bool {
+    matches!(e, DapError::Unavailable(d) if d.starts_with(SERIALIZATION_CONFLICT))
 }
 
 impl From<StoreError> for DapError {
@@ -256,6 +275,7 @@ pub struct JobReport {
 }
 
 /// One report's outcome in a leader's aggregation job.
+#[derive(Clone)]
 pub enum ReportOutcome {
     Aggregated { report_id: ReportId, time: Time, out_share: OutputShare },
     Failed { report_id: ReportId, error: ReportError },
@@ -301,6 +321,7 @@ pub type SealShare<'a> = &'a (dyn Fn(&BucketValues) -> Result<HpkeCiphertext, Da
 // ---- helper records ----
 
 /// One report's outcome after the CPU-bound part of a helper step.
+#[derive(Clone)]
 pub enum HelperOutcome {
     Commit { out_share: OutputShare, outbound: Option<Vec<u8>>, time: Time },
     Keep { state: VerifyState, outbound: Vec<u8>, time: Time },
@@ -317,6 +338,7 @@ pub struct HelperJob {
 }
 
 /// A helper step to commit: the job, the request's digest and the reports' outcomes.
+#[derive(Clone)]
 pub struct HelperStep {
     pub job_id: AggregationJobId,
     pub digest: [u8; 32],
@@ -468,13 +490,10 @@ pub trait Storage: Send + Sync {
 /// The storage both servers hold.
 pub type Store = Arc<dyn Storage>;
 
-/// Opens the storage a database URL names (`sqlite:...`), applying migrations.
+/// Opens the storage a database URL names (`sqlite:...` or `postgres://...`), applying
+/// migrations.
 pub async fn open(url: &str) -> Result<Store, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(super::sqlite::SqliteStore::open(url).await?))
-    } else {
-        Err(StoreError::Database(format!("unsupported database URL {url:?}: duet supports sqlite: URLs")))
-    }
+    Ok(Arc::new(super::sql::SqlStore::open(url).await?))
 }
 
 #[cfg(test)]

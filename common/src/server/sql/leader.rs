@@ -1,7 +1,7 @@
 //! The leader's protocol steps on SQLite: report upload, job creation, job leasing and
 //! commitment, and collection jobs, each one transaction.
 
-use super::{id_of, internal, SqliteStore, Tx};
+use super::{id_of, internal, SqlStore, Tx};
 use crate::messages::*;
 use crate::problem::{DapError, DapProblemType};
 use crate::server::storage::*;
@@ -13,7 +13,7 @@ use sqlx::Row;
 /// whose ID is known is a replay; one for a collected time-interval bucket is refused too (the
 /// spec lets the leader call it a replay).
 pub(super) async fn put_reports(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     reports: &[&Report],
 ) -> Result<Vec<Option<ReportError>>, DapError> {
@@ -28,7 +28,7 @@ pub(super) async fn put_reports(
             let collected = match collected_cache.get(&bucket) {
                 Some(c) => *c,
                 None => {
-                    let c = SqliteStore::bucket_collected(&mut tx, task, &bucket).await?;
+                    let c = SqlStore::bucket_collected(&mut tx, task, &bucket).await?;
                     collected_cache.insert(bucket, c);
                     c
                 }
@@ -41,7 +41,7 @@ pub(super) async fn put_reports(
         let inserted = sqlx::query(
             "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
              leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'unaggregated', ?) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'unaggregated', $8) ON CONFLICT DO NOTHING",
         )
         .bind(task.id.as_bytes().as_slice())
         .bind(meta.report_id.as_bytes().as_slice())
@@ -62,14 +62,14 @@ pub(super) async fn put_reports(
 /// Job creation for one task, in one transaction: unaggregated reports go into new jobs (and,
 /// for leader-selected tasks, into batches filled to `target_batch_size`). Returns the number of
 /// jobs created.
-pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
+pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
     let now = now_seconds();
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     let limit = (sizes.max.max(1) * sizes.max_jobs_per_pass) as i64;
     let pending: Vec<PendingReport> = sqlx::query(
-        "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = ? AND state = 'unaggregated'
-         ORDER BY report_time, report_id LIMIT ?",
+        "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
+         ORDER BY report_time, report_id LIMIT $2",
     )
     .bind(tid)
     .bind(limit)
@@ -91,7 +91,7 @@ pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) 
             let open = sqlx::query(
                 "SELECT b.batch_id, (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id
                    AND r.batch_id = b.batch_id AND r.state IN ('in_job', 'aggregated'))
-                 FROM leader_batches b WHERE b.task_id = ? AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
+                 FROM leader_batches b WHERE b.task_id = $1 AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
             )
             .bind(tid)
             .fetch_all(&mut *tx)
@@ -112,7 +112,7 @@ pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) 
                 let take = target.min(rest.len());
                 let batch_id = BatchId::random();
                 sqlx::query(
-                    "INSERT INTO leader_batches (task_id, batch_id, state, created_at_seconds) VALUES (?, ?, 'open', ?)",
+                    "INSERT INTO leader_batches (task_id, batch_id, state, created_at_seconds) VALUES ($1, $2, 'open', $3)",
                 )
                 .bind(tid)
                 .bind(batch_id.as_bytes().as_slice())
@@ -134,7 +134,7 @@ pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) 
             let job_id = AggregationJobId::random();
             sqlx::query(
                 "INSERT INTO leader_aggregation_jobs (task_id, job_id, batch_id, state, created_at_seconds)
-                 VALUES (?, ?, ?, 'active', ?)",
+                 VALUES ($1, $2, $3, 'active', $4)",
             )
             .bind(tid)
             .bind(job_id.as_bytes().as_slice())
@@ -145,8 +145,8 @@ pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) 
             .map_err(StoreError::from)?;
             for report_id in &job {
                 sqlx::query(
-                    "UPDATE client_reports SET state = 'in_job', job_id = ?, batch_id = ?
-                     WHERE task_id = ? AND report_id = ? AND state = 'unaggregated'",
+                    "UPDATE client_reports SET state = 'in_job', job_id = $1, batch_id = $2
+                     WHERE task_id = $3 AND report_id = $4 AND state = 'unaggregated'",
                 )
                 .bind(job_id.as_bytes().as_slice())
                 .bind(batch_id.map(|b| b.as_bytes().to_vec()))
@@ -166,17 +166,13 @@ pub(super) async fn create_jobs(s: &SqliteStore, task: &Task, sizes: &JobSizes) 
 
 /// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver
 /// died) is runnable again.
-pub(super) async fn acquire_jobs(
-    s: &SqliteStore,
-    limit: usize,
-    lease_seconds: i64,
-) -> Result<Vec<LeasedJob>, DapError> {
+pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
     let now = now_seconds();
     let mut tx = s.begin().await?;
     let rows = sqlx::query(
         "SELECT task_id, job_id, batch_id, step, attempts FROM leader_aggregation_jobs
-         WHERE state = 'active' AND next_attempt_seconds <= ? AND lease_expiry_seconds <= ?
-         ORDER BY created_at_seconds, job_id LIMIT ?",
+         WHERE state = 'active' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
+         ORDER BY created_at_seconds, job_id LIMIT $3",
     )
     .bind(now)
     .bind(now)
@@ -194,8 +190,8 @@ pub(super) async fn acquire_jobs(
             attempts: r.get::<i64, _>(4) as u32 + 1,
         };
         sqlx::query(
-            "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = ?, attempts = attempts + 1
-             WHERE task_id = ? AND job_id = ?",
+            "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = $1, attempts = attempts + 1
+             WHERE task_id = $2 AND job_id = $3",
         )
         .bind(now + lease_seconds)
         .bind(job.task_id.as_bytes().as_slice())
@@ -211,10 +207,10 @@ pub(super) async fn acquire_jobs(
 
 /// The reports of a job still awaiting their outcome, in a stable order (so that a retried
 /// request is byte-identical).
-pub(super) async fn job_reports(s: &SqliteStore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
+pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
     let rows = sqlx::query(
         "SELECT report_metadata, public_share, leader_encrypted_input_share, helper_encrypted_input_share
-         FROM client_reports WHERE task_id = ? AND job_id = ? AND state = 'in_job' ORDER BY report_id",
+         FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job' ORDER BY report_id",
     )
     .bind(job.task_id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
@@ -238,7 +234,7 @@ pub(super) async fn job_reports(s: &SqliteStore, job: &LeasedJob) -> Result<Vec<
 /// bucket was collected meanwhile, which fails the report with `batch_collected`), each report's
 /// final state (its payload dropped, its ID kept for replay checks), and the job finished.
 pub(super) async fn commit_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     job: &LeasedJob,
     outcomes: Vec<ReportOutcome>,
@@ -256,7 +252,7 @@ pub(super) async fn commit_job(
                 let is_collected = match collected.get(&bucket) {
                     Some(c) => *c,
                     None => {
-                        let c = SqliteStore::bucket_collected(&mut tx, task, &bucket).await?;
+                        let c = SqlStore::bucket_collected(&mut tx, task, &bucket).await?;
                         collected.insert(bucket, c);
                         c
                     }
@@ -271,14 +267,14 @@ pub(super) async fn commit_job(
         }
     }
     for (bucket, values) in &sums.0 {
-        SqliteStore::add_to_bucket(&mut tx, task, bucket, 0, values).await?;
+        SqlStore::add_to_bucket(&mut tx, task, bucket, 0, values).await?;
     }
     let mut counts = StepCounts::default();
     for (report_id, error) in &final_states {
         sqlx::query(
-            "UPDATE client_reports SET state = ?, report_error = ?, public_share = x'',
-               leader_encrypted_input_share = x'', helper_encrypted_input_share = x''
-             WHERE task_id = ? AND report_id = ? AND job_id = ? AND state = 'in_job'",
+            "UPDATE client_reports SET state = $1, report_error = $2, public_share = coalesce(substr(public_share, 1, 0), public_share),
+               leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share), helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
+             WHERE task_id = $3 AND report_id = $4 AND job_id = $5 AND state = 'in_job'",
         )
         .bind(if error.is_some() { "failed" } else { "aggregated" })
         .bind(error.map(|e| e as i64))
@@ -307,8 +303,8 @@ async fn finish_job(
     error: Option<&str>,
 ) -> Result<(), DapError> {
     sqlx::query(
-        "UPDATE leader_aggregation_jobs SET state = ?, last_error = ?, lease_expiry_seconds = 0
-         WHERE task_id = ? AND job_id = ?",
+        "UPDATE leader_aggregation_jobs SET state = $1, last_error = $2, lease_expiry_seconds = 0
+         WHERE task_id = $3 AND job_id = $4",
     )
     .bind(state)
     .bind(error)
@@ -322,15 +318,15 @@ async fn finish_job(
 
 /// Gives the job back for a later attempt, `delay_seconds` from now.
 pub(super) async fn retry_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     job: &LeasedJob,
     delay_seconds: i64,
     error: &str,
 ) -> Result<(), DapError> {
     sqlx::query(
-        "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = ?, last_error = ?
-         WHERE task_id = ? AND job_id = ?",
+        "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1, last_error = $2
+         WHERE task_id = $3 AND job_id = $4",
     )
     .bind(now_seconds() + delay_seconds)
     .bind(error)
@@ -343,11 +339,11 @@ pub(super) async fn retry_job(
 }
 
 /// Gives up on a job: its reports fail (without a report error: the job, not the report, broke).
-pub(super) async fn abandon_job(s: &SqliteStore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
+pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
     let mut tx = s.begin().await?;
     sqlx::query(
-        "UPDATE client_reports SET state = 'failed', public_share = x'', leader_encrypted_input_share = x'',
-           helper_encrypted_input_share = x'' WHERE task_id = ? AND job_id = ? AND state = 'in_job'",
+        "UPDATE client_reports SET state = 'failed', public_share = coalesce(substr(public_share, 1, 0), public_share), leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
+           helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share) WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
@@ -360,7 +356,7 @@ pub(super) async fn abandon_job(s: &SqliteStore, task: &Task, job: &LeasedJob, e
 }
 
 /// Leader tasks with work for the job creator.
-pub(super) async fn tasks_with_unaggregated_reports(s: &SqliteStore) -> Result<Vec<TaskId>, DapError> {
+pub(super) async fn tasks_with_unaggregated_reports(s: &SqlStore) -> Result<Vec<TaskId>, DapError> {
     let rows = sqlx::query("SELECT DISTINCT task_id FROM client_reports WHERE state = 'unaggregated'")
         .fetch_all(s.pool())
         .await
@@ -373,7 +369,7 @@ pub(super) async fn tasks_with_unaggregated_reports(s: &SqliteStore) -> Result<V
 const COLLECTION_COLUMNS: &str = "collection_job_id, request, batch_id, state, batch_committed, report_count, checksum,
     result_interval, leader_encrypted_agg_share, response, error_type, error_detail, attempts";
 
-fn collection_row(r: &sqlx::sqlite::SqliteRow) -> Result<CollectionJobRow, DapError> {
+fn collection_row(r: &sqlx::any::AnyRow) -> Result<CollectionJobRow, DapError> {
     let corrupt = |_| DapError::Internal("stored collection job is corrupt".into());
     Ok(CollectionJobRow {
         id: id_of(r.get(0), "collection job ID")?,
@@ -404,12 +400,12 @@ fn collection_row(r: &sqlx::sqlite::SqliteRow) -> Result<CollectionJobRow, DapEr
 
 /// The live (not deleted) collection job created by a byte-identical request, if any.
 pub(super) async fn collection_job_by_digest(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     digest: &[u8],
 ) -> Result<Option<CollectionJobRow>, DapError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = ? AND request_digest = ? AND state != 'deleted'
+        "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND request_digest = $2 AND state != 'deleted'
          ORDER BY created_at_seconds DESC LIMIT 1"
     ))
     .bind(task.id.as_bytes().as_slice())
@@ -421,12 +417,12 @@ pub(super) async fn collection_job_by_digest(
 }
 
 pub(super) async fn collection_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     id: &CollectionJobId,
 ) -> Result<Option<CollectionJobRow>, DapError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = ? AND collection_job_id = ?"
+        "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2"
     ))
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
@@ -439,14 +435,14 @@ pub(super) async fn collection_job(
 /// Creates a collection job, unless an identical request created a live one first (then that
 /// one is returned).
 pub(super) async fn insert_collection_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     request: &[u8],
     digest: &[u8],
 ) -> Result<CollectionJobId, DapError> {
     let mut tx = s.begin().await?;
     let existing = sqlx::query(
-        "SELECT collection_job_id FROM collection_jobs WHERE task_id = ? AND request_digest = ? AND state != 'deleted'",
+        "SELECT collection_job_id FROM collection_jobs WHERE task_id = $1 AND request_digest = $2 AND state != 'deleted'",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(digest)
@@ -459,7 +455,7 @@ pub(super) async fn insert_collection_job(
     let id = CollectionJobId::random();
     sqlx::query(
         "INSERT INTO collection_jobs (task_id, collection_job_id, request, request_digest, state, created_at_seconds)
-         VALUES (?, ?, ?, ?, 'pending', ?)",
+         VALUES ($1, $2, $3, $4, 'pending', $5)",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
@@ -474,18 +470,14 @@ pub(super) async fn insert_collection_job(
 }
 
 /// Marks a job deleted; `false` if there was no live job. Collected-batch records stay.
-pub(super) async fn delete_collection_job(
-    s: &SqliteStore,
-    task: &Task,
-    id: &CollectionJobId,
-) -> Result<bool, DapError> {
+pub(super) async fn delete_collection_job(s: &SqlStore, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     // A leader-selected batch chosen by a job that never committed it goes back to the pool,
     // so that its reports are not stranded.
     sqlx::query(
-        "UPDATE leader_batches SET state = 'open' WHERE task_id = ? AND batch_id = (SELECT batch_id FROM collection_jobs
-           WHERE task_id = ? AND collection_job_id = ? AND state = 'pending' AND batch_committed = 0)",
+        "UPDATE leader_batches SET state = 'open' WHERE task_id = $1 AND batch_id = (SELECT batch_id FROM collection_jobs
+           WHERE task_id = $2 AND collection_job_id = $3 AND state = 'pending' AND batch_committed = 0)",
     )
     .bind(tid)
     .bind(tid)
@@ -494,7 +486,7 @@ pub(super) async fn delete_collection_job(
     .await?;
     let done = sqlx::query(
         "UPDATE collection_jobs SET state = 'deleted', response = NULL, leader_encrypted_agg_share = NULL
-         WHERE task_id = ? AND collection_job_id = ? AND state != 'deleted'",
+         WHERE task_id = $1 AND collection_job_id = $2 AND state != 'deleted'",
     )
     .bind(tid)
     .bind(id.as_bytes().as_slice())
@@ -506,7 +498,7 @@ pub(super) async fn delete_collection_job(
 
 /// Leases up to `limit` pending collection jobs: (task, job ID).
 pub(super) async fn acquire_collection_jobs(
-    s: &SqliteStore,
+    s: &SqlStore,
     limit: usize,
     lease_seconds: i64,
 ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
@@ -514,8 +506,8 @@ pub(super) async fn acquire_collection_jobs(
     let mut tx = s.begin().await?;
     let rows = sqlx::query(
         "SELECT task_id, collection_job_id FROM collection_jobs
-         WHERE state = 'pending' AND next_attempt_seconds <= ? AND lease_expiry_seconds <= ?
-         ORDER BY created_at_seconds LIMIT ?",
+         WHERE state = 'pending' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
+         ORDER BY created_at_seconds LIMIT $3",
     )
     .bind(now)
     .bind(now)
@@ -527,8 +519,8 @@ pub(super) async fn acquire_collection_jobs(
     for r in rows {
         let (t, j): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
         sqlx::query(
-            "UPDATE collection_jobs SET lease_expiry_seconds = ?, attempts = attempts + 1
-             WHERE task_id = ? AND collection_job_id = ?",
+            "UPDATE collection_jobs SET lease_expiry_seconds = $1, attempts = attempts + 1
+             WHERE task_id = $2 AND collection_job_id = $3",
         )
         .bind(now + lease_seconds)
         .bind(&t)
@@ -547,7 +539,7 @@ pub(super) async fn acquire_collection_jobs(
 /// collected so that no later report joins it. `seal` turns the batch values into the leader's
 /// encrypted aggregate share, stored with them.
 pub(super) async fn commit_collection_batch(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     job: &CollectionJobRow,
     seal: SealShare<'_>,
@@ -560,8 +552,8 @@ pub(super) async fn commit_collection_batch(
             let interval = q.batch_interval;
             let end = interval.end().ok_or_else(|| internal("interval overflow"))?;
             let pending = sqlx::query(
-                "SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND state IN ('unaggregated', 'in_job')
-                 AND report_time >= ? AND report_time < ?",
+                "SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state IN ('unaggregated', 'in_job')
+                 AND report_time >= $2 AND report_time < $3",
             )
             .bind(tid)
             .bind(interval.start.units() as i64)
@@ -578,13 +570,13 @@ pub(super) async fn commit_collection_batch(
         (Query::LeaderSelected(_), Some(batch_id)) => Batch::LeaderSelected(batch_id),
         (Query::LeaderSelected(_), None) => match pick_batch(&mut tx, task).await? {
             Some(batch_id) => {
-                sqlx::query("UPDATE leader_batches SET state = 'closed' WHERE task_id = ? AND batch_id = ?")
+                sqlx::query("UPDATE leader_batches SET state = 'closed' WHERE task_id = $1 AND batch_id = $2")
                     .bind(tid)
                     .bind(batch_id.as_bytes().as_slice())
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::from)?;
-                sqlx::query("UPDATE collection_jobs SET batch_id = ? WHERE task_id = ? AND collection_job_id = ?")
+                sqlx::query("UPDATE collection_jobs SET batch_id = $1 WHERE task_id = $2 AND collection_job_id = $3")
                     .bind(batch_id.as_bytes().as_slice())
                     .bind(tid)
                     .bind(job.id.as_bytes().as_slice())
@@ -597,37 +589,38 @@ pub(super) async fn commit_collection_batch(
         },
     };
     if let Batch::LeaderSelected(batch_id) = batch {
-        let in_flight =
-            sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND batch_id = ? AND state = 'in_job'")
-                .bind(tid)
-                .bind(batch_id.as_bytes().as_slice())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)?
-                .get::<i64, _>(0);
+        let in_flight = sqlx::query(
+            "SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND batch_id = $2 AND state = 'in_job'",
+        )
+        .bind(tid)
+        .bind(batch_id.as_bytes().as_slice())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .get::<i64, _>(0);
         if in_flight > 0 {
             tx.commit().await.map_err(StoreError::from)?;
             return Ok(BatchReadiness::Wait(format!("{in_flight} reports of the batch are still being aggregated")));
         }
     }
-    if SqliteStore::batch_overlaps_collected_tx(&mut tx, task, &batch).await? {
+    if SqlStore::batch_overlaps_collected_tx(&mut tx, task, &batch).await? {
         return Ok(BatchReadiness::Refuse(DapError::dap(
             DapProblemType::BatchOverlap,
             Some(task.id),
             "the batch overlaps one already collected",
         )));
     }
-    let values = SqliteStore::batch_values(&mut tx, task, &batch).await?;
+    let values = SqlStore::batch_values(&mut tx, task, &batch).await?;
     let count = values.as_ref().map_or(0, |v| v.report_count);
     let Some(values) = values.filter(|_| count >= min) else {
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(BatchReadiness::Wait(format!("the batch holds {count} reports, fewer than min_batch_size {min}")));
     };
     let sealed = seal(&values)?;
-    SqliteStore::mark_collected(&mut tx, task, &batch).await?;
+    SqlStore::mark_collected(&mut tx, task, &batch).await?;
     sqlx::query(
-        "UPDATE collection_jobs SET batch_committed = 1, report_count = ?, checksum = ?, result_interval = ?,
-           leader_encrypted_agg_share = ? WHERE task_id = ? AND collection_job_id = ?",
+        "UPDATE collection_jobs SET batch_committed = 1, report_count = $1, checksum = $2, result_interval = $3,
+           leader_encrypted_agg_share = $4 WHERE task_id = $5 AND collection_job_id = $6",
     )
     .bind(values.report_count as i64)
     .bind(values.checksum.0.as_slice())
@@ -647,7 +640,7 @@ pub(super) async fn commit_collection_batch(
 async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, DapError> {
     let tid = task.id.as_bytes().as_slice();
     let target = task.target_batch_size() as i64;
-    let waiting = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = ? AND state = 'unaggregated'")
+    let waiting = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'")
         .bind(tid)
         .fetch_one(&mut **tx)
         .await
@@ -657,7 +650,7 @@ async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, Dap
         "SELECT b.batch_id,
            (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id AND r.state = 'in_job'),
            (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id AND r.state = 'aggregated')
-         FROM leader_batches b WHERE b.task_id = ? AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
+         FROM leader_batches b WHERE b.task_id = $1 AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
     )
     .bind(tid)
     .fetch_all(&mut **tx)
@@ -676,14 +669,14 @@ async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, Dap
 }
 
 pub(super) async fn defer_collection_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     id: &CollectionJobId,
     delay_seconds: i64,
 ) -> Result<(), DapError> {
     sqlx::query(
-        "UPDATE collection_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = ?
-         WHERE task_id = ? AND collection_job_id = ?",
+        "UPDATE collection_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1
+         WHERE task_id = $2 AND collection_job_id = $3",
     )
     .bind(now_seconds() + delay_seconds)
     .bind(task.id.as_bytes().as_slice())
@@ -696,7 +689,7 @@ pub(super) async fn defer_collection_job(
 
 /// Ends a job with its `CollectionJobResp`, or with the error that failed it.
 pub(super) async fn end_collection_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     id: &CollectionJobId,
     outcome: Result<Vec<u8>, (String, String)>,
@@ -706,8 +699,8 @@ pub(super) async fn end_collection_job(
         Err(e) => ("failed", None, Some(e)),
     };
     sqlx::query(
-        "UPDATE collection_jobs SET state = ?, response = ?, error_type = ?, error_detail = ?, lease_expiry_seconds = 0
-         WHERE task_id = ? AND collection_job_id = ? AND state = 'pending'",
+        "UPDATE collection_jobs SET state = $1, response = $2, error_type = $3, error_detail = $4, lease_expiry_seconds = 0
+         WHERE task_id = $5 AND collection_job_id = $6 AND state = 'pending'",
     )
     .bind(state)
     .bind(response)

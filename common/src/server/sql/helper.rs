@@ -2,7 +2,7 @@
 //! (replay checks, output shares, kept verification states, stored responses) and aggregate
 //! shares, each one transaction.
 
-use super::{id_of, internal, SqliteStore, Tx};
+use super::{id_of, internal, SqlStore, Tx};
 use crate::messages::*;
 use crate::problem::DapError;
 use crate::server::storage::*;
@@ -24,7 +24,7 @@ async fn commit_outcomes(tx: &mut Tx<'_>, task: &Task, step: &mut HelperStep) ->
             HelperOutcome::Keep { state, outbound, time } => {
                 sqlx::query(
                     "INSERT INTO helper_report_states (task_id, job_id, ord, report_id, report_time, verify_state)
-                     VALUES (?, ?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(tid)
                 .bind(step.job_id.as_bytes().as_slice())
@@ -41,14 +41,14 @@ async fn commit_outcomes(tx: &mut Tx<'_>, task: &Task, step: &mut HelperStep) ->
                 let collected = match collected_cache.get(&bucket) {
                     Some(c) => *c,
                     None => {
-                        let c = SqliteStore::bucket_collected(tx, task, &bucket).await?;
+                        let c = SqlStore::bucket_collected(tx, task, &bucket).await?;
                         collected_cache.insert(bucket, c);
                         c
                     }
                 };
                 let fresh = !collected
                     && sqlx::query(
-                        "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES (?, ?, ?)
+                        "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES ($1, $2, $3)
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(tid)
@@ -74,7 +74,7 @@ async fn commit_outcomes(tx: &mut Tx<'_>, task: &Task, step: &mut HelperStep) ->
         resps.push(VerifyResp { report_id: *report_id, verify_resp_type });
     }
     for (bucket, values) in &sums.0 {
-        SqliteStore::add_to_bucket(tx, task, bucket, 0, values).await?;
+        SqlStore::add_to_bucket(tx, task, bucket, 0, values).await?;
     }
     tracing::debug!(task_id = %task.id, job_id = %step.job_id, step = %step.step, buckets = sums.0.len(),
         "committed aggregation step");
@@ -92,7 +92,7 @@ async fn job_row_exists(tx: &mut Tx<'_>, sql: &str, task: &Task, job_id: &Aggreg
 }
 
 async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
-    job_row_exists(tx, "SELECT 1 FROM helper_report_states WHERE task_id = ? AND job_id = ? LIMIT 1", task, job_id)
+    job_row_exists(tx, "SELECT 1 FROM helper_report_states WHERE task_id = $1 AND job_id = $2 LIMIT 1", task, job_id)
         .await
 }
 
@@ -101,13 +101,13 @@ fn encode_resp(verify_resps: Vec<VerifyResp>) -> Result<Vec<u8>, DapError> {
 }
 
 pub(super) async fn helper_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     job_id: &AggregationJobId,
 ) -> Result<Option<HelperJob>, DapError> {
     let row = sqlx::query(
         "SELECT step, last_request_digest, last_response, batch_id, state FROM helper_aggregation_jobs
-         WHERE task_id = ? AND job_id = ?",
+         WHERE task_id = $1 AND job_id = $2",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(job_id.as_bytes().as_slice())
@@ -126,7 +126,7 @@ pub(super) async fn helper_job(
 }
 
 pub(super) async fn helper_init_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     mut step: HelperStep,
 ) -> Result<Option<Vec<u8>>, DapError> {
@@ -134,7 +134,7 @@ pub(super) async fn helper_init_job(
     // A concurrent identical request may have won the race while we verified.
     if job_row_exists(
         &mut tx,
-        "SELECT 1 FROM helper_aggregation_jobs WHERE task_id = ? AND job_id = ?",
+        "SELECT 1 FROM helper_aggregation_jobs WHERE task_id = $1 AND job_id = $2",
         task,
         &step.job_id,
     )
@@ -148,7 +148,7 @@ pub(super) async fn helper_init_job(
     let body = encode_resp(resps)?;
     sqlx::query(
         "INSERT INTO helper_aggregation_jobs (task_id, job_id, init_digest, step, last_request_digest, last_response,
-         batch_id, state, created_at_seconds) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+         batch_id, state, created_at_seconds) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(step.job_id.as_bytes().as_slice())
@@ -165,12 +165,12 @@ pub(super) async fn helper_init_job(
 }
 
 pub(super) async fn helper_kept_states(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     job_id: &AggregationJobId,
 ) -> Result<HashMap<ReportId, KeptState>, DapError> {
     let rows = sqlx::query(
-        "SELECT report_id, report_time, verify_state FROM helper_report_states WHERE task_id = ? AND job_id = ?",
+        "SELECT report_id, report_time, verify_state FROM helper_report_states WHERE task_id = $1 AND job_id = $2",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(job_id.as_bytes().as_slice())
@@ -182,14 +182,14 @@ pub(super) async fn helper_kept_states(
 }
 
 pub(super) async fn helper_continue_job(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     from: AggregationJobStep,
     mut step: HelperStep,
 ) -> Result<Option<Vec<u8>>, DapError> {
     let mut tx = s.begin().await?;
     // The previous step's states are consumed; reports the leader left out are dropped with them.
-    sqlx::query("DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?")
+    sqlx::query("DELETE FROM helper_report_states WHERE task_id = $1 AND job_id = $2")
         .bind(task.id.as_bytes().as_slice())
         .bind(step.job_id.as_bytes().as_slice())
         .execute(&mut *tx)
@@ -198,8 +198,8 @@ pub(super) async fn helper_continue_job(
     let continuing = has_states(&mut tx, task, &step.job_id).await?;
     let body = encode_resp(resps)?;
     let updated = sqlx::query(
-        "UPDATE helper_aggregation_jobs SET step = ?, last_request_digest = ?, last_response = ?, state = ?
-         WHERE task_id = ? AND job_id = ? AND step = ?",
+        "UPDATE helper_aggregation_jobs SET step = $1, last_request_digest = $2, last_response = $3, state = $4
+         WHERE task_id = $5 AND job_id = $6 AND step = $7",
     )
     .bind(step.step.0 as i64)
     .bind(step.digest.as_slice())
@@ -218,11 +218,11 @@ pub(super) async fn helper_continue_job(
     Ok(Some(body))
 }
 
-pub(super) async fn helper_delete_job(s: &SqliteStore, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
+pub(super) async fn helper_delete_job(s: &SqlStore, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
     let mut tx = s.begin().await?;
     for sql in [
-        "DELETE FROM helper_report_states WHERE task_id = ? AND job_id = ?",
-        "UPDATE helper_aggregation_jobs SET state = 'deleted', last_response = x'' WHERE task_id = ? AND job_id = ?",
+        "DELETE FROM helper_report_states WHERE task_id = $1 AND job_id = $2",
+        "UPDATE helper_aggregation_jobs SET state = 'deleted', last_response = coalesce(substr(last_response, 1, 0), last_response) WHERE task_id = $1 AND job_id = $2",
     ] {
         sqlx::query(sql)
             .bind(task.id.as_bytes().as_slice())
@@ -234,13 +234,13 @@ pub(super) async fn helper_delete_job(s: &SqliteStore, task: &Task, job_id: &Agg
     Ok(())
 }
 
-async fn stored_share<'e, E: sqlx::Executor<'e, Database = sqlx::Sqlite>>(
+async fn stored_share<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     e: E,
     task: &Task,
     id: &AggregateShareId,
 ) -> Result<Option<Vec<u8>>, DapError> {
     let row = sqlx::query(
-        "SELECT response FROM helper_aggregate_shares WHERE task_id = ? AND share_id = ? AND state = 'finished'",
+        "SELECT response FROM helper_aggregate_shares WHERE task_id = $1 AND share_id = $2 AND state = 'finished'",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
@@ -250,7 +250,7 @@ async fn stored_share<'e, E: sqlx::Executor<'e, Database = sqlx::Sqlite>>(
 }
 
 pub(super) async fn helper_aggregate_share(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     id: &AggregateShareId,
 ) -> Result<Option<Vec<u8>>, DapError> {
@@ -258,7 +258,7 @@ pub(super) async fn helper_aggregate_share(
 }
 
 pub(super) async fn helper_release_aggregate_share(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     id: &AggregateShareId,
     digest: &[u8; 32],
@@ -270,15 +270,15 @@ pub(super) async fn helper_release_aggregate_share(
     if let Some(resp) = stored_share(&mut *tx, task, id).await? {
         return Ok(ShareRelease::Released(resp));
     }
-    if SqliteStore::batch_overlaps_collected_tx(&mut tx, task, batch).await? {
+    if SqlStore::batch_overlaps_collected_tx(&mut tx, task, batch).await? {
         return Ok(ShareRelease::Overlap);
     }
-    let values = SqliteStore::batch_values(&mut tx, task, batch).await?;
+    let values = SqlStore::batch_values(&mut tx, task, batch).await?;
     let response = build(values.as_ref())?;
-    SqliteStore::mark_collected(&mut tx, task, batch).await?;
+    SqlStore::mark_collected(&mut tx, task, batch).await?;
     sqlx::query(
         "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
-         VALUES (?, ?, ?, ?, 'finished', ?)",
+         VALUES ($1, $2, $3, $4, 'finished', $5)",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
@@ -292,13 +292,13 @@ pub(super) async fn helper_release_aggregate_share(
 }
 
 pub(super) async fn helper_delete_aggregate_share(
-    s: &SqliteStore,
+    s: &SqlStore,
     task: &Task,
     id: &AggregateShareId,
 ) -> Result<bool, DapError> {
     let done = sqlx::query(
-        "UPDATE helper_aggregate_shares SET state = 'deleted', response = x''
-         WHERE task_id = ? AND share_id = ? AND state = 'finished'",
+        "UPDATE helper_aggregate_shares SET state = 'deleted', response = coalesce(substr(response, 1, 0), response)
+         WHERE task_id = $1 AND share_id = $2 AND state = 'finished'",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())

@@ -1,7 +1,9 @@
-//! The SQLite backend of [`Storage`]: one database file in WAL mode, reached through sqlx,
-//! with the migrations of `migrations/sqlite` embedded. Writers take the database lock up front
-//! (`BEGIN IMMEDIATE`), so each protocol step's transaction sees and leaves a consistent state.
-//! The role-specific steps live in [`leader`] and [`helper`].
+//! The SQL backends of [`Storage`], one code path over sqlx's `Any` driver: SQLite (one file in
+//! WAL mode, the default) and PostgreSQL (production, several replicas on one database). The
+//! migrations of `migrations/sqlite` and `migrations/postgres` are embedded. Each protocol step
+//! is one transaction: on SQLite writers take the lock up front (`BEGIN IMMEDIATE`); on
+//! PostgreSQL transactions are `SERIALIZABLE` and a step that loses a serialization race is
+//! run again ([`retrying`]). The role-specific steps live in [`leader`] and [`helper`].
 
 mod helper;
 mod leader;
@@ -14,19 +16,52 @@ use crate::task::{AggregatorTaskRequest, TaskParameters};
 use crate::time::Time;
 use crate::vdaf::VerifyKey;
 use crate::{Decode, Encode};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
-pub type Tx<'a> = Transaction<'a, Sqlite>;
+pub type Tx<'a> = Transaction<'a, Any>;
+
+/// Which database a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    fn migrations(self) -> &'static [(i64, &'static str)] {
+        match self {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        }
+    }
+}
 
 /// The migrations of `migrations/sqlite`, embedded in the binary, in order.
-const MIGRATIONS: &[(i64, &str)] = &[
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../../../migrations/sqlite/0002_leader_reports.sql")),
     (3, include_str!("../../../../migrations/sqlite/0003_leader_jobs.sql")),
+];
+
+/// The same schema in PostgreSQL's dialect (`migrations/postgres`).
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../../../migrations/postgres/0002_leader_reports.sql")),
+    (3, include_str!("../../../../migrations/postgres/0003_leader_jobs.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
@@ -38,49 +73,103 @@ fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, 
     T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
 }
 
-/// A SQLite database (WAL), and a cache of provisioned tasks.
+/// Runs a step again when it lost a serialization race (PostgreSQL), a few times with a short
+/// growing pause; the step's transaction was rolled back, so running it again is safe.
+macro_rules! retrying {
+    ($step:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            match $step {
+                Err(e) if crate::server::storage::is_serialization_conflict(&e) && attempt < 10 => {
+                    attempt += 1;
+                    let jitter = u64::from(rand::random::<u8>() % 20);
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// A SQL database, and a cache of provisioned tasks.
 #[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
     tasks: Arc<RwLock<HashMap<TaskId, Arc<Task>>>>,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database at a `sqlite:` URL and applies migrations.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Database(format!("bad database URL: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL still survives process crashes; only power loss can lose the
-            // last transactions.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(30))
-            .connect_with(options)
+impl SqlStore {
+    /// Connects to the database a `sqlite:` or `postgres:` URL names (creating a SQLite file if
+    /// needed), without migrating it.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend =
+            Backend::of_url(url).ok_or_else(|| StoreError::Database(format!("unsupported database URL {url:?}")))?;
+        let url = match backend {
+            // Create the file on first use.
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL with NORMAL sync survives process crashes (only power loss can
+                        // lose the last transactions); writers wait for each other.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        let store = Self { pool, tasks: Arc::default() };
+        Ok(Self { pool, backend, tasks: Arc::default() })
+    }
+
+    /// Connects and applies the migrations not yet applied.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(url).await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Applies the embedded migrations not yet applied, each in its own transaction.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the embedded migrations not yet applied, each in its own transaction. Safe to run
+    /// from several replicas at once: on PostgreSQL an advisory lock serialises them.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS duet_migrations (version INTEGER PRIMARY KEY, applied_at_seconds INTEGER NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        for (version, sql) in MIGRATIONS {
-            let mut tx = self.begin().await?;
-            let done = sqlx::query("SELECT 1 FROM duet_migrations WHERE version = ?")
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_lock(7305545)").await?;
+        }
+        let result = self.migrate_on(&mut conn).await;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7305545)").await?;
+        }
+        result
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::pool::PoolConnection<Any>) -> Result<(), StoreError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS duet_migrations (version BIGINT PRIMARY KEY, applied_at_seconds BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, sql) in self.backend.migrations() {
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            let done = sqlx::query("SELECT 1 FROM duet_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
                 .await?;
             if done.is_none() {
                 sqlx::raw_sql(sql).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO duet_migrations (version, applied_at_seconds) VALUES (?, ?)")
+                sqlx::query("INSERT INTO duet_migrations (version, applied_at_seconds) VALUES ($1, $2)")
                     .bind(version)
                     .bind(now_seconds())
                     .execute(&mut *tx)
@@ -92,14 +181,18 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so two writers
-    /// wait for each other instead of failing when they upgrade.
+    /// A step's transaction. SQLite: `BEGIN IMMEDIATE` takes the write lock up front, so two
+    /// writers wait for each other instead of failing when they upgrade. PostgreSQL:
+    /// `SERIALIZABLE`, so concurrent replicas cannot interleave into an inconsistent state.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?,
+        })
     }
 
     // ---- tasks ----
@@ -110,7 +203,7 @@ impl SqliteStore {
         let task = Task::from_request(role, req)?;
         let params = serde_json::to_string(&req.parameters).map_err(|e| DapError::Internal(e.to_string()))?;
         let mut tx = self.begin().await?;
-        let existing = sqlx::query("SELECT parameters, role FROM tasks WHERE task_id = ?")
+        let existing = sqlx::query("SELECT parameters, role FROM tasks WHERE task_id = $1")
             .bind(task.id.as_bytes().as_slice())
             .fetch_optional(&mut *tx)
             .await
@@ -125,7 +218,7 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO tasks (task_id, role, parameters, vdaf_verify_key, aggregator_auth_token,
                  collector_auth_token, collector_hpke_config, max_batch_size, created_at_seconds)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(task.id.as_bytes().as_slice())
             .bind(role as i64)
@@ -153,7 +246,7 @@ impl SqliteStore {
         }
         let row = sqlx::query(
             "SELECT role, parameters, vdaf_verify_key, aggregator_auth_token, collector_auth_token,
-             collector_hpke_config, max_batch_size FROM tasks WHERE task_id = ?",
+             collector_hpke_config, max_batch_size FROM tasks WHERE task_id = $1",
         )
         .bind(id.as_bytes().as_slice())
         .fetch_optional(&self.pool)
@@ -185,7 +278,7 @@ impl SqliteStore {
     }
 
     async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, DapError> {
-        let done = sqlx::query("DELETE FROM tasks WHERE task_id = ?")
+        let done = sqlx::query("DELETE FROM tasks WHERE task_id = $1")
             .bind(id.as_bytes().as_slice())
             .execute(&self.pool)
             .await
@@ -228,7 +321,7 @@ impl SqliteStore {
         let kp = HpkeKeypair::generate_default(HpkeConfigId(1));
         sqlx::query(
             "INSERT INTO hpke_keys (config_id, config, private_key, state, created_at_seconds)
-             VALUES (?, ?, ?, 'active', ?) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, 'active', $4) ON CONFLICT DO NOTHING",
         )
         .bind(1i64)
         .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
@@ -253,7 +346,7 @@ impl SqliteStore {
         let key = bucket.key();
         let existing = sqlx::query(
             "SELECT aggregate_share, report_count, checksum, min_time, max_time FROM batch_aggregations
-             WHERE task_id = ? AND bucket = ? AND shard = ?",
+             WHERE task_id = $1 AND bucket = $2 AND shard = $3",
         )
         .bind(task.id.as_bytes().as_slice())
         .bind(&key)
@@ -268,7 +361,7 @@ impl SqliteStore {
         let share = merged.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
         sqlx::query(
             "INSERT INTO batch_aggregations (task_id, bucket, shard, aggregate_share, report_count, checksum, min_time, max_time)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (task_id, bucket, shard) DO UPDATE SET aggregate_share = excluded.aggregate_share,
                report_count = excluded.report_count, checksum = excluded.checksum,
                min_time = excluded.min_time, max_time = excluded.max_time",
@@ -287,7 +380,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn bucket_values_from_row(task: &Task, row: &sqlx::sqlite::SqliteRow) -> Result<BucketValues, DapError> {
+    fn bucket_values_from_row(task: &Task, row: &AnyRow) -> Result<BucketValues, DapError> {
         let corrupt = || DapError::Internal("stored batch aggregation is corrupt".into());
         Ok(BucketValues {
             aggregate_share: task.vdaf.decode_aggregate_share(&row.get::<Vec<u8>, _>(0)).map_err(|_| corrupt())?,
@@ -306,7 +399,7 @@ impl SqliteStore {
                 let end = interval.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
                 sqlx::query(
                     "SELECT aggregate_share, report_count, checksum, min_time, max_time, bucket FROM batch_aggregations
-                     WHERE task_id = ?",
+                     WHERE task_id = $1",
                 )
                 .bind(task.id.as_bytes().as_slice())
                 .fetch_all(&mut **tx)
@@ -323,7 +416,7 @@ impl SqliteStore {
             }
             Batch::LeaderSelected(id) => sqlx::query(
                 "SELECT aggregate_share, report_count, checksum, min_time, max_time FROM batch_aggregations
-                 WHERE task_id = ? AND bucket = ?",
+                 WHERE task_id = $1 AND bucket = $2",
             )
             .bind(task.id.as_bytes().as_slice())
             .bind(id.as_bytes().as_slice())
@@ -346,13 +439,13 @@ impl SqliteStore {
     pub async fn bucket_collected(tx: &mut Tx<'_>, task: &Task, bucket: &BatchBucket) -> Result<bool, DapError> {
         let row = match bucket {
             BatchBucket::TimeInterval(t) => sqlx::query(
-                "SELECT 1 FROM collected_batches WHERE task_id = ? AND batch_start <= ? AND batch_end > ? LIMIT 1",
+                "SELECT 1 FROM collected_batches WHERE task_id = $1 AND batch_start <= $2 AND batch_end > $3 LIMIT 1",
             )
             .bind(task.id.as_bytes().as_slice())
             .bind(t.units() as i64)
             .bind(t.units() as i64),
             BatchBucket::LeaderSelected(id) => {
-                sqlx::query("SELECT 1 FROM collected_batches WHERE task_id = ? AND batch_id = ? LIMIT 1")
+                sqlx::query("SELECT 1 FROM collected_batches WHERE task_id = $1 AND batch_id = $2 LIMIT 1")
                     .bind(task.id.as_bytes().as_slice())
                     .bind(id.as_bytes().as_slice())
             }
@@ -369,14 +462,14 @@ impl SqliteStore {
             Batch::TimeInterval(i) => {
                 let end = i.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
                 sqlx::query(
-                    "SELECT 1 FROM collected_batches WHERE task_id = ? AND batch_start < ? AND batch_end > ? LIMIT 1",
+                    "SELECT 1 FROM collected_batches WHERE task_id = $1 AND batch_start < $2 AND batch_end > $3 LIMIT 1",
                 )
                 .bind(task.id.as_bytes().as_slice())
                 .bind(end.units() as i64)
                 .bind(i.start.units() as i64)
             }
             Batch::LeaderSelected(id) => {
-                sqlx::query("SELECT 1 FROM collected_batches WHERE task_id = ? AND batch_id = ? LIMIT 1")
+                sqlx::query("SELECT 1 FROM collected_batches WHERE task_id = $1 AND batch_id = $2 LIMIT 1")
                     .bind(task.id.as_bytes().as_slice())
                     .bind(id.as_bytes().as_slice())
             }
@@ -390,7 +483,7 @@ impl SqliteStore {
     pub async fn mark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<(), DapError> {
         let q = sqlx::query(
             "INSERT INTO collected_batches (task_id, batch_start, batch_end, batch_id, collected_at_seconds)
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(task.id.as_bytes().as_slice());
         let q = match batch {
@@ -406,41 +499,43 @@ impl SqliteStore {
 }
 
 #[async_trait::async_trait]
-impl Storage for SqliteStore {
+impl Storage for SqlStore {
     async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
-        self.put_task_inner(role, req).await
+        retrying!(self.put_task_inner(role, req).await)
     }
     async fn task(&self, id: &TaskId) -> Result<Arc<Task>, DapError> {
-        self.task_inner(id).await
+        retrying!(self.task_inner(id).await)
     }
     async fn delete_task(&self, id: &TaskId) -> Result<bool, DapError> {
-        self.delete_task_inner(id).await
+        retrying!(self.delete_task_inner(id).await)
     }
     async fn task_ids(&self) -> Result<Vec<TaskId>, DapError> {
-        self.task_ids_inner().await
+        retrying!(self.task_ids_inner().await)
     }
     async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError> {
-        self.hpke_keypairs_inner().await
+        retrying!(self.hpke_keypairs_inner().await)
     }
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError> {
         let mut tx = self.pool.begin().await?;
-        Self::batch_overlaps_collected_tx(&mut tx, task, batch).await
+        let overlaps = Self::batch_overlaps_collected_tx(&mut tx, task, batch).await?;
+        tx.commit().await?;
+        Ok(overlaps)
     }
 
     async fn put_reports(&self, task: &Task, reports: &[&Report]) -> Result<Vec<Option<ReportError>>, DapError> {
-        leader::put_reports(self, task, reports).await
+        retrying!(leader::put_reports(self, task, reports).await)
     }
     async fn tasks_with_unaggregated_reports(&self) -> Result<Vec<TaskId>, DapError> {
-        leader::tasks_with_unaggregated_reports(self).await
+        retrying!(leader::tasks_with_unaggregated_reports(self).await)
     }
     async fn create_aggregation_jobs(&self, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
-        leader::create_jobs(self, task, sizes).await
+        retrying!(leader::create_jobs(self, task, sizes).await)
     }
     async fn acquire_aggregation_jobs(&self, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
-        leader::acquire_jobs(self, limit, lease_seconds).await
+        retrying!(leader::acquire_jobs(self, limit, lease_seconds).await)
     }
     async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
-        leader::job_reports(self, job).await
+        retrying!(leader::job_reports(self, job).await)
     }
     async fn commit_aggregation_job(
         &self,
@@ -448,7 +543,7 @@ impl Storage for SqliteStore {
         job: &LeasedJob,
         outcomes: Vec<ReportOutcome>,
     ) -> Result<StepCounts, DapError> {
-        leader::commit_job(self, task, job, outcomes).await
+        retrying!(leader::commit_job(self, task, job, outcomes.clone()).await)
     }
     async fn retry_aggregation_job(
         &self,
@@ -457,16 +552,16 @@ impl Storage for SqliteStore {
         delay_seconds: i64,
         error: &str,
     ) -> Result<(), DapError> {
-        leader::retry_job(self, task, job, delay_seconds, error).await
+        retrying!(leader::retry_job(self, task, job, delay_seconds, error).await)
     }
     async fn abandon_aggregation_job(&self, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
-        leader::abandon_job(self, task, job, error).await
+        retrying!(leader::abandon_job(self, task, job, error).await)
     }
     async fn collection_job_by_digest(&self, task: &Task, digest: &[u8]) -> Result<Option<CollectionJobRow>, DapError> {
-        leader::collection_job_by_digest(self, task, digest).await
+        retrying!(leader::collection_job_by_digest(self, task, digest).await)
     }
     async fn collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<Option<CollectionJobRow>, DapError> {
-        leader::collection_job(self, task, id).await
+        retrying!(leader::collection_job(self, task, id).await)
     }
     async fn insert_collection_job(
         &self,
@@ -474,17 +569,17 @@ impl Storage for SqliteStore {
         request: &[u8],
         digest: &[u8],
     ) -> Result<CollectionJobId, DapError> {
-        leader::insert_collection_job(self, task, request, digest).await
+        retrying!(leader::insert_collection_job(self, task, request, digest).await)
     }
     async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
-        leader::delete_collection_job(self, task, id).await
+        retrying!(leader::delete_collection_job(self, task, id).await)
     }
     async fn acquire_collection_jobs(
         &self,
         limit: usize,
         lease_seconds: i64,
     ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
-        leader::acquire_collection_jobs(self, limit, lease_seconds).await
+        retrying!(leader::acquire_collection_jobs(self, limit, lease_seconds).await)
     }
     async fn commit_collection_batch(
         &self,
@@ -492,7 +587,7 @@ impl Storage for SqliteStore {
         job: &CollectionJobRow,
         seal: SealShare<'_>,
     ) -> Result<BatchReadiness, DapError> {
-        leader::commit_collection_batch(self, task, job, seal).await
+        retrying!(leader::commit_collection_batch(self, task, job, seal).await)
     }
     async fn defer_collection_job(
         &self,
@@ -500,7 +595,7 @@ impl Storage for SqliteStore {
         id: &CollectionJobId,
         delay_seconds: i64,
     ) -> Result<(), DapError> {
-        leader::defer_collection_job(self, task, id, delay_seconds).await
+        retrying!(leader::defer_collection_job(self, task, id, delay_seconds).await)
     }
     async fn end_collection_job(
         &self,
@@ -508,21 +603,21 @@ impl Storage for SqliteStore {
         id: &CollectionJobId,
         outcome: Result<Vec<u8>, (String, String)>,
     ) -> Result<(), DapError> {
-        leader::end_collection_job(self, task, id, outcome).await
+        retrying!(leader::end_collection_job(self, task, id, outcome.clone()).await)
     }
 
     async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, DapError> {
-        helper::helper_job(self, task, job_id).await
+        retrying!(helper::helper_job(self, task, job_id).await)
     }
     async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, DapError> {
-        helper::helper_init_job(self, task, step).await
+        retrying!(helper::helper_init_job(self, task, step.clone()).await)
     }
     async fn helper_kept_states(
         &self,
         task: &Task,
         job_id: &AggregationJobId,
     ) -> Result<HashMap<ReportId, KeptState>, DapError> {
-        helper::helper_kept_states(self, task, job_id).await
+        retrying!(helper::helper_kept_states(self, task, job_id).await)
     }
     async fn helper_continue_job(
         &self,
@@ -530,13 +625,13 @@ impl Storage for SqliteStore {
         from: AggregationJobStep,
         step: HelperStep,
     ) -> Result<Option<Vec<u8>>, DapError> {
-        helper::helper_continue_job(self, task, from, step).await
+        retrying!(helper::helper_continue_job(self, task, from, step.clone()).await)
     }
     async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
-        helper::helper_delete_job(self, task, job_id).await
+        retrying!(helper::helper_delete_job(self, task, job_id).await)
     }
     async fn helper_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<Option<Vec<u8>>, DapError> {
-        helper::helper_aggregate_share(self, task, id).await
+        retrying!(helper::helper_aggregate_share(self, task, id).await)
     }
     async fn helper_release_aggregate_share(
         &self,
@@ -546,9 +641,9 @@ impl Storage for SqliteStore {
         batch: &Batch,
         build: BuildShare<'_>,
     ) -> Result<ShareRelease, DapError> {
-        helper::helper_release_aggregate_share(self, task, id, digest, batch, build).await
+        retrying!(helper::helper_release_aggregate_share(self, task, id, digest, batch, build).await)
     }
     async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, DapError> {
-        helper::helper_delete_aggregate_share(self, task, id).await
+        retrying!(helper::helper_delete_aggregate_share(self, task, id).await)
     }
 }
