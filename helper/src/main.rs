@@ -1,22 +1,42 @@
-//! `duet-helper`: runs the helper aggregator.
+//! `duet-helper`: runs the helper aggregator (`duet-helper [OPTIONS]`), or applies database
+//! migrations (`duet-helper migrate`).
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
+use duet_common::server::runtime::{init_tracing, migrate, shutdown_signal};
 use duet_helper::{router, HelperConfig};
 
 #[derive(Parser)]
-#[command(name = "duet-helper", about = "The duet DAP-18 helper aggregator")]
-struct Args {
+#[command(name = "duet-helper", about = "The duet DAP-18 helper aggregator", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database's pending migrations and exit (serving applies them too).
+    Migrate {
+        /// Database URL (sqlite:PATH or postgres://...).
+        #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-helper.db")]
+        database: String,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "DUET_LISTEN", default_value = "127.0.0.1:8081")]
     listen: String,
-    /// Database URL.
+    /// Database URL (sqlite:PATH or postgres://...).
     #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-helper.db")]
     database: String,
     /// Bearer token of the admin API (read from the environment rather than the command line
     /// where you can).
     #[arg(long, env = "DUET_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    admin_token: Option<String>,
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
@@ -24,18 +44,21 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let args = Args::parse();
-    if let Err(e) = run(args).await {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Migrate { database }) => migrate(&database).await,
+        None => serve(cli.serve).await,
+    };
+    if let Err(e) = result {
         eprintln!("duet-helper: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let admin_token = AuthenticationToken::new(args.admin_token).map_err(|e| format!("admin token: {e}"))?;
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let token = args.admin_token.ok_or("an admin token is required: set DUET_ADMIN_TOKEN or --admin-token")?;
+    let admin_token = AuthenticationToken::new(token).map_err(|e| format!("admin token: {e}"))?;
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config = HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, ..Default::default() };
     let listener =
@@ -45,9 +68,7 @@ async fn run(args: Args) -> Result<(), String> {
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
     axum::serve(listener, router(store, config, admin_token))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

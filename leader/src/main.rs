@@ -1,24 +1,43 @@
 //! `duet-leader`: runs the leader aggregator: its HTTP API and, in the same process, the job
 //! creator and the aggregation and collection job drivers.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
+use duet_common::server::runtime::{init_tracing, migrate, shutdown_signal};
 use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "duet-leader", about = "The duet DAP-18 leader aggregator")]
+#[command(name = "duet-leader", about = "The duet DAP-18 leader aggregator", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database's pending migrations and exit (serving applies them too).
+    Migrate {
+        /// Database URL (sqlite:PATH or postgres://...).
+        #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-leader.db")]
+        database: String,
+    },
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "DUET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Database URL.
+    /// Database URL (sqlite:PATH or postgres://...).
     #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-leader.db")]
     database: String,
     /// Bearer token of the admin API (read from the environment rather than the command line
     /// where you can).
     #[arg(long, env = "DUET_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    admin_token: Option<String>,
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
@@ -40,42 +59,34 @@ struct Args {
     /// Aggregation jobs driven at once.
     #[arg(long, default_value_t = 4)]
     max_concurrent_jobs: usize,
+    /// Seconds a replica owns a job it took; a crashed replica's jobs are taken over after this.
+    #[arg(long, default_value_t = 120)]
+    lease_seconds: i64,
 }
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let args = Args::parse();
-    if let Err(e) = run(args).await {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Migrate { database }) => migrate(&database).await,
+        None => run(cli.serve).await,
+    };
+    if let Err(e) = result {
         eprintln!("duet-leader: {e}");
         std::process::exit(1);
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn run(args: Args) -> Result<(), String> {
     if args.min_job_size == 0 || args.max_job_size < args.min_job_size {
         return Err("job sizes must satisfy 1 <= --min-job-size <= --max-job-size".into());
     }
-    let admin_token = AuthenticationToken::new(args.admin_token).map_err(|e| format!("admin token: {e}"))?;
+    let token = args.admin_token.ok_or("an admin token is required: set DUET_ADMIN_TOKEN or --admin-token")?;
+    let admin_token = AuthenticationToken::new(token).map_err(|e| format!("admin token: {e}"))?;
+    if args.lease_seconds < 1 {
+        return Err("--lease-seconds must be at least 1".into());
+    }
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let defaults = LeaderConfig::default();
     let config = LeaderConfig {
@@ -89,6 +100,7 @@ async fn run(args: Args) -> Result<(), String> {
         creator_interval: Duration::from_millis(args.creator_interval_ms),
         driver_interval: Duration::from_millis(args.driver_interval_ms),
         max_concurrent_jobs: args.max_concurrent_jobs.max(1),
+        lease_seconds: args.lease_seconds,
         ..defaults
     };
     let state = LeaderState::new(store, config)?;

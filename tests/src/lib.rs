@@ -11,15 +11,23 @@ use duet_common::task::TaskParameters;
 use duet_common::vdaf::VdafConfig;
 use std::time::Duration;
 
-/// Options of a deployment's leader.
+/// Options of a deployment.
 #[derive(Clone, Debug)]
 pub struct LeaderOptions {
     pub max_job_size: usize,
+    /// PostgreSQL (a database per server, dropped afterwards) instead of SQLite files.
+    pub postgres: bool,
 }
 
 impl Default for LeaderOptions {
     fn default() -> Self {
-        Self { max_job_size: 100 }
+        Self { max_job_size: 100, postgres: false }
+    }
+}
+
+impl LeaderOptions {
+    pub fn postgres() -> Self {
+        Self { postgres: true, ..Self::default() }
     }
 }
 
@@ -32,6 +40,8 @@ pub struct Deployment {
     pub helper_admin: AuthenticationToken,
     leader_args: Vec<String>,
     helper_args: Vec<String>,
+    leader_db_url: String,
+    _databases: Vec<PgDatabase>,
     pub http: reqwest::Client,
 }
 
@@ -50,13 +60,22 @@ fn spawn(name: &str, args: &[String], admin: &AuthenticationToken, listen: &str)
 }
 
 impl Deployment {
-    pub fn start(options: LeaderOptions) -> Self {
+    pub async fn start(options: LeaderOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
-        let helper_args = vec!["--database".into(), db("helper.db")];
+        let mut databases = Vec::new();
+        let (leader_db, helper_db) = if options.postgres {
+            let (l, h) = (PgDatabase::create().await, PgDatabase::create().await);
+            let urls = (l.url.clone(), h.url.clone());
+            databases.extend([l, h]);
+            urls
+        } else {
+            let db = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
+            (db("leader.db"), db("helper.db"))
+        };
+        let helper_args = vec!["--database".into(), helper_db];
         let leader_args = vec![
             "--database".into(),
-            db("leader.db"),
+            leader_db.clone(),
             "--creator-interval-ms".into(),
             "200".into(),
             "--driver-interval-ms".into(),
@@ -75,14 +94,21 @@ impl Deployment {
             helper_admin,
             leader_args,
             helper_args,
+            leader_db_url: leader_db,
+            _databases: databases,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
         }
     }
 
-    /// The leader's SQLite database, for checks on what it stored.
-    pub async fn leader_db(&self) -> sqlx::SqlitePool {
-        let url = format!("sqlite:{}?mode=ro", self.dir.path().join("leader.db").display());
-        sqlx::SqlitePool::connect(&url).await.unwrap()
+    /// The leader's database, for checks on what it stored (queries use `$1` parameters).
+    pub async fn leader_db(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = if self.leader_db_url.starts_with("sqlite:") {
+            format!("{}?mode=ro", self.leader_db_url)
+        } else {
+            self.leader_db_url.clone()
+        };
+        sqlx::AnyPool::connect(&url).await.unwrap()
     }
 
     /// Stops both servers gracefully and starts them again on the same ports and databases.

@@ -19,9 +19,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-#[test]
-fn task_create_upload_collect() {
-    let d = Deployment::start(LeaderOptions::default());
+#[tokio::test(flavor = "multi_thread")]
+async fn task_create_upload_collect() {
+    let d = Deployment::start(LeaderOptions::default()).await;
     let dir = d.dir.path();
     let creds = dir.join("collector.json");
     let (leader, helper) = (d.leader.url(), d.helper.url());
@@ -82,9 +82,9 @@ fn task_create_upload_collect() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
-#[test]
-fn a_wrong_admin_token_provisions_nothing() {
-    let d = Deployment::start(LeaderOptions::default());
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_admin_token_provisions_nothing() {
+    let d = Deployment::start(LeaderOptions::default()).await;
     let creds = d.dir.path().join("collector.json");
     let (leader, helper) = (d.leader.url(), d.helper.url());
     let out = Command::new(sibling_binary("duet").unwrap())

@@ -17,11 +17,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Runs a scenario as two tests: on SQLite files and on PostgreSQL databases.
+macro_rules! on_both_backends {
+    ($scenario:ident, $options:expr) => {
+        mod $scenario {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$scenario($options).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                super::$scenario(LeaderOptions { postgres: true, ..$options }).await
+            }
+        }
+    };
+}
+
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_prio3_variant_in_both_batch_modes() {
-    let d = Deployment::start(LeaderOptions { max_job_size: 16 });
+async fn every_prio3_variant_in_both_batch_modes(options: LeaderOptions) {
+    let d = Deployment::start(options).await;
     let time = past_hour();
     let mut rng = rand::rng();
     for vdaf in all_vdafs() {
@@ -124,7 +140,7 @@ async fn upload_raw(d: &Deployment, task: &TaskId, reports: Vec<Report>) -> Vec<
 async fn settled_reports(d: &Deployment, task: &TaskId) -> std::collections::HashMap<ReportId, (String, Option<i64>)> {
     let db = d.leader_db().await;
     for _ in 0..600 {
-        let rows = sqlx::query("SELECT report_id, state, report_error FROM client_reports WHERE task_id = ?")
+        let rows = sqlx::query("SELECT report_id, state, report_error FROM client_reports WHERE task_id = $1")
             .bind(task.as_bytes().as_slice())
             .fetch_all(&db)
             .await
@@ -144,9 +160,8 @@ async fn settled_reports(d: &Deployment, task: &TaskId) -> std::collections::Has
     panic!("reports of task {task} were not aggregated in time");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn invalid_reports_are_left_out_with_their_report_error() {
-    let d = Deployment::start(LeaderOptions::default());
+async fn invalid_reports_are_left_out_with_their_report_error(options: LeaderOptions) {
+    let d = Deployment::start(options).await;
     let vdaf = VdafConfig::Prio3Histogram { length: 4, chunk_length: 2 };
     let task = d.create_task(vdaf.clone(), BatchMode::TimeInterval, 5, None, None).await;
     let params = task.credentials.task.clone();
@@ -197,9 +212,8 @@ async fn invalid_reports_are_left_out_with_their_report_error() {
     assert_eq!(result.result, clear_aggregate(&vdaf, &good));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_batch_below_min_batch_size_waits_for_more_reports() {
-    let d = Deployment::start(LeaderOptions::default());
+async fn a_batch_below_min_batch_size_waits_for_more_reports(options: LeaderOptions) {
+    let d = Deployment::start(options).await;
     let vdaf = VdafConfig::Prio3Sum { max_measurement: 10 };
     let task = d.create_task(vdaf.clone(), BatchMode::TimeInterval, 20, None, None).await;
     let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
@@ -231,9 +245,8 @@ async fn a_batch_below_min_batch_size_waits_for_more_reports() {
     assert_eq!(result.result, clear_aggregate(&vdaf, &all));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn collection_rules_repeat_overlap_and_late_reports() {
-    let d = Deployment::start(LeaderOptions::default());
+async fn collection_rules_repeat_overlap_and_late_reports(options: LeaderOptions) {
+    let d = Deployment::start(options).await;
     let vdaf = VdafConfig::Prio3Count;
     let task = d.create_task(vdaf.clone(), BatchMode::TimeInterval, 3, None, None).await;
     let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
@@ -257,9 +270,8 @@ async fn collection_rules_repeat_overlap_and_late_reports() {
     assert!(err.to_string().contains("batchOverlap"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nothing_is_lost_when_both_servers_restart() {
-    let mut d = Deployment::start(LeaderOptions { max_job_size: 10 });
+async fn nothing_is_lost_when_both_servers_restart(options: LeaderOptions) {
+    let mut d = Deployment::start(options).await;
     let vdaf = VdafConfig::Prio3SumVec { length: 3, max_measurement: 5, chunk_length: 2 };
     let task = d.create_task(vdaf.clone(), BatchMode::TimeInterval, 10, None, None).await;
     let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
@@ -333,9 +345,8 @@ async fn async_proxy(
     out.body(axum::body::Body::from(bytes)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_asynchronous_helper_is_polled_until_ready() {
-    let d = Deployment::start(LeaderOptions { max_job_size: 10 });
+async fn an_asynchronous_helper_is_polled_until_ready(options: LeaderOptions) {
+    let d = Deployment::start(options).await;
     let proxy = AsyncProxy {
         helper: d.helper.url(),
         http: reqwest::Client::new(),
@@ -362,3 +373,19 @@ async fn an_asynchronous_helper_is_polled_until_ready() {
     assert_eq!(proxy.deferred.load(Ordering::SeqCst), 4);
     assert!(proxy.polls.load(Ordering::SeqCst) >= 4);
 }
+
+on_both_backends!(
+    every_prio3_variant_in_both_batch_modes,
+    LeaderOptions { max_job_size: 16, ..LeaderOptions::default() }
+);
+on_both_backends!(invalid_reports_are_left_out_with_their_report_error, LeaderOptions::default());
+on_both_backends!(a_batch_below_min_batch_size_waits_for_more_reports, LeaderOptions::default());
+on_both_backends!(collection_rules_repeat_overlap_and_late_reports, LeaderOptions::default());
+on_both_backends!(
+    nothing_is_lost_when_both_servers_restart,
+    LeaderOptions { max_job_size: 10, ..LeaderOptions::default() }
+);
+on_both_backends!(
+    an_asynchronous_helper_is_polled_until_ready,
+    LeaderOptions { max_job_size: 10, ..LeaderOptions::default() }
+);

@@ -6,5 +6,6 @@
 pub mod admin;
 pub mod hpke_config;
 pub mod http;
+pub mod runtime;
 pub mod sql;
 pub mod storage;

@@ -13,7 +13,12 @@ use std::collections::HashMap;
 
 /// Commits output shares (replay and collected-bucket checks first), keeps the states of
 /// continuing reports, and turns the outcomes into `VerifyResp`s.
-async fn commit_outcomes(tx: &mut Tx<'_>, task: &Task, step: &mut HelperStep) -> Result<Vec<VerifyResp>, DapError> {
+async fn commit_outcomes(
+    s: &SqlStore,
+    tx: &mut Tx<'_>,
+    task: &Task,
+    step: &mut HelperStep,
+) -> Result<Vec<VerifyResp>, DapError> {
     let tid = task.id.as_bytes().as_slice();
     let mut resps = Vec::with_capacity(step.outcomes.len());
     let mut sums = BucketSums::default();
@@ -74,7 +79,7 @@ async fn commit_outcomes(tx: &mut Tx<'_>, task: &Task, step: &mut HelperStep) ->
         resps.push(VerifyResp { report_id: *report_id, verify_resp_type });
     }
     for (bucket, values) in &sums.0 {
-        SqlStore::add_to_bucket(tx, task, bucket, 0, values).await?;
+        SqlStore::add_to_bucket(tx, task, bucket, s.bucket_shard(), values).await?;
     }
     tracing::debug!(task_id = %task.id, job_id = %step.job_id, step = %step.step, buckets = sums.0.len(),
         "committed aggregation step");
@@ -142,7 +147,7 @@ pub(super) async fn helper_init_job(
     {
         return Ok(None);
     }
-    let resps = commit_outcomes(&mut tx, task, &mut step).await?;
+    let resps = commit_outcomes(s, &mut tx, task, &mut step).await?;
     let continuing = resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. }))
         && has_states(&mut tx, task, &step.job_id).await?;
     let body = encode_resp(resps)?;
@@ -194,7 +199,7 @@ pub(super) async fn helper_continue_job(
         .bind(step.job_id.as_bytes().as_slice())
         .execute(&mut *tx)
         .await?;
-    let resps = commit_outcomes(&mut tx, task, &mut step).await?;
+    let resps = commit_outcomes(s, &mut tx, task, &mut step).await?;
     let continuing = has_states(&mut tx, task, &step.job_id).await?;
     let body = encode_resp(resps)?;
     let updated = sqlx::query(

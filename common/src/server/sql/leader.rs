@@ -267,7 +267,7 @@ pub(super) async fn commit_job(
         }
     }
     for (bucket, values) in &sums.0 {
-        SqlStore::add_to_bucket(&mut tx, task, bucket, 0, values).await?;
+        SqlStore::add_to_bucket(&mut tx, task, bucket, s.bucket_shard(), values).await?;
     }
     let mut counts = StepCounts::default();
     for (report_id, error) in &final_states {

@@ -91,6 +91,9 @@ macro_rules! retrying {
     }};
 }
 
+/// Rows each batch bucket is spread over on PostgreSQL.
+pub const BUCKET_SHARDS: u8 = 16;
+
 /// A SQL database, and a cache of provisioned tasks.
 #[derive(Clone)]
 pub struct SqlStore {
@@ -138,6 +141,17 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// The shard of a batch bucket a commit adds to. On PostgreSQL, replicas committing into
+    /// one bucket at once would serialise on its row, so each commit picks one of
+    /// [`BUCKET_SHARDS`] rows at random and collection sums them (DAP-18 "Distributed-systems
+    /// and synchronization concerns"). SQLite has one writer at a time anyway.
+    pub fn bucket_shard(&self) -> i64 {
+        match self.backend {
+            Backend::Sqlite => 0,
+            Backend::Postgres => i64::from(rand::random::<u8>() % BUCKET_SHARDS),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -179,6 +193,12 @@ impl SqlStore {
             tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// The newest migration applied.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT MAX(version) FROM duet_migrations").fetch_one(&self.pool).await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -397,22 +417,18 @@ impl SqlStore {
         let rows = match batch {
             Batch::TimeInterval(interval) => {
                 let end = interval.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
+                // Time-interval bucket keys are big-endian unit numbers, so byte order is time
+                // order and the batch is a key range.
                 sqlx::query(
-                    "SELECT aggregate_share, report_count, checksum, min_time, max_time, bucket FROM batch_aggregations
-                     WHERE task_id = $1",
+                    "SELECT aggregate_share, report_count, checksum, min_time, max_time FROM batch_aggregations
+                     WHERE task_id = $1 AND bucket >= $2 AND bucket < $3",
                 )
                 .bind(task.id.as_bytes().as_slice())
+                .bind(BatchBucket::TimeInterval(interval.start).key())
+                .bind(BatchBucket::TimeInterval(end).key())
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(StoreError::from)?
-                .into_iter()
-                .filter(|r| {
-                    let key: Vec<u8> = r.get(5);
-                    <[u8; 8]>::try_from(key.as_slice())
-                        .map(u64::from_be_bytes)
-                        .is_ok_and(|start| Time::from_units(start) >= interval.start && Time::from_units(start) < end)
-                })
-                .collect::<Vec<_>>()
             }
             Batch::LeaderSelected(id) => sqlx::query(
                 "SELECT aggregate_share, report_count, checksum, min_time, max_time FROM batch_aggregations
