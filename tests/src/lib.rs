@@ -45,7 +45,8 @@ pub struct Deployment {
     pub http: reqwest::Client,
 }
 
-fn spawn(name: &str, args: &[String], admin: &AuthenticationToken, listen: &str) -> ServerProcess {
+/// Starts `duet-leader` or `duet-helper` with `args`, its admin token, and `--listen`.
+pub fn spawn(name: &str, args: &[String], admin: &AuthenticationToken, listen: &str) -> ServerProcess {
     let binary = sibling_binary(name).unwrap();
     let mut all = args.to_vec();
     all.extend(["--listen".to_string(), listen.to_string()]);
@@ -208,5 +209,50 @@ impl Drop for PgDatabase {
             })
         })
         .join();
+    }
+}
+
+/// A TCP load balancer on loopback: each new connection goes to the next backend in turn, or to
+/// the one after when that one does not answer (a replica that is down). Counts connections per
+/// backend.
+pub struct Balancer {
+    pub addr: std::net::SocketAddr,
+    pub connections: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>>,
+}
+
+impl Balancer {
+    pub async fn start(backends: Vec<std::net::SocketAddr>) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections: std::sync::Arc<Vec<AtomicUsize>> =
+            std::sync::Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
+        let counts = connections.clone();
+        tokio::spawn(async move {
+            let next = AtomicUsize::new(0);
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let (backends, counts) = (backends.clone(), counts.clone());
+                tokio::spawn(async move {
+                    for i in 0..backends.len() {
+                        let which = (start + i) % backends.len();
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(backends[which]).await {
+                            counts[which].fetch_add(1, Ordering::Relaxed);
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, connections }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn counts(&self) -> Vec<usize> {
+        self.connections.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect()
     }
 }

@@ -65,7 +65,9 @@ pub(super) async fn put_reports(
 pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
     let now = now_seconds();
     let tid = task.id.as_bytes().as_slice();
-    let mut tx = s.begin().await?;
+    // One creator per task at a time: replicas would otherwise fight over the same reports.
+    let mut tx = s.begin_claiming().await?;
+    s.lock_task(&mut tx, task).await?;
     let limit = (sizes.max.max(1) * sizes.max_jobs_per_pass) as i64;
     let pending: Vec<PendingReport> = sqlx::query(
         "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
@@ -168,18 +170,16 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
 /// died) is runnable again.
 pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
     let now = now_seconds();
-    let mut tx = s.begin().await?;
-    let rows = sqlx::query(
+    // Replicas lease disjoint jobs: rows another replica is leasing right now are skipped.
+    let mut tx = s.begin_claiming().await?;
+    let sql = format!(
         "SELECT task_id, job_id, batch_id, step, attempts FROM leader_aggregation_jobs
          WHERE state = 'active' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
-         ORDER BY created_at_seconds, job_id LIMIT $3",
-    )
-    .bind(now)
-    .bind(now)
-    .bind(limit as i64)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+         ORDER BY created_at_seconds, job_id LIMIT $3{}",
+        s.skip_locked()
+    );
+    let rows =
+        sqlx::query(&sql).bind(now).bind(now).bind(limit as i64).fetch_all(&mut *tx).await.map_err(StoreError::from)?;
     let mut jobs = Vec::with_capacity(rows.len());
     for r in rows {
         let job = LeasedJob {
@@ -503,18 +503,15 @@ pub(super) async fn acquire_collection_jobs(
     lease_seconds: i64,
 ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
     let now = now_seconds();
-    let mut tx = s.begin().await?;
-    let rows = sqlx::query(
+    let mut tx = s.begin_claiming().await?;
+    let sql = format!(
         "SELECT task_id, collection_job_id FROM collection_jobs
          WHERE state = 'pending' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
-         ORDER BY created_at_seconds LIMIT $3",
-    )
-    .bind(now)
-    .bind(now)
-    .bind(limit as i64)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+         ORDER BY created_at_seconds LIMIT $3{}",
+        s.skip_locked()
+    );
+    let rows =
+        sqlx::query(&sql).bind(now).bind(now).bind(limit as i64).fetch_all(&mut *tx).await.map_err(StoreError::from)?;
     let mut jobs = Vec::new();
     for r in rows {
         let (t, j): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));

@@ -215,6 +215,35 @@ impl SqlStore {
         })
     }
 
+    /// A transaction for steps that claim work (job creation, leasing) and lock what they
+    /// claim: on PostgreSQL at READ COMMITTED with row and advisory locks, so that replicas
+    /// take disjoint work instead of aborting each other; on SQLite as [`Self::begin`].
+    pub async fn begin_claiming(&self) -> Result<Tx<'static>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?,
+        })
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` where the backend has it.
+    pub fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Holds a per-task lock until `tx` ends (PostgreSQL; SQLite's transactions already exclude
+    /// each other).
+    pub async fn lock_task(&self, tx: &mut Tx<'_>, task: &Task) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            let mut key = [0u8; 8];
+            key.copy_from_slice(&task.id.as_bytes()[..8]);
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(i64::from_be_bytes(key)).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     // ---- tasks ----
 
     /// Provisions a task; provisioning the identical task again is a no-op, a different one
