@@ -62,12 +62,12 @@ async fn replicas_survive_sigkill(db: Db) {
     ]
     .map(String::from)
     .to_vec();
-    let mut helpers = vec![
+    let mut helpers = [
         spawn("duet-helper", &helper_args, &helper_admin, "127.0.0.1:0"),
         spawn("duet-helper", &helper_args, &helper_admin, "127.0.0.1:0"),
     ];
     let helper_lb = Balancer::start(helpers.iter().map(|h| h.addr).collect()).await;
-    let mut leaders = vec![
+    let mut leaders = [
         spawn("duet-leader", &leader_args, &leader_admin, "127.0.0.1:0"),
         spawn("duet-leader", &leader_args, &leader_admin, "127.0.0.1:0"),
     ];
