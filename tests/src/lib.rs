@@ -256,3 +256,55 @@ impl Balancer {
         self.connections.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect()
     }
 }
+
+/// A TCP proxy that can be cut: while cut, every open connection is dropped and new ones are
+/// closed at once, as when a database host goes away; restored, it forwards again.
+pub struct CuttableProxy {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let (c, cs) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                cs.lock().unwrap().push(handle);
+            }
+        });
+        Self { addr, cut, conns }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl PgDatabase {
+    /// This database's URL through another host and port (a proxy in front of the server).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (_, db) = self.url.rsplit_once('/').unwrap();
+        format!("postgres://postgres@{addr}/{db}")
+    }
+}

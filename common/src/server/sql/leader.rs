@@ -543,8 +543,17 @@ pub(super) async fn commit_collection_batch(
 ) -> Result<BatchReadiness, DapError> {
     let tid = task.id.as_bytes().as_slice();
     let min = task.configuration.min_batch_size;
+    // A leader-selected job first claims its batch, under the task's creator lock, so that the
+    // job creator never adds reports to a batch a collection has taken.
+    let batch_id = match (&job.request.query, job.batch_id) {
+        (Query::LeaderSelected(_), None) => match claim_batch(s, task, job).await? {
+            Some(id) => Some(id),
+            None => return Ok(BatchReadiness::Wait("no batch is ready".into())),
+        },
+        (_, id) => id,
+    };
     let mut tx = s.begin().await?;
-    let batch = match (&job.request.query, job.batch_id) {
+    let batch = match (&job.request.query, batch_id) {
         (Query::TimeInterval(q), _) => {
             let interval = q.batch_interval;
             let end = interval.end().ok_or_else(|| internal("interval overflow"))?;
@@ -565,25 +574,7 @@ pub(super) async fn commit_collection_batch(
             Batch::TimeInterval(interval)
         }
         (Query::LeaderSelected(_), Some(batch_id)) => Batch::LeaderSelected(batch_id),
-        (Query::LeaderSelected(_), None) => match pick_batch(&mut tx, task).await? {
-            Some(batch_id) => {
-                sqlx::query("UPDATE leader_batches SET state = 'closed' WHERE task_id = $1 AND batch_id = $2")
-                    .bind(tid)
-                    .bind(batch_id.as_bytes().as_slice())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-                sqlx::query("UPDATE collection_jobs SET batch_id = $1 WHERE task_id = $2 AND collection_job_id = $3")
-                    .bind(batch_id.as_bytes().as_slice())
-                    .bind(tid)
-                    .bind(job.id.as_bytes().as_slice())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-                Batch::LeaderSelected(batch_id)
-            }
-            None => return Ok(BatchReadiness::Wait("no batch is ready".into())),
-        },
+        (Query::LeaderSelected(_), None) => return Err(internal("leader-selected job without a batch")),
     };
     if let Batch::LeaderSelected(batch_id) = batch {
         let in_flight = sqlx::query(
@@ -630,6 +621,30 @@ pub(super) async fn commit_collection_batch(
     .map_err(StoreError::from)?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(BatchReadiness::Committed { values, batch })
+}
+
+/// Picks the job's batch and closes it to the job creator, in a claiming transaction under the
+/// task's lock. `None` if no batch is ready.
+async fn claim_batch(s: &SqlStore, task: &Task, job: &CollectionJobRow) -> Result<Option<BatchId>, DapError> {
+    let tid = task.id.as_bytes().as_slice();
+    let mut tx = s.begin_claiming().await?;
+    s.lock_task(&mut tx, task).await?;
+    let Some(batch_id) = pick_batch(&mut tx, task).await? else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE leader_batches SET state = 'closed' WHERE task_id = $1 AND batch_id = $2")
+        .bind(tid)
+        .bind(batch_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE collection_jobs SET batch_id = $1 WHERE task_id = $2 AND collection_job_id = $3")
+        .bind(batch_id.as_bytes().as_slice())
+        .bind(tid)
+        .bind(job.id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(batch_id))
 }
 
 /// The oldest open batch that is collectible: none of its reports in flight, at least
