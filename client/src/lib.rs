@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod format;
 pub mod http;
+pub mod interop;
 pub mod process;
 pub mod simulate;
 pub mod timefmt;

@@ -43,9 +43,23 @@ enum Command {
     Upload(UploadArgs),
     /// Collect an aggregate as the task's collector.
     Collect(CollectArgs),
+    /// Serve the interop test API's client role (`/internal/test/upload`). Test-only.
+    InteropClient(InteropArgs),
+    /// Serve the interop test API's collector role (`add_task`, `collection_start`,
+    /// `collection_poll`). Test-only.
+    InteropCollector(InteropArgs),
     /// Run leader and helper as local processes on SQLite, upload simulated Prio3Histogram
     /// reports, collect, and compare with the histogram computed in the clear.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct InteropArgs {
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
 }
 
 #[derive(Args, Debug)]
@@ -368,6 +382,8 @@ async fn run(command: Command) -> CliResult {
         Command::Upload(args) => upload(args).await,
         Command::Collect(args) => collect(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::InteropClient(args) => serve_interop(args, duet_client::interop::client_router()).await,
+        Command::InteropCollector(args) => serve_interop(args, duet_client::interop::collector_router()).await,
     }
 }
 
@@ -565,6 +581,21 @@ async fn task_create(args: CreateArgs) -> CliResult {
         path.display()
     );
     Ok(())
+}
+
+async fn serve_interop(args: InteropArgs, app: axum::Router) -> CliResult {
+    let listen = format!("{}:{}", args.host, args.port);
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.map_err(|e| CliError::usage(format!("listen {listen}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| CliError::server(e.to_string()))?;
+    // Runners and tests read this line to learn the port when listening on port 0.
+    print_stdout(&format!("listening on {addr}\n"))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| CliError::server(e.to_string()))
 }
 
 async fn demo(args: DemoArgs) -> CliResult {

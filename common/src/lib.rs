@@ -5,6 +5,7 @@
 pub mod auth;
 mod codec;
 pub mod hpke;
+pub mod interop;
 pub mod media_type;
 pub mod messages;
 pub mod problem;

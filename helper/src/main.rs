@@ -23,6 +23,21 @@ enum Command {
         #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-helper.db")]
         database: String,
     },
+    /// Serve the interop test API (`/internal/test/*`) and DAP on one port, for interop runners.
+    /// Never for production: tasks come from the runner, unauthenticated.
+    Interop(InteropArgs),
+}
+
+#[derive(Args)]
+struct InteropArgs {
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Database URL; without it, a fresh SQLite file in a temporary folder.
+    #[arg(long)]
+    database: Option<String>,
 }
 
 #[derive(Args)]
@@ -48,6 +63,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Migrate { database }) => migrate(&database).await,
+        Some(Command::Interop(args)) => interop(args).await,
         None => serve(cli.serve).await,
     };
     if let Err(e) = result {
@@ -71,4 +87,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn interop(args: InteropArgs) -> Result<(), String> {
+    let (_dir, database) = duet_common::server::runtime::interop_database(args.database, "helper")?;
+    let store = duet_common::server::storage::open(&database).await.map_err(|e| e.to_string())?;
+    let app = router(store.clone(), HelperConfig::default(), AuthenticationToken::random())
+        .merge(duet_common::server::interop::router(store, duet_common::messages::Role::Helper));
+    let listen = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("listen {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, %database, "duet-helper interop API listening");
+    println!("listening on {addr}");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
 }

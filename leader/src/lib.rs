@@ -10,7 +10,7 @@ pub mod upload;
 
 use axum::routing::{get, post};
 use axum::Router;
-use duet_common::auth::AuthenticationToken;
+use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::messages::Role;
 use duet_common::server::storage::{JobSizes, Store};
 use std::sync::Arc;
@@ -37,6 +37,9 @@ pub struct LeaderConfig {
     pub max_job_attempts: u32,
     /// How long one attempt waits on an asynchronous helper before trying again later.
     pub max_helper_poll: Duration,
+    /// How the leader presents its token to the helper (`Authorization: Bearer`, or the
+    /// `DAP-Auth-Token` header the interop tests use).
+    pub helper_token_scheme: TokenScheme,
 }
 
 impl Default for LeaderConfig {
@@ -51,6 +54,7 @@ impl Default for LeaderConfig {
             lease_seconds: 120,
             max_job_attempts: 12,
             max_helper_poll: Duration::from_secs(30),
+            helper_token_scheme: TokenScheme::Bearer,
         }
     }
 }
@@ -68,7 +72,7 @@ pub struct LeaderState {
 
 impl LeaderState {
     pub fn new(store: Store, config: LeaderConfig) -> Result<Self, String> {
-        let peer = peer::Peer::new(config.max_helper_poll)?;
+        let peer = peer::Peer::new(config.max_helper_poll, config.helper_token_scheme)?;
         Ok(Self {
             store,
             config: Arc::new(config),

@@ -24,6 +24,23 @@ enum Command {
         #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-leader.db")]
         database: String,
     },
+    /// Serve the interop test API (`/internal/test/*`) and DAP on one port, for interop runners,
+    /// with the job creator and drivers on short intervals. Never for production: tasks come
+    /// from the runner, unauthenticated.
+    Interop(InteropArgs),
+}
+
+#[derive(clap::Args)]
+struct InteropArgs {
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Database URL; without it, a fresh SQLite file in a temporary folder. Several interop
+    /// leaders may share one PostgreSQL database.
+    #[arg(long)]
+    database: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +87,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Migrate { database }) => migrate(&database).await,
+        Some(Command::Interop(args)) => interop(args).await,
         None => run(cli.serve).await,
     };
     if let Err(e) = result {
@@ -104,17 +122,41 @@ async fn run(args: Args) -> Result<(), String> {
         ..defaults
     };
     let state = LeaderState::new(store, config)?;
-    let listener =
-        tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
+    let app = router(state.clone(), admin_token);
+    serve(state, app, &args.listen, &args.database).await
+}
+
+/// Serves `app` on `listen` with the workers running, until SIGINT or SIGTERM.
+async fn serve(state: LeaderState, app: axum::Router, listen: &str, database: &str) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut workers = spawn_workers(state.clone(), stop_rx);
-    tracing::info!(%addr, "duet-leader listening");
+    let mut workers = spawn_workers(state, stop_rx);
+    tracing::info!(%addr, database = %duet_common::server::runtime::redact_url(database), "duet-leader listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    let served = axum::serve(listener, router(state, admin_token)).with_graceful_shutdown(shutdown_signal()).await;
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
     let _ = stop_tx.send(true);
     // Workers finish the job in hand; a job cut short is taken over once its lease lapses.
     let _ = tokio::time::timeout(Duration::from_secs(30), async { while workers.join_next().await.is_some() {} }).await;
     served.map_err(|e| e.to_string())
+}
+
+async fn interop(args: InteropArgs) -> Result<(), String> {
+    let (_dir, database) = duet_common::server::runtime::interop_database(args.database, "leader")?;
+    let store = duet_common::server::storage::open(&database).await.map_err(|e| e.to_string())?;
+    let defaults = LeaderConfig::default();
+    let config = LeaderConfig {
+        job_sizes: duet_common::server::storage::JobSizes { min: 1, max_delay_seconds: 0, ..defaults.job_sizes },
+        creator_interval: Duration::from_millis(200),
+        driver_interval: Duration::from_millis(100),
+        lease_seconds: 15,
+        // The interop draft has the leader present its token in DAP-Auth-Token.
+        helper_token_scheme: duet_common::auth::TokenScheme::DapAuthToken,
+        ..defaults
+    };
+    let state = LeaderState::new(store.clone(), config)?;
+    let app = router(state.clone(), AuthenticationToken::random())
+        .merge(duet_common::server::interop::router(store, duet_common::messages::Role::Leader));
+    serve(state, app, &format!("{}:{}", args.host, args.port), &database).await
 }

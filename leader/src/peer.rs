@@ -28,6 +28,8 @@ pub struct Peer {
     http: reqwest::Client,
     /// How long one call keeps polling an asynchronous answer before giving up for now.
     max_poll: Duration,
+    /// How the aggregator token is presented to the helper.
+    scheme: TokenScheme,
 }
 
 fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -35,14 +37,14 @@ fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 impl Peer {
-    pub fn new(max_poll: Duration) -> Result<Self, String> {
+    pub fn new(max_poll: Duration, scheme: TokenScheme) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .user_agent(concat!("duet-leader/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Self { http, max_poll })
+        Ok(Self { http, max_poll, scheme })
     }
 
     /// Sends `body` (of `media`) to `url` with `method`, then, if the helper defers, polls the
@@ -55,7 +57,7 @@ impl Peer {
         media: &'static str,
         body: Vec<u8>,
     ) -> Result<(Url, Vec<u8>), PeerError> {
-        let (name, value) = token.header(TokenScheme::Bearer);
+        let (name, value) = token.header(self.scheme);
         let resp = self
             .http
             .request(method, url.clone())

@@ -3,6 +3,8 @@
 //! provisioned through their admin APIs, and the client and collector SDKs talking to them over
 //! loopback.
 
+pub mod runner;
+
 use duet_client::admin::{provision_task, AdminClient, NewTask};
 use duet_client::process::{sibling_binary, Output, ServerProcess};
 use duet_common::auth::AuthenticationToken;

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod hpke_config;
 pub mod http;
+pub mod interop;
 pub mod runtime;
 pub mod sql;
 pub mod storage;

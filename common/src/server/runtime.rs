@@ -38,6 +38,19 @@ pub async fn migrate(database: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The database of an interop aggregator: the URL given, or a fresh SQLite file in a temporary
+/// folder (kept while the returned guard lives).
+pub fn interop_database(url: Option<String>, role: &str) -> Result<(Option<tempfile::TempDir>, String), String> {
+    match url {
+        Some(url) => Ok((None, url)),
+        None => {
+            let dir = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+            let url = format!("sqlite:{}", dir.path().join(format!("{role}.db")).display());
+            Ok((Some(dir), url))
+        }
+    }
+}
+
 /// A database URL without its password, for messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
