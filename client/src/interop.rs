@@ -50,10 +50,12 @@ fn http_client() -> reqwest::Client {
 
 // ---- client ----
 
+/// An SDK client per task, so HPKE configurations are fetched once per task.
+type Clients = HashMap<TaskId, (TaskParameters, Arc<Client>)>;
+
 #[derive(Clone, Default)]
 struct ClientState {
-    /// One SDK client per task, so HPKE configurations are fetched once per task.
-    clients: Arc<Mutex<HashMap<TaskId, (TaskParameters, Arc<Client>)>>>,
+    clients: Arc<Mutex<Clients>>,
 }
 
 #[derive(Deserialize)]
