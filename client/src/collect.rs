@@ -56,13 +56,52 @@ pub struct CollectionJob {
     retry_after: Option<Duration>,
     /// The result, when the leader answered the creation request synchronously.
     ready: Option<CollectionJobResp>,
+    /// The leader's `Duet-Privacy-Budget` figures from the answer that carried `ready`.
+    budget: Option<Budget>,
+}
+
+/// A task's differential-privacy budget as the leader reports it with a result.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// Epsilon spent by (or reserved for) the task's collections, this one included.
+    pub spent: f64,
+    /// The task's total, if it has one.
+    pub total: Option<f64>,
+}
+
+/// The `Duet-Privacy-Budget` header duet's leader adds to collection job answers:
+/// `spent=1.5, total=5`.
+pub const BUDGET_HEADER: &str = "duet-privacy-budget";
+
+fn budget_of(headers: &reqwest::header::HeaderMap) -> Option<Budget> {
+    let v = headers.get(BUDGET_HEADER)?.to_str().ok()?;
+    let mut spent = None;
+    let mut total = None;
+    for part in v.split(',') {
+        match part.trim().split_once('=') {
+            Some(("spent", x)) => spent = x.trim().parse().ok(),
+            Some(("total", x)) => total = x.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    Some(Budget { spent: spent?, total })
+}
+
+/// What a result guarantees, to be shown with it wherever it is shown.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guarantee {
+    pub report_count: u64,
+    pub min_batch_size: u64,
+    /// The noise the aggregators added, described; `None` for none.
+    pub noise: Option<String>,
+    pub budget: Option<Budget>,
 }
 
 impl CollectionJob {
     /// A job known from elsewhere (e.g. a URL kept from an earlier run); `request` must be the
     /// request that created it, byte for byte, or its shares will not open.
     pub fn from_parts(url: Url, request: CollectionJobReq) -> Self {
-        Self { url, request, retry_after: None, ready: None }
+        Self { url, request, retry_after: None, ready: None, budget: None }
     }
 
     pub fn url(&self) -> &Url {
@@ -94,7 +133,11 @@ pub struct CollectionResult {
     /// `interval` in POSIX seconds, `[start, end)`.
     pub interval_seconds: (u64, u64),
     pub result: AggregateResult,
+    /// Threshold, noise, budget: what protects the people in this result.
+    pub guarantee: Guarantee,
 }
+
+impl Eq for Guarantee {}
 
 /// What one poll found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,9 +281,11 @@ impl Collector {
             .map_err(|_| ClientError::Protocol(format!("{context}: the Location header is not ASCII")))?;
         let job_url = http::resolve_location(&self.leader, location)?;
         let retry_after = http::retry_after(resp.headers());
+        let resp_headers_budget = Some(resp.headers().clone());
         let ready = self.read_job_response(resp, &context).await?;
         tracing::info!(job = %job_url, ready = ready.is_some(), "collection job created");
-        Ok(CollectionJob { url: job_url, request, retry_after, ready })
+        let budget = resp_headers_budget.as_ref().and_then(budget_of);
+        Ok(CollectionJob { url: job_url, request, retry_after, ready, budget })
     }
 
     /// The `CollectionJobResp` in a successful answer, or `None` for an empty body (not ready).
@@ -267,7 +312,7 @@ impl Collector {
     /// Like [`Collector::poll`], with the leader's `Retry-After` when the job is pending.
     pub async fn poll_status(&self, job: &CollectionJob) -> Result<PollStatus> {
         if let Some(resp) = &job.ready {
-            return Ok(PollStatus::Ready(self.finish(&job.request, resp.clone())?));
+            return Ok(PollStatus::Ready(self.finish(&job.request, resp.clone(), job.budget)?));
         }
         let context = format!("GET {}", job.url);
         let resp =
@@ -277,15 +322,21 @@ impl Collector {
             return Err(http::status_error(resp, &context).await);
         }
         let retry_after = http::retry_after(resp.headers());
+        let budget = budget_of(resp.headers());
         match self.read_job_response(resp, &context).await? {
-            Some(resp) => Ok(PollStatus::Ready(self.finish(&job.request, resp)?)),
+            Some(resp) => Ok(PollStatus::Ready(self.finish(&job.request, resp, budget)?)),
             None => Ok(PollStatus::Pending { retry_after }),
         }
     }
 
     /// Opens both aggregate shares and unshards them. The AAD is the encoded
     /// `AggregateShareAad`, assembled from the pre-encoded task configuration.
-    fn finish(&self, request: &CollectionJobReq, resp: CollectionJobResp) -> Result<CollectionResult> {
+    fn finish(
+        &self,
+        request: &CollectionJobReq,
+        resp: CollectionJobResp,
+        budget: Option<Budget>,
+    ) -> Result<CollectionResult> {
         let aad =
             duet_common::messages::AggregateShareAad::encode_parts(&self.task_id, &self.task_configuration, request)
                 .map_err(ClientError::encode("AggregateShareAad"))?;
@@ -295,7 +346,10 @@ impl Collector {
         };
         let leader = open(Role::Leader, &resp.leader_encrypted_agg_share)?;
         let helper = open(Role::Helper, &resp.helper_encrypted_agg_share)?;
-        let result = self.vdaf.unshard(&leader, &helper, resp.report_count).map_err(ClientError::Vdaf)?;
+        let mut result = self.vdaf.unshard(&leader, &helper, resp.report_count).map_err(ClientError::Vdaf)?;
+        if self.task.dp.is_some() {
+            result = self.vdaf.clamp_noisy_result(result);
+        }
         let interval = resp.interval;
         let seconds = |t: Option<Time>| t.and_then(|t| t.to_seconds(self.precision));
         let interval_seconds = match (seconds(Some(interval.start)), seconds(interval.end())) {
@@ -315,7 +369,13 @@ impl Collector {
                 tracing::warn!("the result's interval lies outside the queried batch interval");
             }
         }
-        Ok(CollectionResult { report_count: resp.report_count, interval, interval_seconds, result })
+        let guarantee = Guarantee {
+            report_count: resp.report_count,
+            min_batch_size: self.task.min_batch_size,
+            noise: self.task.dp.as_ref().map(|dp| dp.describe()),
+            budget,
+        };
+        Ok(CollectionResult { report_count: resp.report_count, interval, interval_seconds, result, guarantee })
     }
 
     /// Starts a job and polls it until it is ready or `timeout` has passed, honouring the
@@ -394,6 +454,7 @@ mod tests {
             batch_mode,
             vdaf,
             task_interval_seconds: None,
+            dp: None,
         };
         let creds = CollectorCredentials {
             task,
@@ -468,7 +529,7 @@ mod tests {
         let ms = [Measurement::Histogram(2), Measurement::Histogram(0), Measurement::Histogram(2)];
         let resp = aggregate(&creds, &keypair, &request, &ms, interval);
 
-        let result = collector.finish(&request, resp.clone()).unwrap();
+        let result = collector.finish(&request, resp.clone(), None).unwrap();
         assert_eq!(result.report_count, 3);
         assert_eq!(result.interval, interval);
         assert_eq!(result.interval_seconds, (1_800_000_000, 1_800_001_200));
@@ -476,7 +537,8 @@ mod tests {
 
         // A synchronous answer to the creation request is handed out by the first poll.
         let url = Url::parse("https://leader.example/dap/tasks/x/collection_jobs/y").unwrap();
-        let job = CollectionJob { url, request: request.clone(), retry_after: None, ready: Some(resp.clone()) };
+        let job =
+            CollectionJob { url, request: request.clone(), retry_after: None, ready: Some(resp.clone()), budget: None };
         assert!(job.is_ready());
         let polled = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(collector.poll(&job));
         assert_eq!(polled.unwrap(), Some(result));
@@ -487,14 +549,14 @@ mod tests {
             agg_param: vec![],
             extensions: vec![],
         };
-        assert!(matches!(collector.finish(&other, resp.clone()), Err(ClientError::Hpke(_))));
+        assert!(matches!(collector.finish(&other, resp.clone(), None), Err(ClientError::Hpke(_))));
         // Swapped shares fail too: the sender's role is in the info string.
         let swapped = CollectionJobResp {
             leader_encrypted_agg_share: resp.helper_encrypted_agg_share.clone(),
             helper_encrypted_agg_share: resp.leader_encrypted_agg_share.clone(),
             ..resp
         };
-        assert!(matches!(collector.finish(&request, swapped), Err(ClientError::Hpke(_))));
+        assert!(matches!(collector.finish(&request, swapped, None), Err(ClientError::Hpke(_))));
     }
 
     #[test]
@@ -506,7 +568,7 @@ mod tests {
         let request = CollectionJobReq { query, agg_param: vec![], extensions: vec![] };
         let interval = Interval::new(Time::from_units(10), DapDuration::from_units(1));
         let resp = aggregate(&creds, &keypair, &request, &[Measurement::Sum(40), Measurement::Sum(2)], interval);
-        let result = collector.finish(&request, resp).unwrap();
+        let result = collector.finish(&request, resp, None).unwrap();
         assert_eq!(result.result, AggregateResult::Scalar(42));
         assert_eq!(result.interval_seconds, (6000, 6600));
         assert!(matches!(collector.query(Some((0, 600))), Err(ClientError::Query(_))));

@@ -90,6 +90,7 @@ async fn run_with(
         batch_mode: BatchMode::TimeInterval,
         vdaf: vdaf.clone(),
         task_interval_seconds: None,
+        dp: None,
     };
     step(&format!(
         "provisioning task {} (Prio3Histogram, {} buckets) on both aggregators",
@@ -157,7 +158,7 @@ async fn run_with(
         "MISMATCH: the collected histogram differs from the one computed in the clear."
     };
     let _ = writeln!(out, "Reports in the batch: {}. {verdict}", result.report_count);
-    let _ = writeln!(out, "{}", privacy_line(result.report_count, options.min_batch_size));
+    let _ = writeln!(out, "{}", privacy_line(&result.guarantee));
     if verdict.starts_with("MISMATCH") {
         return Err(out);
     }

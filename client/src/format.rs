@@ -2,20 +2,40 @@
 //! privacy statement: an aggregate is only as private as the non-collusion of the two
 //! aggregators and its batch size make it, and readers of a result must be told so.
 
-use crate::collect::CollectionResult;
+use crate::collect::{CollectionResult, Guarantee};
 use crate::timefmt::rfc3339;
 use duet_common::task::TaskParameters;
 use duet_common::vdaf::AggregateResult;
 use serde::Serialize;
 use std::fmt::Write;
 
-/// The guarantee line printed under every result.
-pub fn privacy_line(report_count: u64, min_batch_size: u64) -> String {
+/// The guarantee line printed under every result: batch size against the threshold, the trust
+/// assumption, and the noise with the budget spent and left.
+pub fn privacy_line(g: &Guarantee) -> String {
+    let noise = match (&g.noise, g.budget) {
+        (None, _) => "no differential-privacy noise was added.".to_string(),
+        (Some(noise), None) => format!("{noise}."),
+        (Some(noise), Some(b)) => match b.total {
+            Some(total) => format!(
+                "{noise}; privacy budget: epsilon {} of {} spent, {} left.",
+                fmt_eps(b.spent),
+                fmt_eps(total),
+                fmt_eps((total - b.spent).max(0.0))
+            ),
+            None => format!("{noise}; epsilon {} spent so far, no budget limit set.", fmt_eps(b.spent)),
+        },
+    };
     format!(
-        "Privacy: this aggregate covers {report_count} reports (threshold min_batch_size = {min_batch_size}). \
-         It is not anonymous by itself: it stays private only while the leader and the helper do not collude; \
-         no differential-privacy noise was added."
+        "Privacy: this aggregate covers {} reports (threshold min_batch_size = {}). \
+         It is not anonymous by itself: it stays private only while the leader and the helper do not collude; {noise}",
+        g.report_count, g.min_batch_size
     )
+}
+
+/// Epsilon for people: up to six decimals, trailing zeros dropped.
+fn fmt_eps(x: f64) -> String {
+    let s = format!("{x:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// A warning for a batch below the threshold, which a correct leader never releases.
@@ -55,7 +75,7 @@ pub fn render_text(task: &TaskParameters, result: &CollectionResult) -> String {
     if let Some(warning) = below_threshold_warning(result.report_count, task.min_batch_size) {
         let _ = writeln!(out, "{warning}");
     }
-    let _ = writeln!(out, "{}", privacy_line(result.report_count, task.min_batch_size));
+    let _ = writeln!(out, "{}", privacy_line(&result.guarantee));
     out
 }
 
@@ -74,6 +94,9 @@ struct JsonPrivacy {
     meets_min_batch_size: bool,
     requires_non_collusion: bool,
     differential_privacy: bool,
+    noise: Option<String>,
+    epsilon_spent: Option<f64>,
+    epsilon_budget: Option<f64>,
     statement: String,
 }
 
@@ -102,8 +125,11 @@ pub fn render_json(task: &TaskParameters, result: &CollectionResult) -> Result<S
             min_batch_size: task.min_batch_size,
             meets_min_batch_size: result.report_count >= task.min_batch_size,
             requires_non_collusion: true,
-            differential_privacy: false,
-            statement: privacy_line(result.report_count, task.min_batch_size),
+            differential_privacy: result.guarantee.noise.is_some(),
+            noise: result.guarantee.noise.clone(),
+            epsilon_spent: result.guarantee.budget.map(|b| b.spent),
+            epsilon_budget: result.guarantee.budget.and_then(|b| b.total),
+            statement: privacy_line(&result.guarantee),
         },
     };
     serde_json::to_string_pretty(&doc)
@@ -131,6 +157,7 @@ mod tests {
             batch_mode: BatchMode::TimeInterval,
             vdaf,
             task_interval_seconds: None,
+            dp: None,
         }
     }
 
@@ -140,12 +167,30 @@ mod tests {
             interval: Interval::new(Time::from_units(472222), Duration::from_units(2)),
             interval_seconds: (1_699_999_200, 1_700_006_400),
             result: value,
+            guarantee: plain(report_count),
         }
+    }
+
+    fn plain(report_count: u64) -> Guarantee {
+        Guarantee { report_count, min_batch_size: 100, noise: None, budget: None }
     }
 
     #[test]
     fn privacy_line_is_exact() {
-        assert_eq!(privacy_line(120, 100), PRIVACY_120_100);
+        assert_eq!(privacy_line(&plain(120)), PRIVACY_120_100);
+        let noisy = Guarantee {
+            noise: Some("discrete Laplace noise for epsilon = 0.5".into()),
+            budget: Some(crate::collect::Budget { spent: 1.5, total: Some(5.0) }),
+            ..plain(120)
+        };
+        assert_eq!(
+            privacy_line(&noisy),
+            "Privacy: this aggregate covers 120 reports (threshold min_batch_size = 100). It is not anonymous by \
+             itself: it stays private only while the leader and the helper do not collude; discrete Laplace noise \
+             for epsilon = 0.5; privacy budget: epsilon 1.5 of 5 spent, 3.5 left."
+        );
+        let unlimited = Guarantee { budget: Some(crate::collect::Budget { spent: 2.0, total: None }), ..noisy };
+        assert!(privacy_line(&unlimited).ends_with("epsilon 2 spent so far, no budget limit set."));
     }
 
     #[test]
@@ -177,7 +222,7 @@ mod tests {
         assert!(!text.contains("WARNING"));
         let small = render_text(&t, &result(3, AggregateResult::Vector(vec![1, 1, 1])));
         assert!(small.contains("WARNING: 3 reports is below the task's min_batch_size of 100"), "{small}");
-        assert!(small.contains(&privacy_line(3, 100)));
+        assert!(small.contains(&privacy_line(&plain(3))));
     }
 
     #[test]

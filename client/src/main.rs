@@ -247,6 +247,14 @@ struct CreateArgs {
     /// Reports at or after this POSIX time are refused (aligned to the time precision).
     #[arg(long, requires = "task_start")]
     task_end: Option<u64>,
+    /// Differential privacy: each aggregator adds discrete Laplace noise for this epsilon to
+    /// every result (histogram and sumvec tasks), e.g. 0.5.
+    #[arg(long)]
+    dp_epsilon: Option<String>,
+    /// The task's total epsilon over all collections; the leader refuses a collection that would
+    /// exceed it.
+    #[arg(long, requires = "dp_epsilon")]
+    dp_budget: Option<String>,
     /// Where to write the collector's credentials (created with mode 0600; must not exist).
     #[arg(long)]
     collector_credentials: PathBuf,
@@ -514,6 +522,11 @@ fn task_parameters(args: &CreateArgs, task_id: TaskId) -> CliResult<TaskParamete
         batch_mode,
         vdaf: vdaf_config(args)?,
         task_interval_seconds: args.task_start.zip(args.task_end),
+        dp: args.dp_epsilon.clone().map(|epsilon| duet_common::dp::DpConfig {
+            mechanism: duet_common::dp::DpMechanism::DiscreteLaplace,
+            epsilon,
+            budget_epsilon: args.dp_budget.clone(),
+        }),
     };
     params.task_configuration().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(params)

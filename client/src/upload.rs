@@ -551,6 +551,7 @@ mod tests {
             batch_mode: BatchMode::TimeInterval,
             vdaf,
             task_interval_seconds: None,
+            dp: None,
         }
     }
 

@@ -150,6 +150,7 @@ pub fn task_parameters(
         batch_mode: batch_mode(batch_mode_code)?,
         vdaf: vdaf.to_config()?,
         task_interval_seconds,
+        dp: None,
     };
     params.task_configuration().map_err(|e| bad(e.to_string()))?;
     Ok(params)

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod codec;
+pub mod dp;
 pub mod hpke;
 pub mod interop;
 pub mod media_type;

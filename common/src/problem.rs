@@ -182,7 +182,14 @@ pub enum DapError {
     /// A dependency (database, peer) is down; the client should retry.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// duet's own problem: a collection would spend more differential-privacy budget than the
+    /// task has left. Not a DAP type, so it has duet's URN.
+    #[error("privacy budget exhausted: {detail}")]
+    PrivacyBudgetExhausted { task_id: Option<TaskId>, detail: String },
 }
+
+/// The problem type of [`DapError::PrivacyBudgetExhausted`].
+pub const PRIVACY_BUDGET_EXHAUSTED: &str = "urn:duet:params:error:privacyBudgetExhausted";
 
 impl DapError {
     pub fn dap(kind: DapProblemType, task_id: Option<TaskId>, detail: impl Into<String>) -> Self {
@@ -259,6 +266,18 @@ impl DapError {
             DapError::Conflict(d) => blank(StatusCode::CONFLICT, Some(d.clone())),
             DapError::Internal(_) => blank(StatusCode::INTERNAL_SERVER_ERROR, None),
             DapError::Unavailable(_) => blank(StatusCode::SERVICE_UNAVAILABLE, Some("try again later".into())),
+            DapError::PrivacyBudgetExhausted { task_id, detail } => (
+                StatusCode::FORBIDDEN,
+                ProblemDocument {
+                    type_uri: PRIVACY_BUDGET_EXHAUSTED.into(),
+                    title: Some("The task's differential-privacy budget does not cover this collection".into()),
+                    status: Some(StatusCode::FORBIDDEN.as_u16()),
+                    detail: Some(detail.clone()),
+                    instance: None,
+                    taskid: task_id.map(|t| t.to_string()),
+                    unsupported_extensions: None,
+                },
+            ),
         }
     }
 }
@@ -284,6 +303,16 @@ mod tests {
             DapError::dap(DapProblemType::BatchOverlap, None, "x").problem_document().0,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn an_exhausted_budget_is_duets_own_problem() {
+        let (status, doc) =
+            DapError::PrivacyBudgetExhausted { task_id: None, detail: "spent 2 of 2".into() }.problem_document();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(doc.type_uri, PRIVACY_BUDGET_EXHAUSTED);
+        assert_eq!(doc.dap_type(), None);
+        assert_eq!(doc.detail.as_deref(), Some("spent 2 of 2"));
     }
 
     #[test]

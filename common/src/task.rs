@@ -38,6 +38,10 @@ pub struct TaskParameters {
     /// The `task_interval` extension, in POSIX seconds `[start, end)`, aligned to the precision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_interval_seconds: Option<(u64, u64)>,
+    /// Differential-privacy noise on every result, and the task's ε budget. Agreed between the
+    /// aggregators at provisioning; not part of the wire `TaskConfiguration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<crate::dp::DpConfig>,
 }
 
 impl TaskParameters {
@@ -65,6 +69,9 @@ impl TaskParameters {
             return Err(err("min_batch_size must be at least 1"));
         }
         Vdaf::new(&self.vdaf).map_err(|e| err(e.to_string()))?;
+        if let Some(dp) = &self.dp {
+            dp.validate(&self.vdaf).map_err(|e| err(e.to_string()))?;
+        }
         let extensions: Vec<TaskExtension> = self
             .task_interval()?
             .map(|task_interval| TaskIntervalTaskExtension { task_interval }.into())
@@ -199,6 +206,7 @@ mod tests {
             batch_mode: BatchMode::LeaderSelected,
             vdaf: VdafConfig::Prio3Histogram { length: 4, chunk_length: 2 },
             task_interval_seconds: Some((3600, 7200 * 2)),
+            dp: None,
         };
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["batch_mode"], "leader_selected");

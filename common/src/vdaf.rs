@@ -662,6 +662,48 @@ impl Vdaf {
         with_instance!(self, v => agg_init_g(v))
     }
 
+    /// Adds `dp`'s noise to an aggregate share of `num_measurements` reports, with prio's
+    /// `AggregatorWithNoise` (fresh randomness each call: call once per released share).
+    pub fn add_noise(
+        &self,
+        dp: &crate::dp::DpConfig,
+        share: &mut AggregateShare,
+        num_measurements: u64,
+    ) -> Result<(), VdafFailure> {
+        use prio::dp::distributions::PureDpDiscreteLaplace;
+        use prio::dp::{DifferentialPrivacyStrategy, PureDpBudget, Rational};
+        use prio::vdaf::AggregatorWithNoise;
+        let bad = |e: String| VdafFailure::BadConfig(format!("differential privacy: {e}"));
+        let (numer, denom) = crate::dp::parse_decimal(&dp.epsilon).map_err(|e| bad(e.to_string()))?;
+        let epsilon = Rational::from_unsigned(numer, denom).map_err(|e| bad(e.to_string()))?;
+        let strategy = match dp.mechanism {
+            crate::dp::DpMechanism::DiscreteLaplace => {
+                PureDpDiscreteLaplace::from_budget(PureDpBudget::new(epsilon).map_err(|e| bad(e.to_string()))?)
+            }
+        };
+        let n = usize::try_from(num_measurements).map_err(|_| bad("report count".into()))?;
+        match (&self.instance, share) {
+            (Instance::Histogram(v), AggregateShare::F128(a)) => v.add_noise_to_agg_share(&strategy, &(), a, n)?,
+            (Instance::SumVec(v), AggregateShare::F128(a)) => v.add_noise_to_agg_share(&strategy, &(), a, n)?,
+            _ => return Err(bad(format!("prio adds no noise to {}", self.config))),
+        }
+        Ok(())
+    }
+
+    /// A noisy result as people read it: noise can push an entry below zero, which the field
+    /// shows as a number near its modulus; such entries become 0 (post-processing, so the
+    /// differential-privacy guarantee is unchanged).
+    pub fn clamp_noisy_result(&self, result: AggregateResult) -> AggregateResult {
+        use prio::field::FieldElementWithInteger;
+        let half = Field128::modulus() / 2;
+        match result {
+            AggregateResult::Vector(v) => {
+                AggregateResult::Vector(v.into_iter().map(|x| if x > half { 0 } else { x }).collect())
+            }
+            scalar => scalar,
+        }
+    }
+
     /// Decodes a stored or received aggregate share.
     pub fn decode_aggregate_share(&self, bytes: &[u8]) -> Result<AggregateShare, VdafFailure> {
         with_instance!(self, v => decode_agg_g(v, bytes))

@@ -116,7 +116,7 @@ fn build_share(task: &Task, req: &AggregateShareReq, values: Option<&BucketValue
     }
     let aad = AggregateShareAad::encode_parts(&task.id, &task.configuration_encoded, &req.collection_job_req)
         .map_err(|e| DapError::Internal(e.to_string()))?;
-    let share_bytes = values.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    let share_bytes = task.released_share(values)?;
     let encrypted = seal(
         &task.collector_hpke_config,
         &HpkeApplicationInfo::AggregateShare { sender: Role::Helper },

@@ -56,6 +56,7 @@ async fn provision(h: &Harness, batch_mode: BatchMode, min_batch_size: u64) -> L
         batch_mode,
         vdaf: VdafConfig::Prio3Histogram { length: 4, chunk_length: 2 },
         task_interval_seconds: None,
+        dp: None,
     };
     let key = VerifyKey::random();
     let agg_token = AuthenticationToken::random();

@@ -63,6 +63,22 @@ fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> Http
     Ok(resp)
 }
 
+/// For a task with differential privacy, tells the collector what its budget stands at
+/// (`Duet-Privacy-Budget: spent=1.5, total=5`), so every result can carry its guarantee.
+async fn with_budget(state: &LeaderState, task: &Task, mut resp: Response) -> HttpResult<Response> {
+    if let Some(dp) = &task.parameters.dp {
+        let spent = state.store.privacy_budget_spent(task).await?;
+        let value = match dp.budget_f64() {
+            Some(total) => format!("spent={spent}, total={total}"),
+            None => format!("spent={spent}"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert("duet-privacy-budget", v);
+        }
+    }
+    Ok(resp)
+}
+
 /// The checks of DAP-18 "Collection Job Initialization" that need no storage.
 fn validate_request(task: &Task, req: &CollectionJobReq) -> Result<(), DapError> {
     let tid = Some(task.id);
@@ -114,7 +130,7 @@ pub async fn create(
     // An identical request names the existing job (DAP-18 "Resource Creation"), before any
     // check that the job itself may since have made fail (such as batchOverlap).
     if let Some(job) = state.store.collection_job_by_digest(&task, &digest).await? {
-        return job_response(&task, &job, StatusCode::OK);
+        return with_budget(&state, &task, job_response(&task, &job, StatusCode::OK)?).await;
     }
     validate_request(&task, &req)?;
     if let Query::TimeInterval(q) = &req.query {
@@ -136,7 +152,7 @@ pub async fn create(
         .collection_job(&task, &id)
         .await?
         .ok_or_else(|| DapError::Internal("collection job vanished".into()))?;
-    job_response(&task, &job, StatusCode::CREATED)
+    with_budget(&state, &task, job_response(&task, &job, StatusCode::CREATED)?).await
 }
 
 fn parse_job_id(s: &str) -> Result<CollectionJobId, DapError> {
@@ -156,7 +172,7 @@ pub async fn get(
         .collection_job(&task, &id)
         .await?
         .ok_or_else(|| DapError::NotFound(format!("no collection job {id}")))?;
-    job_response(&task, &job, StatusCode::OK)
+    with_budget(&state, &task, job_response(&task, &job, StatusCode::OK)?).await
 }
 
 /// `DELETE {leader}/tasks/{task-id}/collection_jobs/{collection-job-id}`: the job is abandoned;
@@ -178,7 +194,7 @@ pub async fn delete(
 fn seal_leader_share(task: &Task, req: &CollectionJobReq, values: &BucketValues) -> Result<HpkeCiphertext, DapError> {
     let aad = AggregateShareAad::encode_parts(&task.id, &task.configuration_encoded, req)
         .map_err(|e| DapError::Internal(e.to_string()))?;
-    let share = values.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+    let share = task.released_share(values)?;
     seal(&task.collector_hpke_config, &HpkeApplicationInfo::AggregateShare { sender: Role::Leader }, &share, &aad)
         .map_err(|e| DapError::Internal(format!("encrypting the aggregate share: {e}")))
 }

@@ -36,6 +36,7 @@ async fn upload_accepts_stores_and_rejects_per_report() {
         batch_mode: BatchMode::TimeInterval,
         vdaf: VdafConfig::Prio3Count,
         task_interval_seconds: None,
+        dp: None,
     };
     let collector = HpkeKeypair::generate_default(HpkeConfigId(1));
     let req = AggregatorTaskRequest {

@@ -133,6 +133,19 @@ impl Deployment {
         max_batch_size: Option<u64>,
         helper_endpoint: Option<String>,
     ) -> NewTask {
+        self.create_task_with_dp(vdaf, batch_mode, min_batch_size, max_batch_size, helper_endpoint, None).await
+    }
+
+    /// [`Deployment::create_task`], with differential-privacy settings.
+    pub async fn create_task_with_dp(
+        &self,
+        vdaf: VdafConfig,
+        batch_mode: BatchMode,
+        min_batch_size: u64,
+        max_batch_size: Option<u64>,
+        helper_endpoint: Option<String>,
+        dp: Option<duet_common::dp::DpConfig>,
+    ) -> NewTask {
         let params = TaskParameters {
             task_id: TaskId::random(),
             task_info: "duet end-to-end test".into(),
@@ -143,6 +156,7 @@ impl Deployment {
             batch_mode,
             vdaf,
             task_interval_seconds: None,
+            dp,
         };
         let task = NewTask::generate(params, max_batch_size);
         let leader = AdminClient::new(self.http.clone(), &self.leader.url(), self.leader_admin.clone()).unwrap();

@@ -42,6 +42,7 @@ async fn a_database_outage_answers_503_and_recovers() {
         batch_mode: BatchMode::TimeInterval,
         vdaf: VdafConfig::Prio3Count,
         task_interval_seconds: None,
+        dp: None,
     };
     let task = NewTask::generate(params.clone(), None);
     let la = AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).unwrap();

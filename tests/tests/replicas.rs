@@ -86,6 +86,7 @@ async fn replicas_survive_sigkill(db: Db) {
         batch_mode: BatchMode::TimeInterval,
         vdaf: vdaf.clone(),
         task_interval_seconds: None,
+        dp: None,
     };
     let task = NewTask::generate(params.clone(), None);
     let leader_admin_client = AdminClient::new(http.clone(), &leader_lb.url(), leader_admin.clone()).unwrap();

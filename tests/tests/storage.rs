@@ -48,6 +48,7 @@ fn task_request(
             batch_mode: mode,
             vdaf: VdafConfig::Prio3Count,
             task_interval_seconds: None,
+            dp: None,
         },
         vdaf_verify_key: VerifyKey::random().to_base64(),
         aggregator_auth_token: AuthenticationToken::random().expose().into(),

@@ -130,6 +130,19 @@ impl Task {
         crate::vdaf::vdaf_context(&self.id)
     }
 
+    /// The encoded aggregate share an aggregator releases for a batch: with this aggregator's
+    /// own differential-privacy noise when the task has some, so that the result stays private
+    /// while either aggregator is honest.
+    pub fn released_share(&self, values: &BucketValues) -> Result<Vec<u8>, DapError> {
+        let mut share = values.aggregate_share.clone();
+        if let Some(dp) = &self.parameters.dp {
+            self.vdaf
+                .add_noise(dp, &mut share, values.report_count)
+                .map_err(|e| DapError::Internal(format!("adding noise: {e}")))?;
+        }
+        share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))
+    }
+
     /// The size leader-selected batches are filled to: `max_batch_size`, else `min_batch_size`.
     pub fn target_batch_size(&self) -> u64 {
         self.max_batch_size.unwrap_or(self.configuration.min_batch_size).max(1)
@@ -426,6 +439,8 @@ pub trait Storage: Send + Sync {
         digest: &[u8],
     ) -> Result<CollectionJobId, DapError>;
     async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError>;
+    /// The differential-privacy epsilon the task's collections have spent (or reserved).
+    async fn privacy_budget_spent(&self, task: &Task) -> Result<f64, DapError>;
     async fn acquire_collection_jobs(
         &self,
         limit: usize,

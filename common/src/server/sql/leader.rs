@@ -452,21 +452,56 @@ pub(super) async fn insert_collection_job(
     if let Some(r) = existing {
         return id_of(r.get(0), "collection job ID");
     }
+    // A noisy collection spends its epsilon from the task's budget, reserved here, in the same
+    // transaction as the check, so concurrent requests cannot overspend it together.
+    let epsilon = task.parameters.dp.as_ref().map_or(0.0, |dp| dp.epsilon_f64());
+    if let Some(budget) = task.parameters.dp.as_ref().and_then(|dp| dp.budget_f64()) {
+        let spent = spent_epsilon(&mut tx, task).await?;
+        if spent + epsilon > budget + 1e-9 {
+            return Err(DapError::PrivacyBudgetExhausted {
+                task_id: Some(task.id),
+                detail: format!(
+                    "this collection needs epsilon {epsilon}, but the task has spent {spent} of its {budget}"
+                ),
+            });
+        }
+    }
     let id = CollectionJobId::random();
     sqlx::query(
-        "INSERT INTO collection_jobs (task_id, collection_job_id, request, request_digest, state, created_at_seconds)
-         VALUES ($1, $2, $3, $4, 'pending', $5)",
+        "INSERT INTO collection_jobs (task_id, collection_job_id, request, request_digest, state, created_at_seconds, epsilon)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
     .bind(request)
     .bind(digest)
     .bind(now_seconds())
+    .bind(epsilon)
     .execute(&mut *tx)
     .await
     .map_err(StoreError::from)?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(id)
+}
+
+/// The epsilon a task has spent: every collection that released a result or may still do so
+/// (a job deleted or failed before its batch was committed gives its reservation back).
+async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, DapError> {
+    let row = sqlx::query(
+        "SELECT COALESCE(SUM(epsilon), 0.0) FROM collection_jobs
+         WHERE task_id = $1 AND (batch_committed = 1 OR state = 'pending')",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.try_get::<f64, _>(0)?)
+}
+
+pub(super) async fn privacy_budget_spent(s: &SqlStore, task: &Task) -> Result<f64, DapError> {
+    let mut tx = s.pool().begin().await?;
+    let spent = spent_epsilon(&mut tx, task).await?;
+    tx.commit().await?;
+    Ok(spent)
 }
 
 /// Marks a job deleted; `false` if there was no live job. Collected-batch records stay.

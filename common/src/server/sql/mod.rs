@@ -55,6 +55,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../../../migrations/sqlite/0002_leader_reports.sql")),
     (3, include_str!("../../../../migrations/sqlite/0003_leader_jobs.sql")),
+    (4, include_str!("../../../../migrations/sqlite/0004_privacy_budget.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -62,6 +63,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../../../migrations/postgres/0002_leader_reports.sql")),
     (3, include_str!("../../../../migrations/postgres/0003_leader_jobs.sql")),
+    (4, include_str!("../../../../migrations/postgres/0004_privacy_budget.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
@@ -618,6 +620,9 @@ impl Storage for SqlStore {
     }
     async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
         retrying!(leader::delete_collection_job(self, task, id).await)
+    }
+    async fn privacy_budget_spent(&self, task: &Task) -> Result<f64, DapError> {
+        retrying!(leader::privacy_budget_spent(self, task).await)
     }
     async fn acquire_collection_jobs(
         &self,
