@@ -746,6 +746,20 @@ mod tests {
         assert_eq!(p.vdaf, VdafConfig::Prio3Histogram { length: 16, chunk_length: 4 });
         assert_eq!((p.batch_mode, p.min_batch_size, p.time_precision), (BatchMode::TimeInterval, 10, 3600));
         assert_eq!(p.task_info, "duet");
+        assert_eq!(p.dp, None);
+
+        let noisy = ["--vdaf", "histogram", "--length", "4", "--batch-mode", "time-interval", "--dp-epsilon", "0.5"];
+        let p = task_parameters(&create_args(&[&noisy[..], &["--dp-budget", "3"]].concat()), TaskId::random()).unwrap();
+        let dp = p.dp.unwrap();
+        assert_eq!((dp.epsilon.as_str(), dp.budget_epsilon.as_deref()), ("0.5", Some("3")));
+        // Noise prio cannot add, and a budget below one collection, are refused before any request.
+        let count = ["--vdaf", "count", "--batch-mode", "time-interval", "--dp-epsilon", "1"];
+        assert!(task_parameters(&create_args(&count), TaskId::random())
+            .unwrap_err()
+            .message
+            .contains("Prio3Histogram"));
+        let small = create_args(&[&noisy[..], &["--dp-budget", "0.1"]].concat());
+        assert!(task_parameters(&small, TaskId::random()).is_err());
 
         let args = create_args(&[
             "--vdaf",
