@@ -21,8 +21,17 @@ async fn collected_batches(d: &Deployment) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn noise_budget_and_overlap() {
-    let d = Deployment::start(LeaderOptions::default()).await;
+async fn noise_budget_and_overlap_on_sqlite() {
+    noise_budget_and_overlap(LeaderOptions::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn noise_budget_and_overlap_on_postgres() {
+    noise_budget_and_overlap(LeaderOptions::postgres()).await
+}
+
+async fn noise_budget_and_overlap(options: LeaderOptions) {
+    let d = Deployment::start(options).await;
     let vdaf = VdafConfig::Prio3Histogram { length: 5, chunk_length: 2 };
     let dp =
         DpConfig { mechanism: DpMechanism::DiscreteLaplace, epsilon: "1".into(), budget_epsilon: Some("2".into()) };
