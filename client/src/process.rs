@@ -35,6 +35,8 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, String> {
 pub enum Output {
     /// Copied to our standard error, each line prefixed (tests: shown when a test fails).
     Prefixed(String),
+    /// Kept in memory, each line, for a test to inspect.
+    Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>),
     Discard,
 }
 
@@ -68,8 +70,10 @@ impl ServerProcess {
                     if line.starts_with("listening on ") {
                         let _ = tx.send(line.clone());
                     }
-                    if let Output::Prefixed(p) = &output {
-                        eprintln!("[{p}] {line}");
+                    match &output {
+                        Output::Prefixed(p) => eprintln!("[{p}] {line}"),
+                        Output::Capture(lines) => lines.lock().unwrap_or_else(|e| e.into_inner()).push(line),
+                        Output::Discard => {}
                     }
                 }
             });

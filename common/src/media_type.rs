@@ -19,7 +19,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub fn matches(content_type: &str, expected: &str) -> bool {
     let (exp_type, exp_msg) = split(expected);
     let (got_type, got_msg) = split(content_type);
-    got_type.eq_ignore_ascii_case(&exp_type) && got_msg.is_some() && got_msg == exp_msg
+    // DAP types must carry the same `message`; types without one (problem+json) match on
+    // their essence alone.
+    got_type.eq_ignore_ascii_case(&exp_type) && got_msg == exp_msg
 }
 
 fn split(value: &str) -> (String, Option<String>) {
@@ -45,5 +47,8 @@ mod tests {
         assert!(!matches("application/ppm-dap", UPLOAD_REQ));
         assert!(!matches("application/json", UPLOAD_REQ));
         assert!(!matches(AGGREGATE_SHARE_REQ, AGGREGATE_SHARE));
+        assert!(matches("application/problem+json", PROBLEM_JSON));
+        assert!(matches("Application/Problem+JSON; charset=utf-8", PROBLEM_JSON));
+        assert!(!matches("application/problem+json", UPLOAD_REQ));
     }
 }

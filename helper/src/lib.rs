@@ -81,4 +81,6 @@ pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationTok
         .merge(duet_common::server::admin::router(store, Role::Helper, admin_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // Outermost, so that even a caught panic's 500 becomes a problem document.
+        .layer(axum::middleware::map_response(duet_common::server::http::problem_for_plain_errors))
 }

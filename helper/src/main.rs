@@ -55,6 +55,9 @@ struct ServeArgs {
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
 }
 
 #[tokio::main]
@@ -76,7 +79,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let token = args.admin_token.ok_or("an admin token is required: set DUET_ADMIN_TOKEN or --admin-token")?;
     let admin_token = AuthenticationToken::new(token).map_err(|e| format!("admin token: {e}"))?;
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
-    let config = HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, ..Default::default() };
+    let config =
+        HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, max_body_bytes: args.max_body_bytes };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

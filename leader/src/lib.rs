@@ -99,6 +99,8 @@ pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
         .merge(duet_common::server::admin::router(store, Role::Leader, admin_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // Outermost, so that even a caught panic's 500 becomes a problem document.
+        .layer(axum::middleware::map_response(duet_common::server::http::problem_for_plain_errors))
 }
 
 /// Sleeps for `pause` unless woken or told to stop; `false` when stopping.

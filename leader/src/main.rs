@@ -58,6 +58,9 @@ struct Args {
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: usize,
     /// Smallest aggregation job, unless its reports have waited --max-job-delay-seconds.
     #[arg(long, default_value_t = 1)]
     min_job_size: usize,
@@ -109,6 +112,7 @@ async fn run(args: Args) -> Result<(), String> {
     let defaults = LeaderConfig::default();
     let config = LeaderConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
+        max_body_bytes: args.max_body_bytes,
         job_sizes: duet_common::server::storage::JobSizes {
             min: args.min_job_size,
             max: args.max_job_size,

@@ -19,11 +19,13 @@ pub struct LeaderOptions {
     pub max_job_size: usize,
     /// PostgreSQL (a database per server, dropped afterwards) instead of SQLite files.
     pub postgres: bool,
+    /// Both servers log at trace level into this, instead of to standard error.
+    pub capture_logs: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Default for LeaderOptions {
     fn default() -> Self {
-        Self { max_job_size: 100, postgres: false }
+        Self { max_job_size: 100, postgres: false, capture_logs: None }
     }
 }
 
@@ -49,17 +51,24 @@ pub struct Deployment {
 
 /// Starts `duet-leader` or `duet-helper` with `args`, its admin token, and `--listen`.
 pub fn spawn(name: &str, args: &[String], admin: &AuthenticationToken, listen: &str) -> ServerProcess {
+    spawn_logging(name, args, admin, listen, None)
+}
+
+fn spawn_logging(
+    name: &str,
+    args: &[String],
+    admin: &AuthenticationToken,
+    listen: &str,
+    capture: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+) -> ServerProcess {
     let binary = sibling_binary(name).unwrap();
     let mut all = args.to_vec();
     all.extend(["--listen".to_string(), listen.to_string()]);
-    let log = std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "warn".into());
-    ServerProcess::spawn(
-        &binary,
-        &all,
-        &[("DUET_ADMIN_TOKEN", admin.expose()), ("RUST_LOG", &log)],
-        Output::Prefixed(name.to_string()),
-    )
-    .unwrap()
+    let (log, output) = match capture {
+        Some(lines) => ("trace".to_string(), Output::Capture(lines)),
+        None => (std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "warn".into()), Output::Prefixed(name.to_string())),
+    };
+    ServerProcess::spawn(&binary, &all, &[("DUET_ADMIN_TOKEN", admin.expose()), ("RUST_LOG", &log)], output).unwrap()
 }
 
 impl Deployment {
@@ -75,7 +84,8 @@ impl Deployment {
             let db = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
             (db("leader.db"), db("helper.db"))
         };
-        let helper_args = vec!["--database".into(), helper_db];
+        // A small body limit, so that the bad-input suite can try one cheaply.
+        let helper_args = vec!["--database".into(), helper_db, "--max-body-bytes".into(), "1048576".into()];
         let leader_args = vec![
             "--database".into(),
             leader_db.clone(),
@@ -85,10 +95,14 @@ impl Deployment {
             "100".into(),
             "--max-job-size".into(),
             options.max_job_size.to_string(),
+            "--max-body-bytes".into(),
+            "1048576".into(),
         ];
         let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
-        let helper = spawn("duet-helper", &helper_args, &helper_admin, "127.0.0.1:0");
-        let leader = spawn("duet-leader", &leader_args, &leader_admin, "127.0.0.1:0");
+        let helper =
+            spawn_logging("duet-helper", &helper_args, &helper_admin, "127.0.0.1:0", options.capture_logs.clone());
+        let leader =
+            spawn_logging("duet-leader", &leader_args, &leader_admin, "127.0.0.1:0", options.capture_logs.clone());
         Self {
             dir,
             leader,

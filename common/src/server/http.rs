@@ -86,3 +86,30 @@ impl From<super::storage::StoreError> for ErrorResponse {
         ErrorResponse(e.into())
     }
 }
+
+/// Turns the plain-text errors axum produces by itself (405 for a wrong method, 413 for a body
+/// over the limit, 400/422 for unreadable requests) into problem documents, so that every error
+/// a client sees has the same shape. Use with `axum::middleware::map_response`.
+pub async fn problem_for_plain_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| media_type::matches(v, media_type::PROBLEM_JSON));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => DapError::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => DapError::PayloadTooLarge,
+        StatusCode::NOT_FOUND => DapError::NotFound("no such resource".into()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => DapError::UnsupportedMediaType { expected: "a DAP media type" },
+        s if s.is_server_error() => DapError::Internal(format!("{s} without a problem document")),
+        _ => DapError::BadRequest(status.canonical_reason().unwrap_or("bad request").into()),
+    };
+    let mut out = ErrorResponse(error).into_response();
+    // Keep the original status (e.g. 422) even where the mapping is coarser.
+    *out.status_mut() = status;
+    out
+}
