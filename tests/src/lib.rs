@@ -97,6 +97,9 @@ impl Deployment {
             options.max_job_size.to_string(),
             "--max-body-bytes".into(),
             "1048576".into(),
+            // Short leases, so that work a crashed leader held is taken over within seconds.
+            "--lease-seconds".into(),
+            "3".into(),
         ];
         let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
         let helper =
@@ -135,6 +138,24 @@ impl Deployment {
         let (l, h) = (self.leader.addr.to_string(), self.helper.addr.to_string());
         self.helper = spawn("duet-helper", &self.helper_args, &self.helper_admin, &h);
         self.leader = spawn("duet-leader", &self.leader_args, &self.leader_admin, &l);
+    }
+
+    /// SIGKILLs the leader (no chance to clean up, like a crash) and starts it again on the same
+    /// port and database.
+    pub fn crash_leader(&mut self) {
+        self.leader.kill();
+        let addr = self.leader.addr.to_string();
+        self.leader = spawn("duet-leader", &self.leader_args, &self.leader_admin, &addr);
+    }
+
+    /// SIGKILLs the helper; [`Deployment::start_helper_again`] brings it back.
+    pub fn kill_helper(&mut self) {
+        self.helper.kill();
+    }
+
+    pub fn start_helper_again(&mut self) {
+        let addr = self.helper.addr.to_string();
+        self.helper = spawn("duet-helper", &self.helper_args, &self.helper_admin, &addr);
     }
 
     /// Provisions a task on both servers. `helper_endpoint` overrides the helper's URL (a proxy

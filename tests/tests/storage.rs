@@ -385,3 +385,54 @@ async fn helper_jobs_check_replays_and_aggregate_shares_release_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_job_committed_by_two_drivers_counts_once() {
+    for (name, store, _keep) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
+        let reports: Vec<Report> = (0..4).map(|_| report(300)).collect();
+        store.put_reports(&task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap();
+        // Two drivers hold the same job: the first one's lease lapsed while it worked.
+        let first = store.acquire_aggregation_jobs(1, 0).await.unwrap().remove(0);
+        let second = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        assert_eq!(first.job_id, second.job_id, "{name}");
+        let outcomes = |job: &LeasedJob| {
+            let store = store.clone();
+            let task = task.clone();
+            let job = job.clone();
+            async move {
+                store
+                    .aggregation_job_reports(&job)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        let (out, _) = output_shares(&task, &r.metadata.report_id, true);
+                        ReportOutcome::Aggregated {
+                            report_id: r.metadata.report_id,
+                            time: r.metadata.time,
+                            out_share: out,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let (a, b) = (outcomes(&first).await, outcomes(&second).await);
+        assert_eq!(store.commit_aggregation_job(&task, &second, b).await.unwrap().aggregated, 4);
+        assert_eq!(store.commit_aggregation_job(&task, &first, a).await.unwrap(), StepCounts::default(), "{name}");
+        let interval = Interval { start: Time::from_units(300), duration: Duration::ONE };
+        let (body, digest) =
+            collection_request(Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }));
+        let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        let seal = |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![1], payload: vec![1] });
+        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+        else {
+            panic!("{name}: ready")
+        };
+        assert_eq!(values.report_count, 4, "{name}: counted once");
+        // A second driver of the collection job does not commit (or fail) it again.
+        assert!(matches!(store.commit_collection_batch(&task, &row, &seal).await.unwrap(), BatchReadiness::Wait(_)));
+    }
+}

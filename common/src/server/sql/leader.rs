@@ -241,37 +241,37 @@ pub(super) async fn commit_job(
 ) -> Result<StepCounts, DapError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
+    // Only one commit per job: a driver whose lease lapsed while it worked, and whose job
+    // another driver then finished, commits nothing.
+    if !job_is_active(&mut tx, task, job).await? {
+        tracing::warn!(task_id = %task.id, job_id = %job.job_id, "job already settled by another driver");
+        return Ok(StepCounts::default());
+    }
     let mut sums = BucketSums::default();
     let mut collected: std::collections::HashMap<BatchBucket, bool> = std::collections::HashMap::new();
-    let mut final_states: Vec<(ReportId, Option<ReportError>)> = Vec::with_capacity(outcomes.len());
+    let mut counts = StepCounts::default();
     for outcome in outcomes {
-        match outcome {
-            ReportOutcome::Failed { report_id, error } => final_states.push((report_id, Some(error))),
-            ReportOutcome::Aggregated { report_id, time, out_share } => {
-                let bucket = BatchBucket::of(job.batch_id, time);
-                let is_collected = match collected.get(&bucket) {
-                    Some(c) => *c,
-                    None => {
-                        let c = SqlStore::bucket_collected(&mut tx, task, &bucket).await?;
-                        collected.insert(bucket, c);
-                        c
-                    }
-                };
-                if is_collected {
-                    final_states.push((report_id, Some(ReportError::BatchCollected)));
-                    continue;
+        let (report_id, mut error, share) = match outcome {
+            ReportOutcome::Failed { report_id, error } => (report_id, Some(error), None),
+            ReportOutcome::Aggregated { report_id, time, out_share } => (report_id, None, Some((time, out_share))),
+        };
+        if let Some((time, _)) = &share {
+            let bucket = BatchBucket::of(job.batch_id, *time);
+            let is_collected = match collected.get(&bucket) {
+                Some(c) => *c,
+                None => {
+                    let c = SqlStore::bucket_collected(&mut tx, task, &bucket).await?;
+                    collected.insert(bucket, c);
+                    c
                 }
-                sums.add(task, bucket, &report_id, time, &out_share)?;
-                final_states.push((report_id, None));
+            };
+            if is_collected {
+                error = Some(ReportError::BatchCollected);
             }
         }
-    }
-    for (bucket, values) in &sums.0 {
-        SqlStore::add_to_bucket(&mut tx, task, bucket, s.bucket_shard(), values).await?;
-    }
-    let mut counts = StepCounts::default();
-    for (report_id, error) in &final_states {
-        sqlx::query(
+        // The report's final state first: its output share counts only if this commit is
+        // the one that settles it.
+        let settled = sqlx::query(
             "UPDATE client_reports SET state = $1, report_error = $2, public_share = coalesce(substr(public_share, 1, 0), public_share),
                leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share), helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
              WHERE task_id = $3 AND report_id = $4 AND job_id = $5 AND state = 'in_job'",
@@ -283,16 +283,35 @@ pub(super) async fn commit_job(
         .bind(job.job_id.as_bytes().as_slice())
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::from)?;
-        if error.is_some() {
-            counts.failed += 1;
-        } else {
-            counts.aggregated += 1;
+        .map_err(StoreError::from)?
+        .rows_affected()
+            == 1;
+        if !settled {
+            continue;
         }
+        match (error, share) {
+            (None, Some((time, out_share))) => {
+                sums.add(task, BatchBucket::of(job.batch_id, time), &report_id, time, &out_share)?;
+                counts.aggregated += 1;
+            }
+            _ => counts.failed += 1,
+        }
+    }
+    for (bucket, values) in &sums.0 {
+        SqlStore::add_to_bucket(&mut tx, task, bucket, s.bucket_shard(), values).await?;
     }
     finish_job(&mut tx, task, job, "finished", None).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(counts)
+}
+
+async fn job_is_active(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<bool, DapError> {
+    let row = sqlx::query("SELECT state FROM leader_aggregation_jobs WHERE task_id = $1 AND job_id = $2")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job.job_id.as_bytes().as_slice())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some_and(|r| r.get::<String, _>(0) == "active"))
 }
 
 async fn finish_job(
@@ -341,6 +360,9 @@ pub(super) async fn retry_job(
 /// Gives up on a job: its reports fail (without a report error: the job, not the report, broke).
 pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
     let mut tx = s.begin().await?;
+    if !job_is_active(&mut tx, task, job).await? {
+        return Ok(());
+    }
     sqlx::query(
         "UPDATE client_reports SET state = 'failed', public_share = coalesce(substr(public_share, 1, 0), public_share), leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
            helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share) WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'",
@@ -588,6 +610,17 @@ pub(super) async fn commit_collection_batch(
         (_, id) => id,
     };
     let mut tx = s.begin().await?;
+    // Another driver (this job's lease lapsed) may have got further meanwhile.
+    let current =
+        sqlx::query("SELECT state, batch_committed FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2")
+            .bind(tid)
+            .bind(job.id.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await?;
+    match current {
+        Some(r) if r.get::<String, _>(0) == "pending" && r.get::<i64, _>(1) == 0 => {}
+        _ => return Ok(BatchReadiness::Wait("the job moved on meanwhile".into())),
+    }
     let batch = match (&job.request.query, batch_id) {
         (Query::TimeInterval(q), _) => {
             let interval = q.batch_interval;
@@ -672,12 +705,18 @@ async fn claim_batch(s: &SqlStore, task: &Task, job: &CollectionJobRow) -> Resul
         .bind(batch_id.as_bytes().as_slice())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE collection_jobs SET batch_id = $1 WHERE task_id = $2 AND collection_job_id = $3")
-        .bind(batch_id.as_bytes().as_slice())
-        .bind(tid)
-        .bind(job.id.as_bytes().as_slice())
-        .execute(&mut *tx)
-        .await?;
+    let assigned = sqlx::query(
+        "UPDATE collection_jobs SET batch_id = $1 WHERE task_id = $2 AND collection_job_id = $3 AND batch_id IS NULL",
+    )
+    .bind(batch_id.as_bytes().as_slice())
+    .bind(tid)
+    .bind(job.id.as_bytes().as_slice())
+    .execute(&mut *tx)
+    .await?;
+    if assigned.rows_affected() == 0 {
+        // Another driver of this job claimed a batch first: ours stays open (rolled back).
+        return Ok(None);
+    }
     tx.commit().await?;
     Ok(Some(batch_id))
 }
