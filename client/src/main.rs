@@ -395,8 +395,20 @@ async fn run(command: Command) -> CliResult {
     }
 }
 
+/// The CLI's HTTP client. `DUET_CA_FILE` names extra trust roots (PEM) for servers whose TLS
+/// certificates the system does not know (a private CA, a test certificate).
 fn http_client() -> CliResult<reqwest::Client> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = std::env::var_os("DUET_CA_FILE") {
+        let pem = std::fs::read(&path)
+            .map_err(|e| CliError::usage(format!("DUET_CA_FILE {}: {e}", Path::new(&path).display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| CliError::usage(format!("DUET_CA_FILE {}: {e}", Path::new(&path).display())))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
         // Tokens must never follow a redirect to another host.
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))

@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{init_tracing, migrate, shutdown_signal};
+use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, tls_acceptor, ConnectionLimits};
 use duet_helper::{router, HelperConfig};
 
 #[derive(Parser)]
@@ -58,6 +58,12 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// TLS certificate chain (PEM); with --tls-key, the server speaks HTTPS only.
+    #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "DUET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -67,7 +73,7 @@ async fn main() {
     let result = match cli.command {
         Some(Command::Migrate { database }) => migrate(&database).await,
         Some(Command::Interop(args)) => interop(args).await,
-        None => serve(cli.serve).await,
+        None => serve_helper(cli.serve).await,
     };
     if let Err(e) = result {
         eprintln!("duet-helper: {e}");
@@ -75,22 +81,23 @@ async fn main() {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve_helper(args: ServeArgs) -> Result<(), String> {
     let token = args.admin_token.ok_or("an admin token is required: set DUET_ADMIN_TOKEN or --admin-token")?;
     let admin_token = AuthenticationToken::new(token).map_err(|e| format!("admin token: {e}"))?;
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config =
         HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, max_body_bytes: args.max_body_bytes };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, "duet-helper listening");
+    tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    axum::serve(listener, router(store, config, admin_token))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    serve(listener, router(store, config, admin_token), tls, ConnectionLimits::default(), shutdown_signal()).await
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
@@ -103,5 +110,5 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, %database, "duet-helper interop API listening");
     println!("listening on {addr}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
+    serve(listener, app, None, ConnectionLimits::default(), shutdown_signal()).await
 }

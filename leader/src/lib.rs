@@ -40,6 +40,8 @@ pub struct LeaderConfig {
     /// How the leader presents its token to the helper (`Authorization: Bearer`, or the
     /// `DAP-Auth-Token` header the interop tests use).
     pub helper_token_scheme: TokenScheme,
+    /// Extra trust roots (PEM) for the helper's TLS certificate.
+    pub helper_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for LeaderConfig {
@@ -55,6 +57,7 @@ impl Default for LeaderConfig {
             max_job_attempts: 12,
             max_helper_poll: Duration::from_secs(30),
             helper_token_scheme: TokenScheme::Bearer,
+            helper_ca_pem: None,
         }
     }
 }
@@ -72,7 +75,8 @@ pub struct LeaderState {
 
 impl LeaderState {
     pub fn new(store: Store, config: LeaderConfig) -> Result<Self, String> {
-        let peer = peer::Peer::new(config.max_helper_poll, config.helper_token_scheme)?;
+        let peer =
+            peer::Peer::new(config.max_helper_poll, config.helper_token_scheme, config.helper_ca_pem.as_deref())?;
         Ok(Self {
             store,
             config: Arc::new(config),

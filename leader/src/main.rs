@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{init_tracing, migrate, shutdown_signal};
+use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, tls_acceptor, ConnectionLimits};
 use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
 
@@ -82,6 +82,15 @@ struct Args {
     /// Seconds a replica owns a job it took; a crashed replica's jobs are taken over after this.
     #[arg(long, default_value_t = 120)]
     lease_seconds: i64,
+    /// TLS certificate chain (PEM); with --tls-key, the server speaks HTTPS only.
+    #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "DUET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Extra trust roots (PEM) for the helper's TLS certificate, besides the system's.
+    #[arg(long, env = "DUET_HELPER_CA_FILE")]
+    helper_ca_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -123,15 +132,29 @@ async fn run(args: Args) -> Result<(), String> {
         driver_interval: Duration::from_millis(args.driver_interval_ms),
         max_concurrent_jobs: args.max_concurrent_jobs.max(1),
         lease_seconds: args.lease_seconds,
+        helper_ca_pem: match &args.helper_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("--helper-ca-file {}: {e}", path.display()))?),
+            None => None,
+        },
         ..defaults
     };
     let state = LeaderState::new(store, config)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let app = router(state.clone(), admin_token);
-    serve(state, app, &args.listen, &args.database).await
+    serve_leader(state, app, &args.listen, &args.database, tls).await
 }
 
 /// Serves `app` on `listen` with the workers running, until SIGINT or SIGTERM.
-async fn serve(state: LeaderState, app: axum::Router, listen: &str, database: &str) -> Result<(), String> {
+async fn serve_leader(
+    state: LeaderState,
+    app: axum::Router,
+    listen: &str,
+    database: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -139,11 +162,11 @@ async fn serve(state: LeaderState, app: axum::Router, listen: &str, database: &s
     tracing::info!(%addr, database = %duet_common::server::runtime::redact_url(database), "duet-leader listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    let served = serve(listener, app, tls, ConnectionLimits::default(), shutdown_signal()).await;
     let _ = stop_tx.send(true);
     // Workers finish the job in hand; a job cut short is taken over once its lease lapses.
     let _ = tokio::time::timeout(Duration::from_secs(30), async { while workers.join_next().await.is_some() {} }).await;
-    served.map_err(|e| e.to_string())
+    served
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
@@ -162,5 +185,5 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
     let state = LeaderState::new(store.clone(), config)?;
     let app = router(state.clone(), AuthenticationToken::random())
         .merge(duet_common::server::interop::router(store, duet_common::messages::Role::Leader));
-    serve(state, app, &format!("{}:{}", args.host, args.port), &database).await
+    serve_leader(state, app, &format!("{}:{}", args.host, args.port), &database, None).await
 }

@@ -37,8 +37,16 @@ fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 impl Peer {
-    pub fn new(max_poll: Duration, scheme: TokenScheme) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    pub fn new(max_poll: Duration, scheme: TokenScheme, extra_roots_pem: Option<&[u8]>) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("helper CA: {e}"))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            // The aggregator token must never follow a redirect elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
             .user_agent(concat!("duet-leader/", env!("CARGO_PKG_VERSION")))
