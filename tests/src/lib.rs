@@ -3,6 +3,7 @@
 //! provisioned through their admin APIs, and the client and collector SDKs talking to them over
 //! loopback.
 
+pub mod inprocess;
 pub mod runner;
 
 use duet_client::admin::{provision_task, AdminClient, NewTask};
