@@ -71,4 +71,3 @@ pub fn call(router: &axum::Router, path: String, media: &'static str, token: &st
         .unwrap();
     s.runtime.block_on(router.clone().oneshot(req)).unwrap().status().as_u16()
 }
-

@@ -5,8 +5,8 @@
 
 use duet_common::messages::*;
 use duet_common::{Decode, Encode};
-use proptest::prelude::*;
 use duet_tests::inprocess::{call, servers};
+use proptest::prelude::*;
 use std::sync::OnceLock;
 
 /// Decodes `bytes` as `T`; if that works, the encoding must give the same bytes back.
