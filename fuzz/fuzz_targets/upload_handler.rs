@@ -6,6 +6,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let s = servers();
-    let status = call(&s.leader, format!("/tasks/{}/reports", s.task_id), duet_common::media_type::UPLOAD_REQ, "", data.to_vec());
+    let status = call(
+        &s.leader,
+        format!("/tasks/{}/reports", s.task_id),
+        duet_common::media_type::UPLOAD_REQ,
+        "",
+        data.to_vec(),
+    );
     assert!(status < 500, "upload answered {status}");
 });
