@@ -58,6 +58,12 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Connections served at once; more are closed on arrival.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 30)]
+    header_read_timeout_seconds: u64,
     /// TLS certificate chain (PEM); with --tls-key, the server speaks HTTPS only.
     #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -97,7 +103,12 @@ async fn serve_helper(args: ServeArgs) -> Result<(), String> {
     tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    serve(listener, router(store, config, admin_token), tls, ConnectionLimits::default(), shutdown_signal()).await
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections.max(1),
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_seconds.max(1)),
+        ..ConnectionLimits::default()
+    };
+    serve(listener, router(store, config, admin_token), tls, limits, shutdown_signal()).await
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {

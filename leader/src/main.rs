@@ -61,6 +61,12 @@ struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Connections served at once; more are closed on arrival.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 30)]
+    header_read_timeout_seconds: u64,
     /// Smallest aggregation job, unless its reports have waited --max-job-delay-seconds.
     #[arg(long, default_value_t = 1)]
     min_job_size: usize,
@@ -143,8 +149,13 @@ async fn run(args: Args) -> Result<(), String> {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections.max(1),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
+        ..ConnectionLimits::default()
+    };
     let app = router(state.clone(), admin_token);
-    serve_leader(state, app, &args.listen, &args.database, tls).await
+    serve_leader(state, app, &args.listen, &args.database, tls, limits).await
 }
 
 /// Serves `app` on `listen` with the workers running, until SIGINT or SIGTERM.
@@ -154,6 +165,7 @@ async fn serve_leader(
     listen: &str,
     database: &str,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnectionLimits,
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -162,7 +174,7 @@ async fn serve_leader(
     tracing::info!(%addr, database = %duet_common::server::runtime::redact_url(database), "duet-leader listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    let served = serve(listener, app, tls, ConnectionLimits::default(), shutdown_signal()).await;
+    let served = serve(listener, app, tls, limits, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     // Workers finish the job in hand; a job cut short is taken over once its lease lapses.
     let _ = tokio::time::timeout(Duration::from_secs(30), async { while workers.join_next().await.is_some() {} }).await;
@@ -185,5 +197,6 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
     let state = LeaderState::new(store.clone(), config)?;
     let app = router(state.clone(), AuthenticationToken::random())
         .merge(duet_common::server::interop::router(store, duet_common::messages::Role::Leader));
-    serve_leader(state, app, &format!("{}:{}", args.host, args.port), &database, None).await
+    serve_leader(state, app, &format!("{}:{}", args.host, args.port), &database, None, ConnectionLimits::default())
+        .await
 }
