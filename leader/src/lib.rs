@@ -103,6 +103,12 @@ pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
         .merge(duet_common::server::admin::router(store, Role::Leader, admin_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // A request (body included) that takes longer than this is cut off with 408: a slow
+        // client cannot hold a connection and its buffers forever.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(300),
+        ))
         // Outermost, so that even a caught panic's 500 becomes a problem document.
         .layer(axum::middleware::map_response(duet_common::server::http::problem_for_plain_errors))
 }
