@@ -77,16 +77,8 @@ pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationTok
     let hpke = Router::new()
         .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
         .with_state(store.clone());
-    dap.merge(hpke)
-        .merge(duet_common::server::admin::router(store, Role::Helper, admin_token))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        // A request (body included) that takes longer than this is cut off with 408: a slow
-        // client cannot hold a connection and its buffers forever.
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            std::time::Duration::from_secs(300),
-        ))
-        // Outermost, so that even a caught panic's 500 becomes a problem document.
-        .layer(axum::middleware::map_response(duet_common::server::http::problem_for_plain_errors))
+    duet_common::server::http::guarded(
+        dap.merge(hpke).merge(duet_common::server::admin::router(store, Role::Helper, admin_token)),
+        max_body,
+    )
 }

@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, tls_acceptor, ConnectionLimits};
+use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits};
 use duet_helper::{router, HelperConfig};
 
 #[derive(Parser)]
@@ -58,18 +58,8 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Connections served at once; more are closed on arrival.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds a client has to send a request's headers.
-    #[arg(long, default_value_t = 30)]
-    header_read_timeout_seconds: u64,
-    /// TLS certificate chain (PEM); with --tls-key, the server speaks HTTPS only.
-    #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// TLS private key (PEM) for --tls-cert.
-    #[arg(long, env = "DUET_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    connection: ConnectionFlags,
 }
 
 #[tokio::main]
@@ -93,21 +83,14 @@ async fn serve_helper(args: ServeArgs) -> Result<(), String> {
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config =
         HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, max_body_bytes: args.max_body_bytes };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
-        _ => None,
-    };
+    let tls = args.connection.tls()?;
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    let limits = ConnectionLimits {
-        max_connections: args.max_connections.max(1),
-        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_seconds.max(1)),
-        ..ConnectionLimits::default()
-    };
+    let limits = args.connection.limits();
     serve(listener, router(store, config, admin_token), tls, limits, shutdown_signal()).await
 }
 

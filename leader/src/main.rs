@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, tls_acceptor, ConnectionLimits};
+use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits};
 use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
 
@@ -61,12 +61,6 @@ struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Connections served at once; more are closed on arrival.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds a client has to send a request's headers.
-    #[arg(long, default_value_t = 30)]
-    header_read_timeout_seconds: u64,
     /// Smallest aggregation job, unless its reports have waited --max-job-delay-seconds.
     #[arg(long, default_value_t = 1)]
     min_job_size: usize,
@@ -88,12 +82,8 @@ struct Args {
     /// Seconds a replica owns a job it took; a crashed replica's jobs are taken over after this.
     #[arg(long, default_value_t = 120)]
     lease_seconds: i64,
-    /// TLS certificate chain (PEM); with --tls-key, the server speaks HTTPS only.
-    #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// TLS private key (PEM) for --tls-cert.
-    #[arg(long, env = "DUET_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    connection: ConnectionFlags,
     /// Extra trust roots (PEM) for the helper's TLS certificate, besides the system's.
     #[arg(long, env = "DUET_HELPER_CA_FILE")]
     helper_ca_file: Option<std::path::PathBuf>,
@@ -145,15 +135,8 @@ async fn run(args: Args) -> Result<(), String> {
         ..defaults
     };
     let state = LeaderState::new(store, config)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
-        _ => None,
-    };
-    let limits = ConnectionLimits {
-        max_connections: args.max_connections.max(1),
-        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
-        ..ConnectionLimits::default()
-    };
+    let tls = args.connection.tls()?;
+    let limits = args.connection.limits();
     let app = router(state.clone(), admin_token);
     serve_leader(state, app, &args.listen, &args.database, tls, limits).await
 }

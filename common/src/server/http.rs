@@ -113,3 +113,18 @@ pub async fn problem_for_plain_errors(resp: Response) -> Response {
     *out.status_mut() = status;
     out
 }
+
+/// The layers every duet server's routes sit behind: the body limit, a last-resort catch of
+/// panics (a logged 500), a request timeout (408 after 300 s, body included, so a slow client
+/// cannot hold a connection and its buffers forever) and, outermost, problem documents for
+/// every plain error (even a caught panic's).
+pub fn guarded(router: axum::Router, max_body_bytes: usize) -> axum::Router {
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(300),
+        ))
+        .layer(axum::middleware::map_response(problem_for_plain_errors))
+}

@@ -190,3 +190,38 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// The connection flags both servers take: TLS and the connection limits.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectionFlags {
+    /// TLS certificate chain (PEM); with --tls-key, the server speaks HTTPS only.
+    #[arg(long, env = "DUET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "DUET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Connections served at once; more are closed on arrival.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 30)]
+    pub header_read_timeout_seconds: u64,
+}
+
+impl ConnectionFlags {
+    /// The TLS acceptor, when a certificate and key were given.
+    pub fn tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tls_acceptor(cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_seconds.max(1)),
+            ..ConnectionLimits::default()
+        }
+    }
+}

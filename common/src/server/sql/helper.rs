@@ -43,14 +43,7 @@ async fn commit_outcomes(
             }
             HelperOutcome::Commit { out_share, outbound, time } => {
                 let bucket = BatchBucket::of(step.batch_id, time);
-                let collected = match collected_cache.get(&bucket) {
-                    Some(c) => *c,
-                    None => {
-                        let c = SqlStore::bucket_collected(tx, task, &bucket).await?;
-                        collected_cache.insert(bucket, c);
-                        c
-                    }
-                };
+                let collected = SqlStore::bucket_collected_cached(tx, task, &bucket, &mut collected_cache).await?;
                 let fresh = !collected
                     && sqlx::query(
                         "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES ($1, $2, $3)

@@ -25,14 +25,7 @@ pub(super) async fn put_reports(
         let meta = &report.report_metadata;
         if task.configuration.batch_mode == BatchMode::TimeInterval {
             let bucket = BatchBucket::TimeInterval(meta.time);
-            let collected = match collected_cache.get(&bucket) {
-                Some(c) => *c,
-                None => {
-                    let c = SqlStore::bucket_collected(&mut tx, task, &bucket).await?;
-                    collected_cache.insert(bucket, c);
-                    c
-                }
-            };
+            let collected = SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected_cache).await?;
             if collected {
                 out.push(Some(ReportError::ReportReplayed));
                 continue;
@@ -257,14 +250,7 @@ pub(super) async fn commit_job(
         };
         if let Some((time, _)) = &share {
             let bucket = BatchBucket::of(job.batch_id, *time);
-            let is_collected = match collected.get(&bucket) {
-                Some(c) => *c,
-                None => {
-                    let c = SqlStore::bucket_collected(&mut tx, task, &bucket).await?;
-                    collected.insert(bucket, c);
-                    c
-                }
-            };
+            let is_collected = SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected).await?;
             if is_collected {
                 error = Some(ReportError::BatchCollected);
             }

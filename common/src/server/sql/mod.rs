@@ -503,6 +503,21 @@ impl SqlStore {
         Ok(row.is_some())
     }
 
+    /// [`SqlStore::bucket_collected`], asked once per bucket within a step.
+    pub async fn bucket_collected_cached(
+        tx: &mut Tx<'_>,
+        task: &Task,
+        bucket: &BatchBucket,
+        cache: &mut HashMap<BatchBucket, bool>,
+    ) -> Result<bool, DapError> {
+        if let Some(c) = cache.get(bucket) {
+            return Ok(*c);
+        }
+        let c = Self::bucket_collected(tx, task, bucket).await?;
+        cache.insert(*bucket, c);
+        Ok(c)
+    }
+
     /// Whether any part of the batch was already collected.
     pub async fn batch_overlaps_collected_tx(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<bool, DapError> {
         let row = match batch {
