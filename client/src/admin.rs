@@ -1,5 +1,6 @@
-//! The aggregators' admin API as `duet task create` uses it: provisioning a task on the leader
-//! and the helper, and taking it back from the leader when the helper refuses it.
+//! The aggregators' admin API as the `duet` CLI uses it: provisioning a task on the leader and
+//! the helper (and taking it back from the leader when the helper refuses it), and rotating an
+//! aggregator's HPKE keys.
 //!
 //! Requests carry the operator's admin token and the task's secrets (verify key, tokens); none
 //! of them is logged or put into an error.
@@ -8,6 +9,7 @@ use crate::error::{ClientError, Result};
 use crate::http::{self, RetryPolicy};
 use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::hpke::HpkeKeypair;
+use duet_common::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
 use duet_common::messages::{HpkeConfigId, TaskId};
 use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, CollectorCredentials, TaskParameters};
 use duet_common::vdaf::VerifyKey;
@@ -56,6 +58,72 @@ impl AdminClient {
         }
         tracing::info!(endpoint = %self.endpoint, task_id = %request.parameters.task_id, "task provisioned");
         Ok(())
+    }
+
+    /// `GET {endpoint}admin/hpke_keys`.
+    pub async fn hpke_keys(&self) -> Result<HpkeKeyList> {
+        self.key_call(reqwest::Method::GET, "admin/hpke_keys", None, true).await
+    }
+
+    /// `POST {endpoint}admin/hpke_keys`: a new pending key. Sent once: a retry after a lost
+    /// answer could add a second key.
+    pub async fn add_hpke_key(&self, key: &NewHpkeKey) -> Result<HpkeKeyInfo> {
+        let body = serde_json::to_vec(key).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.key_call(reqwest::Method::POST, "admin/hpke_keys", Some(body), false).await
+    }
+
+    /// `POST {endpoint}admin/hpke_keys/{id}/activate`: advertise the key.
+    pub async fn activate_hpke_key(&self, id: u8) -> Result<HpkeKeyInfo> {
+        self.key_call(reqwest::Method::POST, &format!("admin/hpke_keys/{id}/activate"), None, true).await
+    }
+
+    /// `POST {endpoint}admin/hpke_keys/{id}/retire`: stop advertising the key, keep accepting it.
+    pub async fn retire_hpke_key(&self, id: u8) -> Result<HpkeKeyInfo> {
+        self.key_call(reqwest::Method::POST, &format!("admin/hpke_keys/{id}/retire"), None, true).await
+    }
+
+    /// `DELETE {endpoint}admin/hpke_keys/{id}`; `force` drops a recently retired key.
+    pub async fn delete_hpke_key(&self, id: u8, force: bool) -> Result<()> {
+        let path = format!("admin/hpke_keys/{id}{}", if force { "?force=true" } else { "" });
+        let url = http::join(&self.endpoint, &path)?;
+        let context = format!("DELETE {url}");
+        let (name, value) = self.token.header(TokenScheme::Bearer);
+        let resp = http::send_with_retry(&self.policy, &context, || {
+            self.http.delete(url.clone()).header(name.clone(), value.clone())
+        })
+        .await?;
+        if !resp.status().is_success() {
+            return Err(http::status_error(resp, &context).await);
+        }
+        Ok(())
+    }
+
+    /// One admin request about keys, answered with JSON. Every one of them but adding a key is
+    /// idempotent, so only those are retried.
+    async fn key_call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        retry: bool,
+    ) -> Result<T> {
+        let url = http::join(&self.endpoint, path)?;
+        let context = format!("{method} {url}");
+        let (name, value) = self.token.header(TokenScheme::Bearer);
+        let policy = if retry { self.policy } else { RetryPolicy { max_attempts: 1, ..self.policy } };
+        let resp = http::send_with_retry(&policy, &context, || {
+            let req = self.http.request(method.clone(), url.clone()).header(name.clone(), value.clone());
+            match &body {
+                Some(b) => req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone()),
+                None => req,
+            }
+        })
+        .await?;
+        if !resp.status().is_success() {
+            return Err(http::status_error(resp, &context).await);
+        }
+        let bytes = http::read_body(resp, 1 << 20, &context).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("{context}: unexpected answer: {e}")))
     }
 
     /// `DELETE {endpoint}admin/tasks/{task-id}`.

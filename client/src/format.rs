@@ -48,6 +48,43 @@ fn below_threshold_warning(report_count: u64, min_batch_size: u64) -> Option<Str
     })
 }
 
+/// Width of the longest bar in a vector table, in terminal cells.
+const BAR_WIDTH: usize = 40;
+
+/// A vector result as a table: each entry, its share of the total, and a bar scaled to the
+/// largest entry (drawn in eighths of a cell, so that close values stay distinguishable).
+fn vector_table(values: &[u128]) -> String {
+    let mut out = String::new();
+    let total: u128 = values.iter().fold(0u128, |a, v| a.saturating_add(*v));
+    let max = values.iter().copied().max().unwrap_or(0);
+    let width = values.iter().map(|v| v.to_string().len()).max().unwrap_or(1).max("value".len());
+    let index_width = values.len().saturating_sub(1).to_string().len().max("index".len());
+    let _ = writeln!(out, "  {:>index_width$}  {:>width$}   share", "index", "value");
+    for (i, v) in values.iter().enumerate() {
+        let share = if total == 0 { 0.0 } else { *v as f64 * 100.0 / total as f64 };
+        let _ = writeln!(out, "  {i:>index_width$}  {v:>width$}  {share:>5.1}%  {}", bar(*v, max, BAR_WIDTH));
+    }
+    out
+}
+
+/// A horizontal bar of `value / max` times `width` cells.
+fn bar(value: u128, max: u128, width: usize) -> String {
+    const PARTIAL: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    if max == 0 || value == 0 {
+        return String::new();
+    }
+    let eighths = ((value as f64 / max as f64) * (width * 8) as f64).round() as usize;
+    let mut s = "█".repeat(eighths / 8);
+    if eighths % 8 != 0 {
+        s.push(PARTIAL[eighths % 8]);
+    }
+    if s.is_empty() {
+        // A non-zero entry always shows.
+        s.push('▏');
+    }
+    s
+}
+
 /// The result for people: counts, interval, the value (a table for vectors), and the privacy
 /// line.
 pub fn render_text(task: &TaskParameters, result: &CollectionResult) -> String {
@@ -64,12 +101,7 @@ pub fn render_text(task: &TaskParameters, result: &CollectionResult) -> String {
         }
         AggregateResult::Vector(values) => {
             let _ = writeln!(out, "Result:");
-            let width = values.iter().map(|v| v.to_string().len()).max().unwrap_or(1).max("value".len());
-            let index_width = values.len().saturating_sub(1).to_string().len().max("index".len());
-            let _ = writeln!(out, "  {:>index_width$}  {:>width$}", "index", "value");
-            for (i, v) in values.iter().enumerate() {
-                let _ = writeln!(out, "  {i:>index_width$}  {v:>width$}");
-            }
+            out.push_str(&vector_table(values));
         }
     }
     if let Some(warning) = below_threshold_warning(result.report_count, task.min_batch_size) {
@@ -214,8 +246,11 @@ mod tests {
     fn text_vector_is_a_table_and_warns_below_threshold() {
         let t = task(VdafConfig::Prio3Histogram { length: 3, chunk_length: 1 });
         let text = render_text(&t, &result(120, AggregateResult::Vector(vec![5, 1234567, 0])));
+        let full = "█".repeat(40);
         assert!(
-            text.contains("Result:\n  index    value\n      0        5\n      1  1234567\n      2        0\n"),
+            text.contains(&format!(
+                "Result:\n  index    value   share\n      0        5    0.0%  ▏\n      1  1234567  100.0%  {full}\n      2        0    0.0%  \n"
+            )),
             "{text}"
         );
         assert!(text.ends_with(&format!("{PRIVACY_120_100}\n")));
@@ -223,6 +258,19 @@ mod tests {
         let small = render_text(&t, &result(3, AggregateResult::Vector(vec![1, 1, 1])));
         assert!(small.contains("WARNING: 3 reports is below the task's min_batch_size of 100"), "{small}");
         assert!(small.contains(&privacy_line(&plain(3))));
+    }
+
+    #[test]
+    fn bars_are_scaled_to_the_largest_entry() {
+        assert_eq!(bar(10, 10, 4), "████");
+        assert_eq!(bar(5, 10, 4), "██");
+        assert_eq!(bar(1, 16, 4), "▎"); // 2 eighths of a cell
+        assert_eq!(bar(3, 16, 4), "▊"); // 6 eighths
+        assert_eq!(bar(0, 16, 4), "");
+        assert_eq!(bar(1, 1_000_000, 4), "▏");
+        let table = vector_table(&[3, 1]);
+        assert_eq!(table.lines().nth(1).unwrap(), format!("      0      3   75.0%  {}", "█".repeat(40)));
+        assert_eq!(table.lines().nth(2).unwrap(), format!("      1      1   25.0%  {}▍", "█".repeat(13)));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! provisions tasks on both aggregators, uploads measurements as a DAP client, and collects
 //! aggregates as the collector.
 //!
-//! Exit codes: 0 success, 1 usage or input error, 2 server or protocol error, 3 timeout.
+//! Exit codes: 0 success, 1 usage or input error, 2 server or protocol error (including reports
+//! the leader rejected), 3 timeout.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use duet_client::admin::{provision_task, AdminClient, NewTask};
@@ -23,7 +24,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "duet", version, about = "Client, collector and task tool for duet, a DAP-18 implementation")]
+#[command(
+    name = "duet",
+    version,
+    about = "Client, collector and task tool for duet, a DAP-18 implementation",
+    after_help = "Exit codes: 0 success, 1 usage or input error, 2 server or protocol error \
+                  (including reports the leader rejected), 3 timeout."
+)]
 struct Cli {
     /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -43,6 +50,11 @@ enum Command {
     Upload(UploadArgs),
     /// Collect an aggregate as the task's collector.
     Collect(CollectArgs),
+    /// Rotate an aggregator's HPKE keys: add a pending key, activate it, retire the old one,
+    /// delete it once clients can no longer hold it (the admin token comes from
+    /// DUET_ADMIN_TOKEN).
+    #[command(subcommand)]
+    HpkeKeys(HpkeKeysCommand),
     /// Serve the interop test API's client role (`/internal/test/upload`). Test-only.
     InteropClient(InteropArgs),
     /// Serve the interop test API's collector role (`add_task`, `collection_start`,
@@ -51,6 +63,60 @@ enum Command {
     /// Run leader and helper as local processes on SQLite, upload simulated Prio3Histogram
     /// reports, collect, and compare with the histogram computed in the clear.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct AggregatorArgs {
+    /// The aggregator's base URL.
+    #[arg(long)]
+    aggregator: String,
+    /// The aggregator's admin API token (better passed in the environment).
+    #[arg(long, env = "DUET_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum HpkeKeysCommand {
+    /// List the aggregator's keys with their states.
+    List(AggregatorArgs),
+    /// Add a pending key: not advertised yet, but already accepted.
+    Add {
+        #[command(flatten)]
+        target: AggregatorArgs,
+        /// The configuration ID (default: the smallest free one).
+        #[arg(long)]
+        id: Option<u8>,
+        #[arg(long, value_enum, default_value = "x25519")]
+        kem: Kem,
+        #[arg(long, value_enum, default_value = "hkdf-sha256")]
+        kdf: Kdf,
+        #[arg(long, value_enum, default_value = "aes-128-gcm")]
+        aead: Aead,
+    },
+    /// Advertise a key at /hpke_config.
+    Activate {
+        #[command(flatten)]
+        target: AggregatorArgs,
+        id: u8,
+    },
+    /// Stop advertising a key; reports encrypted to it are still accepted.
+    Retire {
+        #[command(flatten)]
+        target: AggregatorArgs,
+        id: u8,
+    },
+    /// Delete a key: reports encrypted to it are refused from then on.
+    Delete {
+        #[command(flatten)]
+        target: AggregatorArgs,
+        id: u8,
+        /// Delete a key retired less than two days ago (twice the time clients may cache it).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -389,6 +455,7 @@ async fn run(command: Command) -> CliResult {
         Command::Task(TaskCommand::Create(args)) => task_create(*args).await,
         Command::Upload(args) => upload(args).await,
         Command::Collect(args) => collect(args).await,
+        Command::HpkeKeys(command) => hpke_keys(command).await,
         Command::Demo(args) => demo(args).await,
         Command::InteropClient(args) => serve_interop(args, duet_client::interop::client_router()).await,
         Command::InteropCollector(args) => serve_interop(args, duet_client::interop::collector_router()).await,
@@ -675,7 +742,14 @@ async fn upload(args: UploadArgs) -> CliResult {
     let options = ClientOptions { reports_per_request: args.reports_per_request, ..ClientOptions::default() };
     let client = Client::with_options(task, http_client()?, options)?;
     let items: Vec<(Measurement, u64)> = measurements.into_iter().map(|m| (m, time)).collect();
-    let outcome = client.upload(&items).await?;
+    let bar = indicatif::ProgressBar::with_draw_target(Some(items.len() as u64), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} uploading {bar:40} {pos}/{len} reports ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let outcome = client.upload_with_progress(&items, &|done| bar.set_position(done)).await;
+    bar.finish_and_clear();
+    let outcome = outcome?;
     let mut text = format!("accepted: {}\nrejected: {}\n", outcome.accepted, outcome.rejected.len());
     let mut by_error: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (_, error) in &outcome.rejected {
@@ -701,7 +775,16 @@ async fn collect(args: CollectArgs) -> CliResult {
     let options = CollectorOptions { token_scheme, ..CollectorOptions::default() };
     let collector = Collector::with_options(&credentials, http_client()?, options)?;
     let query = collector.query(args.interval_start.zip(args.interval_duration))?;
-    let result = collector.collect(query, Duration::from_secs(args.timeout)).await?;
+    let spinner = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.set_message("waiting for the result: the batch must be aggregated and reach min_batch_size");
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let result = collector.collect(query, Duration::from_secs(args.timeout)).await;
+    spinner.finish_and_clear();
+    let result = result?;
     let text = if args.json {
         let mut json = render_json(collector.task(), &result).map_err(|e| CliError::server(e.to_string()))?;
         json.push('\n');
@@ -710,6 +793,100 @@ async fn collect(args: CollectArgs) -> CliResult {
         render_text(collector.task(), &result)
     };
     print_stdout(&text)
+}
+
+/// The name of an algorithm ID as the CLI spells it, or its number.
+fn algorithm_name<E: ValueEnum>(id: u16, of: impl Fn(&E) -> u16) -> String {
+    E::value_variants()
+        .iter()
+        .find(|v| of(v) == id)
+        .and_then(|v| v.to_possible_value())
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_else(|| format!("0x{id:04x}"))
+}
+
+fn key_table(keys: &[duet_common::keys::HpkeKeyInfo]) -> String {
+    let mut out = format!("{:>3}  {:<8}  {:<16}  {:<11}  {:<17}  {}\n", "ID", "STATE", "KEM", "KDF", "AEAD", "SINCE");
+    for k in keys {
+        out.push_str(&format!(
+            "{:>3}  {:<8}  {:<16}  {:<11}  {:<17}  {}\n",
+            k.id,
+            k.state,
+            algorithm_name::<Kem>(k.kem_id, |v| v.id().0),
+            algorithm_name::<Kdf>(k.kdf_id, |v| v.id().0),
+            algorithm_name::<Aead>(k.aead_id, |v| v.id().0),
+            timefmt::rfc3339(k.state_changed_at_seconds.max(0) as u64),
+        ));
+    }
+    out
+}
+
+fn key_output(key: &duet_common::keys::HpkeKeyInfo, json: bool, what: &str) -> CliResult {
+    if json {
+        let text = serde_json::to_string_pretty(key).map_err(|e| CliError::server(e.to_string()))?;
+        print_stdout(&format!("{text}\n"))
+    } else {
+        print_stdout(&format!("{what}\n{}", key_table(std::slice::from_ref(key))))
+    }
+}
+
+async fn hpke_keys(command: HpkeKeysCommand) -> CliResult {
+    let target = match &command {
+        HpkeKeysCommand::List(t) => t,
+        HpkeKeysCommand::Add { target, .. }
+        | HpkeKeysCommand::Activate { target, .. }
+        | HpkeKeysCommand::Retire { target, .. }
+        | HpkeKeysCommand::Delete { target, .. } => target,
+    };
+    let token = AuthenticationToken::new(target.admin_token.clone())
+        .map_err(|e| CliError::usage(format!("--admin-token: {e}")))?;
+    let admin = AdminClient::new(http_client()?, &target.aggregator, token)?;
+    let json = target.json;
+    match command {
+        HpkeKeysCommand::List(_) => {
+            let list = admin.hpke_keys().await?;
+            if json {
+                let text = serde_json::to_string_pretty(&list).map_err(|e| CliError::server(e.to_string()))?;
+                print_stdout(&format!("{text}\n"))
+            } else {
+                print_stdout(&key_table(&list.keys))
+            }
+        }
+        HpkeKeysCommand::Add { id, kem, kdf, aead, .. } => {
+            let new = duet_common::keys::NewHpkeKey {
+                id,
+                kem_id: Some(kem.id().0),
+                kdf_id: Some(kdf.id().0),
+                aead_id: Some(aead.id().0),
+            };
+            let key = admin.add_hpke_key(&new).await?;
+            let next = format!(
+                "added pending key {}: replicas accept it now; activate it with `duet hpke-keys activate {}`",
+                key.id, key.id
+            );
+            key_output(&key, json, &next)
+        }
+        HpkeKeysCommand::Activate { id, .. } => {
+            let key = admin.activate_hpke_key(id).await?;
+            key_output(&key, json, &format!("key {id} is active: clients that fetch /hpke_config now get it"))
+        }
+        HpkeKeysCommand::Retire { id, .. } => {
+            let key = admin.retire_hpke_key(id).await?;
+            let what = format!(
+                "key {id} is retired: no longer advertised, still accepted; delete it after two days \
+                 (twice the time clients may cache it)"
+            );
+            key_output(&key, json, &what)
+        }
+        HpkeKeysCommand::Delete { id, force, .. } => {
+            admin.delete_hpke_key(id, force).await?;
+            if json {
+                print_stdout(&format!("{}\n", serde_json::json!({ "deleted": id })))
+            } else {
+                print_stdout(&format!("key {id} deleted: reports encrypted to it are refused from now on\n"))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -903,5 +1080,25 @@ mod tests {
         assert_eq!(kp.config().aead_id, hpke::aead::CHACHA20_POLY1305);
         assert_eq!(kp.config().id, HpkeConfigId(5));
         assert!(parse(&["keygen", "--kem", "rsa"]).is_err());
+    }
+
+    #[test]
+    fn key_tables_name_the_algorithms() {
+        let key = duet_common::keys::HpkeKeyInfo {
+            id: 7,
+            kem_id: 0x0010,
+            kdf_id: 1,
+            aead_id: 3,
+            state: "retired".into(),
+            created_at_seconds: 0,
+            state_changed_at_seconds: 1_700_000_000,
+            hpke_config: String::new(),
+        };
+        let table = key_table(&[key]);
+        let row = table.lines().nth(1).unwrap();
+        assert_eq!(row, "  7  retired   p256              hkdf-sha256  chacha20-poly1305  2023-11-14T22:13:20Z");
+        assert_eq!(algorithm_name::<Kem>(0x9999, |v| v.id().0), "0x9999");
+        let cli = parse(&["hpke-keys", "delete", "--aggregator", "http://a/", "--admin-token", "t", "3", "--force"]);
+        assert!(matches!(cli.unwrap().command, Command::HpkeKeys(HpkeKeysCommand::Delete { id: 3, force: true, .. })));
     }
 }

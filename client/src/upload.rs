@@ -385,6 +385,16 @@ impl Client {
     /// `outdated_config` are made again, with a fresh report ID, for freshly fetched
     /// configurations and sent once more; any other refusal is final and listed in the outcome.
     pub async fn upload(&self, measurements: &[(Measurement, u64)]) -> Result<UploadOutcome> {
+        self.upload_with_progress(measurements, &|_| {}).await
+    }
+
+    /// [`Client::upload`], calling `progress` with the number of reports answered so far after
+    /// each request (for a progress bar).
+    pub async fn upload_with_progress(
+        &self,
+        measurements: &[(Measurement, u64)],
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<UploadOutcome> {
         let mut outcome = UploadOutcome::default();
         if measurements.is_empty() {
             return Ok(outcome);
@@ -428,7 +438,10 @@ impl Client {
             }
             let result = self.upload_chunk(measurements, reports, generation).await;
             match result {
-                Ok(chunk_outcome) => outcome.absorb(chunk_outcome),
+                Ok(chunk_outcome) => {
+                    outcome.absorb(chunk_outcome);
+                    progress(outcome.accepted + outcome.rejected.len() as u64);
+                }
                 Err(e) => {
                     if let Some(h) = next.take() {
                         h.abort();

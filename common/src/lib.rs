@@ -1,12 +1,14 @@
 //! duet-common: what the leader, helper, client and collector share. The DAP-18 wire messages
 //! ([`messages`]) with DAP times ([`time`]), the VDAFs ([`vdaf`]), HPKE ([`hpke`]), the problem
-//! types ([`problem`]), authentication tokens ([`auth`]) and media types ([`media_type`]).
+//! types ([`problem`]), authentication tokens ([`auth`]), media types ([`media_type`]) and the
+//! admin API's JSON for HPKE keys ([`keys`]).
 
 pub mod auth;
 mod codec;
 pub mod dp;
 pub mod hpke;
 pub mod interop;
+pub mod keys;
 pub mod media_type;
 pub mod messages;
 pub mod problem;

@@ -133,6 +133,7 @@ pub async fn init(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
+    let _timer = duet_common::server::metrics::StepTimer::start("aggregation_job_init");
     let task = helper_task(&state, &task_id, &headers).await?;
     require_media_type(&headers, media_type::AGGREGATION_JOB_INIT_REQ)?;
     let tid = Some(task.id);
@@ -182,7 +183,26 @@ pub async fn init(
         });
     };
     tracing::info!(task_id = %task.id, job_id = %job_id, reports, "aggregation job initialized");
+    record_outcomes(&body);
     Ok(job_response(StatusCode::CREATED, job_location(&task, &job_id, None), body))
+}
+
+/// Counts a committed step's reports from its stored answer, which also holds the refusals the
+/// storage step itself made (replays, collected batches). Prio3 helpers commit their output
+/// share as they answer, so every report not rejected was aggregated.
+fn record_outcomes(body: &[u8]) {
+    let Ok(resp) = AggregationJobResp::get_decoded(body) else { return };
+    let failed: Vec<ReportError> = resp
+        .verify_resps
+        .iter()
+        .filter_map(|r| match r.verify_resp_type {
+            VerifyRespType::Reject { report_error } => Some(report_error),
+            _ => None,
+        })
+        .collect();
+    let aggregated = (resp.verify_resps.len() - failed.len()) as u64;
+    duet_common::server::metrics::reports_aggregated(Role::Helper, aggregated, &failed);
+    duet_common::server::metrics::aggregation_jobs(Role::Helper, "finished", 1);
 }
 
 /// The stored answer to a repeated init request: the job's location and current state.
@@ -213,6 +233,7 @@ pub async fn continue_job(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
+    let _timer = duet_common::server::metrics::StepTimer::start("aggregation_job_continue");
     let task = helper_task(&state, &task_id, &headers).await?;
     require_media_type(&headers, media_type::AGGREGATION_JOB_CONTINUE_REQ)?;
     let tid = Some(task.id);
@@ -283,6 +304,7 @@ pub async fn continue_job(
     let Some(body) = state.store.helper_continue_job(&task, job.step, step).await? else {
         return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently").into());
     };
+    record_outcomes(&body);
     Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), body))
 }
 

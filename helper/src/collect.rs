@@ -68,6 +68,7 @@ pub async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
+    let _timer = duet_common::server::metrics::StepTimer::start("aggregate_share");
     let task = helper_task(&state, &task_id, &headers).await?;
     require_media_type(&headers, media_type::AGGREGATE_SHARE_REQ)?;
     let tid = Some(task.id);
@@ -83,6 +84,7 @@ pub async fn create(
     match state.store.helper_release_aggregate_share(&task, &share_id, &digest, &batch, &build).await? {
         ShareRelease::Released(resp) => {
             tracing::info!(task_id = %task.id, share_id = %share_id, reports = req.report_count, "aggregate share released");
+            duet_common::server::metrics::aggregate_share_released();
             Ok(share_response(&task, &share_id, StatusCode::CREATED, resp))
         }
         ShareRelease::Overlap => {

@@ -1,14 +1,23 @@
 //! `duet-helper`: runs the helper aggregator (`duet-helper [OPTIONS]`), or applies database
-//! migrations (`duet-helper migrate`).
+//! migrations (`duet-helper migrate`). Settings come from flags, `DUET_*` environment variables
+//! and a TOML file (`--config`), in that order of precedence.
 
 use clap::{Args, Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits};
+use duet_common::server::config;
+use duet_common::server::runtime::{
+    check_common, init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits, LogFormat,
+    ServiceFlags,
+};
 use duet_helper::{router, HelperConfig};
 
 #[derive(Parser)]
 #[command(name = "duet-helper", about = "The duet DAP-18 helper aggregator", args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// TOML configuration file; its keys are the settings' flag names with underscores, e.g.
+    /// `max_body_bytes = 1048576`. Flags and DUET_* environment variables override it.
+    #[arg(long, global = true, env = "DUET_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -60,26 +69,42 @@ struct ServeArgs {
     max_body_bytes: usize,
     #[command(flatten)]
     connection: ConnectionFlags,
+    #[command(flatten)]
+    service: ServiceFlags,
 }
 
-#[tokio::main]
-async fn main() {
-    init_tracing();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Migrate { database }) => migrate(&database).await,
-        Some(Command::Interop(args)) => interop(args).await,
-        None => serve_helper(cli.serve).await,
+fn main() {
+    let settings = config::load::<Cli>().unwrap_or_else(|e| e.exit("duet-helper"));
+    let described = settings.describe();
+    let cli = settings.cli;
+    let logging = match &cli.command {
+        None => cli.serve.service.init_tracing(),
+        Some(_) => init_tracing(LogFormat::Text, None),
     };
+    let result = logging.and_then(|()| {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(async {
+            match cli.command {
+                Some(Command::Migrate { database }) => migrate(&database).await,
+                Some(Command::Interop(args)) => interop(args).await,
+                None => serve_helper(cli.serve, &described).await,
+            }
+        })
+    });
     if let Err(e) = result {
         eprintln!("duet-helper: {e}");
         std::process::exit(1);
     }
 }
 
-async fn serve_helper(args: ServeArgs) -> Result<(), String> {
-    let token = args.admin_token.ok_or("an admin token is required: set DUET_ADMIN_TOKEN or --admin-token")?;
-    let admin_token = AuthenticationToken::new(token).map_err(|e| format!("admin token: {e}"))?;
+async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
+    let admin_token =
+        check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
+    if args.service.check_config {
+        print!("{described}");
+        println!("duet-helper: configuration OK");
+        return Ok(());
+    }
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config =
         HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, max_body_bytes: args.max_body_bytes };
@@ -87,11 +112,16 @@ async fn serve_helper(args: ServeArgs) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let ops = args.service.start_operations(store.clone()).await?;
     tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
     let limits = args.connection.limits();
-    serve(listener, router(store, config, admin_token), tls, limits, shutdown_signal()).await
+    let served = serve(listener, router(store, config, admin_token), tls, limits, shutdown_signal()).await;
+    if let Some(ops) = ops {
+        ops.abort();
+    }
+    served
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {

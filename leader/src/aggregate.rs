@@ -10,6 +10,7 @@ use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
+use duet_common::server::metrics;
 use duet_common::server::storage::{JobReport, LeasedJob, ReportOutcome, StepCounts, Task};
 use duet_common::vdaf::{Transition, VerifyState};
 use duet_common::{Decode, Encode};
@@ -28,6 +29,7 @@ pub async fn create_jobs(state: &LeaderState) -> Result<usize, DapError> {
         let n = state.store.create_aggregation_jobs(&task, &state.config.job_sizes).await?;
         if n > 0 {
             tracing::info!(task_id = %task.id, jobs = n, "aggregation jobs created");
+            metrics::aggregation_jobs(Role::Leader, "created", n as u64);
         }
         created += n;
     }
@@ -76,6 +78,7 @@ enum Driven {
 /// Drives one leased job to its end, or to a retry later.
 pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapError> {
     let task = state.store.task(&job.task_id).await?;
+    let _timer = metrics::StepTimer::start("aggregation_job");
     let outcome = match run_job(state, &task, &job).await {
         Ok(d) => d,
         Err(DapError::Unavailable(e)) => Driven::Retry { delay_seconds: 5, error: e },
@@ -85,16 +88,19 @@ pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapErr
         Driven::Done(counts) => {
             tracing::info!(task_id = %task.id, job_id = %job.job_id, aggregated = counts.aggregated,
                 failed = counts.failed, "aggregation job finished");
+            metrics::aggregation_jobs(Role::Leader, "finished", 1);
         }
         Driven::Retry { delay_seconds, error } if job.attempts < state.config.max_job_attempts => {
             tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, delay_seconds, %error,
                 "aggregation job will be retried");
             state.store.retry_aggregation_job(&task, &job, delay_seconds, &error).await?;
+            metrics::aggregation_jobs(Role::Leader, "retried", 1);
         }
         Driven::Retry { error, .. } | Driven::Abandon(error) => {
             tracing::error!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, %error,
                 "aggregation job abandoned");
             state.store.abandon_aggregation_job(&task, &job, &error).await?;
+            metrics::aggregation_jobs(Role::Leader, "abandoned", 1);
         }
     }
     Ok(())
@@ -187,7 +193,17 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
         .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
         outcomes.extend(finished);
     }
+    let mut reasons: Vec<ReportError> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            ReportOutcome::Failed { error, .. } => Some(*error),
+            _ => None,
+        })
+        .collect();
     let counts = state.store.commit_aggregation_job(task, job, outcomes).await?;
+    // Reports whose batch was collected meanwhile fail in the commit itself.
+    reasons.resize(counts.failed as usize, ReportError::BatchCollected);
+    metrics::reports_aggregated(Role::Leader, counts.aggregated, &reasons);
     Ok(Driven::Done(counts))
 }
 

@@ -13,6 +13,7 @@ use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::server::metrics;
 use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, Task};
 use duet_common::{Decode, Encode};
 use reqwest::Method;
@@ -146,6 +147,7 @@ pub async fn create(
     }
     let id = state.store.insert_collection_job(&task, &body, &digest).await?;
     tracing::info!(task_id = %task.id, collection_job_id = %id, "collection job created");
+    metrics::collection_job("created");
     state.collection_wake.notify_one();
     let job = state
         .store
@@ -209,6 +211,7 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
         return Ok(());
     }
     let ds = &state.store;
+    let _timer = metrics::StepTimer::start("collection_job");
     if !job.batch_committed {
         let req = job.request.clone();
         match ds.commit_collection_batch(&task, &job, &|v| seal_leader_share(&task, &req, v)).await? {
@@ -219,6 +222,7 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
             BatchReadiness::Refuse(err) => {
                 let kind = err.kind().map(|k| k.token().to_string()).unwrap_or_default();
                 tracing::info!(task_id = %task.id, collection_job_id = %id, error = %err, "collection job failed");
+                metrics::collection_job("failed");
                 return ds.end_collection_job(&task, &id, Err((kind, err.to_string()))).await;
             }
             BatchReadiness::Committed { .. } => {
@@ -257,6 +261,7 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
             Ok(share) => share.encrypted_aggregate_share,
             Err(e) => {
                 let detail = format!("the helper's AggregateShare is malformed: {e}");
+                metrics::collection_job("failed");
                 return ds.end_collection_job(&task, &id, Err((String::new(), detail))).await;
             }
         },
@@ -268,6 +273,7 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
         Err(PeerError::Rejected { problem, detail, .. }) => {
             tracing::error!(task_id = %task.id, collection_job_id = %id, %detail, "helper refused the aggregate share");
             let kind = problem.map(|p| p.token().to_string()).unwrap_or_default();
+            metrics::collection_job("failed");
             return ds.end_collection_job(&task, &id, Err((kind, format!("helper: {detail}")))).await;
         }
     };
@@ -281,5 +287,6 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
     .map_err(|e| DapError::Internal(e.to_string()))?;
     ds.end_collection_job(&task, &id, Ok(resp)).await?;
     tracing::info!(task_id = %task.id, collection_job_id = %id, reports = report_count, "collection job finished");
+    metrics::collection_job("finished");
     Ok(())
 }

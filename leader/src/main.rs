@@ -1,15 +1,24 @@
 //! `duet-leader`: runs the leader aggregator: its HTTP API and, in the same process, the job
-//! creator and the aggregation and collection job drivers.
+//! creator and the aggregation and collection job drivers. Settings come from flags, `DUET_*`
+//! environment variables and a TOML file (`--config`), in that order of precedence.
 
 use clap::{Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits};
+use duet_common::server::config;
+use duet_common::server::runtime::{
+    check_common, init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits, LogFormat,
+    ServiceFlags,
+};
 use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "duet-leader", about = "The duet DAP-18 leader aggregator", args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// TOML configuration file; its keys are the settings' flag names with underscores, e.g.
+    /// `max_job_size = 500`. Flags and DUET_* environment variables override it.
+    #[arg(long, global = true, env = "DUET_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -87,35 +96,50 @@ struct Args {
     /// Extra trust roots (PEM) for the helper's TLS certificate, besides the system's.
     #[arg(long, env = "DUET_HELPER_CA_FILE")]
     helper_ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    service: ServiceFlags,
 }
 
-#[tokio::main]
-async fn main() {
-    init_tracing();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Migrate { database }) => migrate(&database).await,
-        Some(Command::Interop(args)) => interop(args).await,
-        None => run(cli.serve).await,
+fn main() {
+    let settings = config::load::<Cli>().unwrap_or_else(|e| e.exit("duet-leader"));
+    let described = settings.describe();
+    let cli = settings.cli;
+    let logging = match &cli.command {
+        None => cli.serve.service.init_tracing(),
+        Some(_) => init_tracing(LogFormat::Text, None),
     };
+    let result = logging.and_then(|()| {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(async {
+            match cli.command {
+                Some(Command::Migrate { database }) => migrate(&database).await,
+                Some(Command::Interop(args)) => interop(args).await,
+                None => run(cli.serve, &described).await,
+            }
+        })
+    });
     if let Err(e) = result {
         eprintln!("duet-leader: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// The leader's settings, checked: everything `run` needs besides the database.
+fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
     if args.min_job_size == 0 || args.max_job_size < args.min_job_size {
-        return Err("job sizes must satisfy 1 <= --min-job-size <= --max-job-size".into());
+        return Err("job sizes must satisfy 1 <= min_job_size <= max_job_size".into());
     }
-    let token = args.admin_token.ok_or("an admin token is required: set DUET_ADMIN_TOKEN or --admin-token")?;
-    let admin_token = AuthenticationToken::new(token).map_err(|e| format!("admin token: {e}"))?;
     if args.lease_seconds < 1 {
-        return Err("--lease-seconds must be at least 1".into());
+        return Err("lease_seconds must be at least 1".into());
     }
-    let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
+    if args.max_job_delay_seconds < 0 {
+        return Err("max_job_delay_seconds must not be negative".into());
+    }
+    if args.max_concurrent_jobs == 0 || args.creator_interval_ms == 0 || args.driver_interval_ms == 0 {
+        return Err("max_concurrent_jobs, creator_interval_ms and driver_interval_ms must be at least 1".into());
+    }
     let defaults = LeaderConfig::default();
-    let config = LeaderConfig {
+    Ok(LeaderConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
         job_sizes: duet_common::server::storage::JobSizes {
@@ -126,19 +150,38 @@ async fn run(args: Args) -> Result<(), String> {
         },
         creator_interval: Duration::from_millis(args.creator_interval_ms),
         driver_interval: Duration::from_millis(args.driver_interval_ms),
-        max_concurrent_jobs: args.max_concurrent_jobs.max(1),
+        max_concurrent_jobs: args.max_concurrent_jobs,
         lease_seconds: args.lease_seconds,
         helper_ca_pem: match &args.helper_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| format!("--helper-ca-file {}: {e}", path.display()))?),
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("helper_ca_file {}: {e}", path.display()))?),
             None => None,
         },
         ..defaults
-    };
-    let state = LeaderState::new(store, config)?;
+    })
+}
+
+async fn run(args: Args, described: &str) -> Result<(), String> {
+    let admin_token =
+        check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
+    let config = leader_config(&args)?;
+    // The trust roots must parse too, not only be readable.
+    duet_leader::peer::Peer::new(config.max_helper_poll, config.helper_token_scheme, config.helper_ca_pem.as_deref())?;
+    if args.service.check_config {
+        print!("{described}");
+        println!("duet-leader: configuration OK");
+        return Ok(());
+    }
+    let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
+    let state = LeaderState::new(store.clone(), config)?;
     let tls = args.connection.tls()?;
     let limits = args.connection.limits();
+    let ops = args.service.start_operations(store).await?;
     let app = router(state.clone(), admin_token);
-    serve_leader(state, app, &args.listen, &args.database, tls, limits).await
+    let served = serve_leader(state, app, &args.listen, &args.database, tls, limits).await;
+    if let Some(ops) = ops {
+        ops.abort();
+    }
+    served
 }
 
 /// Serves `app` on `listen` with the workers running, until SIGINT or SIGTERM.

@@ -47,6 +47,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
+    let _timer = duet_common::server::metrics::StepTimer::start("upload");
     let task_id = parse_task_id(&task_id)?;
     let task = state.store.task(&task_id).await?;
     if task.role != Role::Leader {
@@ -87,6 +88,8 @@ pub async fn upload(
         })
         .collect();
     tracing::debug!(task_id = %task.id, reports = req.reports.len(), rejected = errors.len(), "upload");
+    let rejected: Vec<ReportError> = errors.iter().map(|s| s.error).collect();
+    duet_common::server::metrics::reports_uploaded((req.reports.len() - errors.len()) as u64, &rejected);
     if errors.is_empty() {
         return Ok(StatusCode::OK.into_response());
     }

@@ -121,7 +121,7 @@ async fn tasks_are_provisioned_once_and_deleted() {
         // A key is made on first use and kept.
         let keys = store.hpke_keypairs().await.unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].1, "active");
+        assert_eq!(keys[0].1, duet_common::server::storage::HpkeKeyState::Active);
         assert_eq!(store.hpke_keypairs().await.unwrap()[0].0.config(), keys[0].0.config());
     }
 }

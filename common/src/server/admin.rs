@@ -1,13 +1,16 @@
 //! The admin API both aggregators serve under `/admin`, behind their own bearer token:
-//! provisioning, inspecting and removing tasks.
+//! provisioning, inspecting and removing tasks, and rotating the aggregator's HPKE keys.
 
 use super::http::{parse_task_id, require_token, ErrorResponse, HttpResult};
-use super::storage::Store;
+use super::storage::{HpkeKeyRecord, HpkeKeyState, Store};
+use crate::hpke::HpkeKeypair;
+use crate::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
+use crate::messages::{HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId};
 use crate::auth::AuthenticationToken;
 use crate::messages::Role;
 use crate::problem::DapError;
 use crate::task::AggregatorTaskRequest;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,6 +28,10 @@ pub fn router(datastore: Store, role: Role, admin_token: AuthenticationToken) ->
     Router::new()
         .route("/admin/tasks", post(put_task).get(list_tasks))
         .route("/admin/tasks/{task_id}", get(get_task).delete(delete_task))
+        .route("/admin/hpke_keys", post(add_key).get(list_keys))
+        .route("/admin/hpke_keys/{id}", axum::routing::delete(delete_key))
+        .route("/admin/hpke_keys/{id}/activate", post(activate_key))
+        .route("/admin/hpke_keys/{id}/retire", post(retire_key))
         .with_state(AdminState { datastore, role, admin_token: Arc::new(admin_token) })
 }
 
@@ -69,4 +76,109 @@ async fn delete_task(
     } else {
         Err(DapError::unrecognized_task(id).into())
     }
+}
+
+fn key_info(rec: &HpkeKeyRecord) -> HpkeKeyInfo {
+    HpkeKeyInfo {
+        id: rec.config.id.0,
+        kem_id: rec.config.kem_id.0,
+        kdf_id: rec.config.kdf_id.0,
+        aead_id: rec.config.aead_id.0,
+        state: rec.state.label().to_string(),
+        created_at_seconds: rec.created_at_seconds,
+        state_changed_at_seconds: rec.state_changed_at_seconds,
+        hpke_config: crate::task::hpke_config_to_b64(&rec.config),
+    }
+}
+
+fn parse_key_id(id: &str) -> Result<HpkeConfigId, ErrorResponse> {
+    id.parse::<u8>()
+        .map(HpkeConfigId)
+        .map_err(|_| ErrorResponse(DapError::BadRequest(format!("{id:?} is not an HPKE config ID (0 to 255)"))))
+}
+
+async fn list_keys(State(s): State<AdminState>, headers: HeaderMap) -> HttpResult<Json<HpkeKeyList>> {
+    require_token(&headers, &s.admin_token, None)?;
+    let keys = s.datastore.hpke_keys().await?;
+    Ok(Json(HpkeKeyList { keys: keys.iter().map(key_info).collect() }))
+}
+
+async fn add_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> HttpResult<(StatusCode, Json<HpkeKeyInfo>)> {
+    require_token(&headers, &s.admin_token, None)?;
+    let req: NewHpkeKey = if body.is_empty() {
+        NewHpkeKey::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ErrorResponse(DapError::BadRequest(format!("not a new HPKE key request: {e}"))))?
+    };
+    let id = match req.id {
+        Some(id) => HpkeConfigId(id),
+        None => {
+            let taken: Vec<u8> = s.datastore.hpke_keys().await?.iter().map(|k| k.config.id.0).collect();
+            (1..=u8::MAX)
+                .chain([0])
+                .find(|i| !taken.contains(i))
+                .map(HpkeConfigId)
+                .ok_or_else(|| DapError::Conflict("all 256 HPKE config IDs are taken".into()))?
+        }
+    };
+    let default = HpkeKeypair::generate_default(id);
+    let config = default.config();
+    let keypair = HpkeKeypair::generate(
+        id,
+        req.kem_id.map(HpkeKemId).unwrap_or(config.kem_id),
+        req.kdf_id.map(HpkeKdfId).unwrap_or(config.kdf_id),
+        req.aead_id.map(HpkeAeadId).unwrap_or(config.aead_id),
+    )
+    .map_err(|e| ErrorResponse(DapError::BadRequest(format!("HPKE suite: {e}"))))?;
+    let rec = s.datastore.add_hpke_key(&keypair).await?;
+    tracing::info!(config_id = id.0, role = ?s.role, "HPKE key added (pending)");
+    Ok((StatusCode::CREATED, Json(key_info(&rec))))
+}
+
+async fn set_state(s: AdminState, headers: HeaderMap, id: String, state: HpkeKeyState) -> HttpResult<Json<HpkeKeyInfo>> {
+    require_token(&headers, &s.admin_token, None)?;
+    let id = parse_key_id(&id)?;
+    let rec = s.datastore.set_hpke_key_state(id, state).await?;
+    tracing::info!(config_id = id.0, role = ?s.role, state = state.label(), "HPKE key state changed");
+    Ok(Json(key_info(&rec)))
+}
+
+async fn activate_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> HttpResult<Json<HpkeKeyInfo>> {
+    set_state(s, headers, id, HpkeKeyState::Active).await
+}
+
+async fn retire_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> HttpResult<Json<HpkeKeyInfo>> {
+    set_state(s, headers, id, HpkeKeyState::Retired).await
+}
+
+#[derive(serde::Deserialize)]
+struct DeleteKeyQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_key(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteKeyQuery>,
+) -> HttpResult<StatusCode> {
+    require_token(&headers, &s.admin_token, None)?;
+    let id = parse_key_id(&id)?;
+    s.datastore.delete_hpke_key(id, q.force).await?;
+    tracing::info!(config_id = id.0, role = ?s.role, force = q.force, "HPKE key deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

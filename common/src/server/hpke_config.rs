@@ -16,8 +16,12 @@ pub const CACHE_MAX_AGE_SECONDS: u64 = 86_400;
 
 pub async fn hpke_config(State(datastore): State<Store>) -> HttpResult<Response> {
     let keys = datastore.hpke_keypairs().await?;
-    // Pending keys are not advertised yet; clients see active keys, newest first.
-    let configs = keys.iter().filter(|(_, state)| state == "active").map(|(kp, _)| kp.config().clone()).collect();
+    // Pending and retired keys are not advertised; clients see active keys, newest first.
+    let configs = keys
+        .iter()
+        .filter(|(_, state)| *state == super::storage::HpkeKeyState::Active)
+        .map(|(kp, _)| kp.config().clone())
+        .collect();
     let body = HpkeConfigList(configs).get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
     let mut resp = dap_response(StatusCode::OK, media_type::HPKE_CONFIG_LIST, body);
     resp.headers_mut().insert(

@@ -127,4 +127,5 @@ pub fn guarded(router: axum::Router, max_body_bytes: usize) -> axum::Router {
             std::time::Duration::from_secs(300),
         ))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
+        .layer(axum::middleware::from_fn(super::metrics::track_requests))
 }

@@ -1,12 +1,15 @@
 //! What the leader and helper servers share (feature `server`): HTTP glue ([`http`]), the
 //! storage interface with a transaction per protocol step ([`storage`]) and its SQL backends
 //! ([`sql`]: SQLite and PostgreSQL), `/hpke_config` ([`hpke_config`]) and the admin API for provisioning tasks
-//! ([`admin`]).
+//! ([`admin`]) with HPKE key rotation, layered settings ([`config`]), and metrics, health and
+//! readiness ([`metrics`]).
 
 pub mod admin;
+pub mod config;
 pub mod hpke_config;
 pub mod http;
 pub mod interop;
+pub mod metrics;
 pub mod runtime;
 pub mod sql;
 pub mod storage;

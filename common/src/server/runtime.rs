@@ -1,11 +1,109 @@
-//! What both server binaries do alike around their routers: logging set-up, the shutdown
-//! signals they obey, and the `migrate` command.
+//! What both server binaries do alike around their routers: the settings they share (logging,
+//! the operations listener, connections and TLS), the shutdown signals they obey, and the
+//! `migrate` command.
 
-/// Logs to standard output, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to standard output in `format`, filtered by `filter` (tracing's env-filter syntax), else
+/// by `RUST_LOG`, else at `info`.
+pub fn init_tracing(format: LogFormat, filter: Option<&str>) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).map_err(|e| format!("log_filter {f:?}: {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    installed.map_err(|e| format!("logging: {e}"))
+}
+
+/// The settings of both servers that are about running them rather than about DAP.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceFlags {
+    /// Address of the operations listener: Prometheus `/metrics`, liveness `/healthz` and
+    /// readiness `/readyz` (off when unset). Keep it off the public network.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Which events to log, in tracing's env-filter syntax (e.g. `info,duet_leader=debug`);
+    /// when unset, RUST_LOG, else `info`.
+    #[arg(long)]
+    pub log_filter: Option<String>,
+    /// Check the settings, print the effective ones (secrets redacted) with where each came
+    /// from, and exit without serving.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl ServiceFlags {
+    pub fn init_tracing(&self) -> Result<(), String> {
+        init_tracing(self.log_format, self.log_filter.as_deref())
+    }
+
+    /// Starts the operations listener if one is configured. It stops with the process.
+    pub async fn start_operations(
+        &self,
+        store: super::storage::Store,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+        let Some(listen) = &self.metrics_listen else { return Ok(None) };
+        let handle = super::metrics::install();
+        super::metrics::serve(listen, handle, store, shutdown_signal()).await.map(Some)
+    }
+}
+
+/// Checks that a listen address is `HOST:PORT`, naming the setting in the message.
+pub fn check_listen_address(setting: &str, value: &str) -> Result<(), String> {
+    let bad = || format!("{setting} {value:?} is not HOST:PORT (e.g. 0.0.0.0:8080 or [::1]:8080)");
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Checks a database URL's scheme, so that a typo fails at start-up with a clear message.
+pub fn check_database_url(value: &str) -> Result<(), String> {
+    if super::sql::Backend::of_url(value).is_none() {
+        return Err(format!("database {:?} must start with sqlite: or postgres://", redact_url(value)));
+    }
+    Ok(())
+}
+
+/// Checks the settings both servers share; `Err` names the first bad one.
+pub fn check_common(
+    listen: &str,
+    database: &str,
+    admin_token: Option<&str>,
+    connection: &ConnectionFlags,
+    service: &ServiceFlags,
+) -> Result<crate::auth::AuthenticationToken, String> {
+    check_listen_address("listen", listen)?;
+    check_database_url(database)?;
+    if let Some(m) = &service.metrics_listen {
+        check_listen_address("metrics_listen", m)?;
+        if m == listen {
+            return Err(format!("metrics_listen and listen are both {m}; the operations listener needs its own port"));
+        }
+    }
+    if let Some(f) = &service.log_filter {
+        tracing_subscriber::EnvFilter::try_new(f).map_err(|e| format!("log_filter {f:?}: {e}"))?;
+    }
+    connection.tls()?;
+    let token = admin_token.ok_or("admin_token is required: set DUET_ADMIN_TOKEN (or --admin-token)")?;
+    crate::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, the signals a service manager stops us with.

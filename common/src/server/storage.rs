@@ -375,6 +375,68 @@ pub enum ShareRelease {
 /// Checks a batch's values against the leader's request and builds the encoded `AggregateShare`.
 pub type BuildShare<'a> = &'a (dyn Fn(Option<&BucketValues>) -> Result<Vec<u8>, DapError> + Send + Sync);
 
+/// Where an HPKE key is in its rotation. Pending keys are not advertised yet (so that every
+/// replica knows a key before any client uses it), active keys are advertised, retired keys are
+/// no longer advertised but still open what clients encrypted to them from a cached
+/// configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HpkeKeyState {
+    Pending,
+    Active,
+    Retired,
+}
+
+impl HpkeKeyState {
+    /// The stored spelling (the schema's first version called the retired state `expired`).
+    pub fn db(self) -> &'static str {
+        match self {
+            HpkeKeyState::Pending => "pending",
+            HpkeKeyState::Active => "active",
+            HpkeKeyState::Retired => "expired",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(HpkeKeyState::Pending),
+            "active" => Some(HpkeKeyState::Active),
+            "expired" => Some(HpkeKeyState::Retired),
+            _ => None,
+        }
+    }
+
+    /// The state as the admin API and CLI spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            HpkeKeyState::Pending => "pending",
+            HpkeKeyState::Active => "active",
+            HpkeKeyState::Retired => "retired",
+        }
+    }
+}
+
+/// How long a retired key stays before it may be deleted without `force`: twice the time
+/// clients may cache `/hpke_config`, as DAP-18 recommends.
+pub const RETIRED_KEY_GRACE_SECONDS: i64 = 2 * super::hpke_config::CACHE_MAX_AGE_SECONDS as i64;
+
+/// One HPKE key as the admin API shows it: never its private key.
+#[derive(Clone, Debug)]
+pub struct HpkeKeyRecord {
+    pub config: HpkeConfig,
+    pub state: HpkeKeyState,
+    pub created_at_seconds: i64,
+    pub state_changed_at_seconds: i64,
+}
+
+/// A connection pool's use.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStatus {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The storage interface: every method is one transaction.
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync {
@@ -387,8 +449,25 @@ pub trait Storage: Send + Sync {
     async fn task(&self, id: &TaskId) -> Result<Arc<Task>, DapError>;
     async fn delete_task(&self, id: &TaskId) -> Result<bool, DapError>;
     async fn task_ids(&self) -> Result<Vec<TaskId>, DapError>;
-    /// The aggregator's HPKE keys with their state, active first; creates one on first use.
-    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError>;
+    /// The aggregator's HPKE keys that can open input shares (pending, active and retired),
+    /// active first; creates an active key when there is none.
+    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError>;
+    /// Every HPKE key, without private keys, in config ID order (for the admin API).
+    async fn hpke_keys(&self) -> Result<Vec<HpkeKeyRecord>, DapError>;
+    /// Adds a key in state `pending`; a taken config ID is a conflict.
+    async fn add_hpke_key(&self, keypair: &HpkeKeypair) -> Result<HpkeKeyRecord, DapError>;
+    /// Moves a key to `active` or `retired`. Retiring the last active key is refused, so that
+    /// clients always find a key to encrypt to.
+    async fn set_hpke_key_state(&self, id: HpkeConfigId, state: HpkeKeyState) -> Result<HpkeKeyRecord, DapError>;
+    /// Deletes a key: refused for an active key, and for one retired less than
+    /// [`RETIRED_KEY_GRACE_SECONDS`] ago unless `force`.
+    async fn delete_hpke_key(&self, id: HpkeConfigId, force: bool) -> Result<(), DapError>;
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> Result<(), DapError>;
+    /// The connection pool's use, for metrics.
+    fn pool_status(&self) -> PoolStatus;
+    /// The leader's aggregation jobs by state, for metrics (empty on a helper).
+    async fn aggregation_job_counts(&self) -> Result<Vec<(String, i64)>, DapError>;
     /// Whether any part of the batch was already collected.
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError>;
 

@@ -6,10 +6,11 @@
 //! run again ([`retrying`]). The role-specific steps live in [`leader`] and [`helper`].
 
 mod helper;
+mod keys;
 mod leader;
 
 use super::storage::*;
-use crate::hpke::{HpkeKeypair, HpkePrivateKey};
+use crate::hpke::HpkeKeypair;
 use crate::messages::*;
 use crate::problem::DapError;
 use crate::task::{AggregatorTaskRequest, TaskParameters};
@@ -56,6 +57,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../../../migrations/sqlite/0002_leader_reports.sql")),
     (3, include_str!("../../../../migrations/sqlite/0003_leader_jobs.sql")),
     (4, include_str!("../../../../migrations/sqlite/0004_privacy_budget.sql")),
+    (5, include_str!("../../../../migrations/sqlite/0005_hpke_key_rotation.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -64,6 +66,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../../../migrations/postgres/0002_leader_reports.sql")),
     (3, include_str!("../../../../migrations/postgres/0003_leader_jobs.sql")),
     (4, include_str!("../../../../migrations/postgres/0004_privacy_budget.sql")),
+    (5, include_str!("../../../../migrations/postgres/0005_hpke_key_rotation.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
@@ -343,47 +346,6 @@ impl SqlStore {
         Ok(rows.iter().filter_map(|r| TaskId::try_from(r.get::<Vec<u8>, _>(0).as_slice()).ok()).collect())
     }
 
-    // ---- HPKE keys ----
-
-    /// The keys clients may encrypt to, active first; creates a default key on first use.
-    async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError> {
-        let load = || async {
-            let rows = sqlx::query(
-                "SELECT config, private_key, state FROM hpke_keys WHERE state != 'expired'
-                 ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, created_at_seconds DESC, config_id",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from)?;
-            rows.iter()
-                .map(|r| {
-                    let config = HpkeConfig::get_decoded(&r.get::<Vec<u8>, _>(0))
-                        .map_err(|_| DapError::Internal("stored HPKE config is corrupt".into()))?;
-                    let kp = HpkeKeypair::new(config, HpkePrivateKey::new(r.get(1)))
-                        .map_err(|_| DapError::Internal("stored HPKE key is corrupt".into()))?;
-                    Ok((kp, r.get::<String, _>(2)))
-                })
-                .collect::<Result<Vec<_>, DapError>>()
-        };
-        let keys = load().await?;
-        if !keys.is_empty() {
-            return Ok(keys);
-        }
-        let kp = HpkeKeypair::generate_default(HpkeConfigId(1));
-        sqlx::query(
-            "INSERT INTO hpke_keys (config_id, config, private_key, state, created_at_seconds)
-             VALUES ($1, $2, $3, 'active', $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(1i64)
-        .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
-        .bind(kp.private_key().as_bytes())
-        .bind(now_seconds())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::from)?;
-        load().await
-    }
-
     // ---- batch buckets ----
 
     /// Adds `values` to a bucket shard (read, merge, write) inside `tx`.
@@ -574,8 +536,38 @@ impl Storage for SqlStore {
     async fn task_ids(&self) -> Result<Vec<TaskId>, DapError> {
         retrying!(self.task_ids_inner().await)
     }
-    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, String)>, DapError> {
+    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError> {
         retrying!(self.hpke_keypairs_inner().await)
+    }
+    async fn hpke_keys(&self) -> Result<Vec<HpkeKeyRecord>, DapError> {
+        retrying!(self.hpke_keys_inner().await)
+    }
+    async fn add_hpke_key(&self, keypair: &HpkeKeypair) -> Result<HpkeKeyRecord, DapError> {
+        retrying!(self.add_hpke_key_inner(keypair).await)
+    }
+    async fn set_hpke_key_state(&self, id: HpkeConfigId, state: HpkeKeyState) -> Result<HpkeKeyRecord, DapError> {
+        retrying!(self.set_hpke_key_state_inner(id, state).await)
+    }
+    async fn delete_hpke_key(&self, id: HpkeConfigId, force: bool) -> Result<(), DapError> {
+        retrying!(self.delete_hpke_key_inner(id, force).await)
+    }
+    async fn ping(&self) -> Result<(), DapError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(StoreError::from)?;
+        Ok(())
+    }
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+    async fn aggregation_job_counts(&self) -> Result<Vec<(String, i64)>, DapError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM leader_aggregation_jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
     }
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError> {
         let mut tx = self.pool.begin().await?;

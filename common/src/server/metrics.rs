@@ -1,0 +1,194 @@
+//! Operations surface of both servers: Prometheus metrics, liveness and readiness, served on a
+//! listener of their own (`--metrics-listen`) so that they are never exposed with the DAP API.
+//!
+//! Every metric name lives here, behind one function per event, so that the leader and helper
+//! record the same names and an operator finds the whole list in one place. Until
+//! [`install`] runs, recording is a no-op (in-process tests, servers without the listener).
+
+use super::storage::Store;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets in seconds: from a fast upload to a slow aggregation job.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Installs the process's metrics recorder (once) and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first, which nothing here does.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("duet_reports_uploaded_total", "Reports the leader accepted and stored.");
+    describe_counter!("duet_reports_rejected_total", "Reports the leader refused at upload, by DAP report error.");
+    describe_counter!("duet_reports_aggregated_total", "Reports whose output share was added to a batch.");
+    describe_counter!("duet_reports_failed_total", "Reports that failed aggregation, by DAP report error.");
+    describe_counter!("duet_aggregation_jobs_total", "Aggregation job events: created, finished, retried, abandoned.");
+    describe_gauge!("duet_aggregation_jobs", "The leader's aggregation jobs in the database, by state.");
+    describe_counter!("duet_collection_jobs_total", "Collection job events: created, finished, failed.");
+    describe_counter!("duet_aggregate_shares_total", "Aggregate shares the helper released.");
+    describe_histogram!("duet_step_duration_seconds", Unit::Seconds, "Time spent in one protocol step.");
+    describe_counter!("duet_http_requests_total", "HTTP requests answered, by route, method and status.");
+    describe_histogram!("duet_http_request_duration_seconds", Unit::Seconds, "HTTP request latency by route.");
+    describe_gauge!("duet_db_pool_connections", "Database connections in the pool, by state.");
+    describe_gauge!("duet_db_pool_max_connections", "The database pool's connection limit.");
+}
+
+/// Reports the leader accepted (`accepted`) and refused, by report error.
+pub fn reports_uploaded(accepted: u64, rejected: &[crate::messages::ReportError]) {
+    counter!("duet_reports_uploaded_total").increment(accepted);
+    for error in rejected {
+        counter!("duet_reports_rejected_total", "reason" => error.name()).increment(1);
+    }
+}
+
+/// Reports an aggregator added to batches, and those that failed, by report error.
+pub fn reports_aggregated(role: crate::messages::Role, aggregated: u64, failed: &[crate::messages::ReportError]) {
+    let role = role_label(role);
+    counter!("duet_reports_aggregated_total", "role" => role).increment(aggregated);
+    for error in failed {
+        counter!("duet_reports_failed_total", "role" => role, "reason" => error.name()).increment(1);
+    }
+}
+
+/// An aggregation job event: `created`, `finished`, `retried` or `abandoned`.
+pub fn aggregation_jobs(role: crate::messages::Role, outcome: &'static str, n: u64) {
+    counter!("duet_aggregation_jobs_total", "role" => role_label(role), "outcome" => outcome).increment(n);
+}
+
+/// A collection job event: `created`, `finished` or `failed`.
+pub fn collection_job(outcome: &'static str) {
+    counter!("duet_collection_jobs_total", "outcome" => outcome).increment(1);
+}
+
+/// The helper released an aggregate share.
+pub fn aggregate_share_released() {
+    counter!("duet_aggregate_shares_total").increment(1);
+}
+
+fn role_label(role: crate::messages::Role) -> &'static str {
+    match role {
+        crate::messages::Role::Leader => "leader",
+        crate::messages::Role::Helper => "helper",
+        _ => "other",
+    }
+}
+
+/// Times one protocol step; the time is recorded when the value is dropped, so every way out of
+/// the step counts.
+pub struct StepTimer {
+    step: &'static str,
+    start: Instant,
+}
+
+impl StepTimer {
+    pub fn start(step: &'static str) -> Self {
+        Self { step, start: Instant::now() }
+    }
+}
+
+impl Drop for StepTimer {
+    fn drop(&mut self) {
+        histogram!("duet_step_duration_seconds", "step" => self.step).record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Middleware counting and timing every request by route template (never the concrete path,
+/// whose task and job IDs would make a series per ID).
+pub async fn track_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    histogram!("duet_http_request_duration_seconds", "route" => route.clone()).record(start.elapsed().as_secs_f64());
+    counter!("duet_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
+    response
+}
+
+#[derive(Clone)]
+struct OpsState {
+    handle: PrometheusHandle,
+    store: Store,
+}
+
+/// The operations listener's routes: `/metrics`, `/healthz` (the process is serving) and
+/// `/readyz` (the database answers too).
+pub fn router(handle: PrometheusHandle, store: Store) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(OpsState { handle, store })
+}
+
+async fn render(State(s): State<OpsState>) -> Response {
+    // Gauges that live in the database or the pool are read at scrape time.
+    let pool = s.store.pool_status();
+    gauge!("duet_db_pool_connections", "state" => "idle").set(pool.idle as f64);
+    gauge!("duet_db_pool_connections", "state" => "in_use").set(pool.size.saturating_sub(pool.idle) as f64);
+    gauge!("duet_db_pool_max_connections").set(pool.max as f64);
+    match s.store.aggregation_job_counts().await {
+        Ok(counts) => {
+            for (state, n) in counts {
+                gauge!("duet_aggregation_jobs", "state" => state).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading job counts for /metrics failed"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.handle.render()).into_response()
+}
+
+async fn ready(State(s): State<OpsState>) -> Response {
+    match s.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+/// Serves the operations routes on `listen` until `shutdown` resolves.
+pub async fn serve(
+    listen: &str,
+    handle: PrometheusHandle,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("metrics listener {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "metrics, /healthz and /readyz listening");
+    // Tests read this line to learn the port when listening on port 0.
+    println!("metrics listening on {addr}");
+    let app = router(handle, store);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    }))
+}

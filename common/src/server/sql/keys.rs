@@ -1,0 +1,202 @@
+//! The aggregator's HPKE keys and their rotation: added pending, promoted to active (advertised),
+//! retired (no longer advertised, still opening what clients encrypted from a cached
+//! configuration), and deleted once no client can still hold them.
+
+use super::SqlStore;
+use crate::hpke::{HpkeKeypair, HpkePrivateKey};
+use crate::messages::{HpkeConfig, HpkeConfigId};
+use crate::problem::DapError;
+use crate::server::storage::{now_seconds, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS};
+use crate::{Decode, Encode};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+fn corrupt(what: &str) -> DapError {
+    DapError::Internal(format!("stored HPKE {what} is corrupt"))
+}
+
+fn record(r: &AnyRow) -> Result<HpkeKeyRecord, DapError> {
+    Ok(HpkeKeyRecord {
+        config: HpkeConfig::get_decoded(&r.get::<Vec<u8>, _>("config")).map_err(|_| corrupt("config"))?,
+        state: HpkeKeyState::from_db(&r.get::<String, _>("state")).ok_or_else(|| corrupt("key state"))?,
+        created_at_seconds: r.get("created_at_seconds"),
+        state_changed_at_seconds: r.get("state_changed_at_seconds"),
+    })
+}
+
+const COLUMNS: &str = "config_id, config, private_key, state, created_at_seconds, state_changed_at_seconds";
+
+impl SqlStore {
+    /// The keys that open input shares, active first (newest first within a state).
+    pub(super) async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError> {
+        let keys = self.load_keypairs().await?;
+        if keys.iter().any(|(_, state)| *state == HpkeKeyState::Active) {
+            return Ok(keys);
+        }
+        // First use (or only pending keys so far): an active key under the smallest free ID.
+        let taken: Vec<u8> = keys.iter().map(|(k, _)| k.config().id.0).collect();
+        let id = (1..=u8::MAX).chain([0]).find(|i| !taken.contains(i)).ok_or_else(|| {
+            DapError::Conflict("all 256 HPKE config IDs are taken and none is active".into())
+        })?;
+        let kp = HpkeKeypair::generate_default(HpkeConfigId(id));
+        let now = now_seconds();
+        sqlx::query(&format!(
+            "INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT DO NOTHING"
+        ))
+        .bind(i64::from(id))
+        .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
+        .bind(kp.private_key().as_bytes())
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        // Another replica may have won the race with a key of its own; either is fine.
+        self.load_keypairs().await
+    }
+
+    async fn load_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM hpke_keys
+             ORDER BY CASE state WHEN 'active' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
+                      created_at_seconds DESC, config_id"
+        ))
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        rows.iter()
+            .map(|r| {
+                let rec = record(r)?;
+                let kp = HpkeKeypair::new(rec.config, HpkePrivateKey::new(r.get("private_key")))
+                    .map_err(|_| corrupt("key"))?;
+                Ok((kp, rec.state))
+            })
+            .collect()
+    }
+
+    pub(super) async fn hpke_keys_inner(&self) -> Result<Vec<HpkeKeyRecord>, DapError> {
+        // Creates the first key if there is none, so that the list shows what clients see.
+        self.hpke_keypairs_inner().await?;
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys ORDER BY config_id"))
+            .fetch_all(self.pool())
+            .await
+            .map_err(StoreError::from)?;
+        rows.iter().map(record).collect()
+    }
+
+    pub(super) async fn add_hpke_key_inner(&self, kp: &HpkeKeypair) -> Result<HpkeKeyRecord, DapError> {
+        // The first key is made before the new one, so that the new one stays pending.
+        self.hpke_keypairs_inner().await?;
+        let mut tx = self.begin().await?;
+        let id = i64::from(kp.config().id.0);
+        let taken =
+            sqlx::query("SELECT 1 FROM hpke_keys WHERE config_id = $1").bind(id).fetch_optional(&mut *tx).await?;
+        if taken.is_some() {
+            return Err(DapError::Conflict(format!("HPKE config ID {id} is taken")));
+        }
+        let now = now_seconds();
+        sqlx::query(&format!("INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, $4)"))
+            .bind(id)
+            .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
+            .bind(kp.private_key().as_bytes())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(HpkeKeyRecord {
+            config: kp.config().clone(),
+            state: HpkeKeyState::Pending,
+            created_at_seconds: now,
+            state_changed_at_seconds: now,
+        })
+    }
+
+    pub(super) async fn set_hpke_key_state_inner(
+        &self,
+        id: HpkeConfigId,
+        state: HpkeKeyState,
+    ) -> Result<HpkeKeyRecord, DapError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys WHERE config_id = $1"))
+            .bind(i64::from(id.0))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| DapError::NotFound(format!("no HPKE key with config ID {}", id.0)))?;
+        let mut rec = record(&row)?;
+        if rec.state == state {
+            return Ok(rec);
+        }
+        match (rec.state, state) {
+            (_, HpkeKeyState::Active) => {}
+            (HpkeKeyState::Active, HpkeKeyState::Retired) => {
+                let active = sqlx::query("SELECT COUNT(*) FROM hpke_keys WHERE state = 'active'")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?
+                    .get::<i64, _>(0);
+                if active <= 1 {
+                    return Err(DapError::Conflict(format!(
+                        "HPKE key {} is the only active key; activate another before retiring it",
+                        id.0
+                    )));
+                }
+            }
+            (from, to) => {
+                return Err(DapError::Conflict(format!(
+                    "HPKE key {} is {}; it cannot become {} (a pending key is activated or deleted)",
+                    id.0,
+                    from.label(),
+                    to.label()
+                )))
+            }
+        }
+        let now = now_seconds();
+        sqlx::query("UPDATE hpke_keys SET state = $1, state_changed_at_seconds = $2 WHERE config_id = $3")
+            .bind(state.db())
+            .bind(now)
+            .bind(i64::from(id.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        rec.state = state;
+        rec.state_changed_at_seconds = now;
+        Ok(rec)
+    }
+
+    pub(super) async fn delete_hpke_key_inner(&self, id: HpkeConfigId, force: bool) -> Result<(), DapError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys WHERE config_id = $1"))
+            .bind(i64::from(id.0))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| DapError::NotFound(format!("no HPKE key with config ID {}", id.0)))?;
+        let rec = record(&row)?;
+        match rec.state {
+            HpkeKeyState::Active => {
+                return Err(DapError::Conflict(format!("HPKE key {} is active; retire it first", id.0)));
+            }
+            HpkeKeyState::Retired if !force => {
+                let age = now_seconds() - rec.state_changed_at_seconds;
+                if age < RETIRED_KEY_GRACE_SECONDS {
+                    return Err(DapError::Conflict(format!(
+                        "HPKE key {} was retired {age} s ago; clients may still encrypt to it from a cached \
+                         configuration for up to {RETIRED_KEY_GRACE_SECONDS} s after retirement \
+                         (delete with force to drop it now: their reports will then be refused)",
+                        id.0
+                    )));
+                }
+            }
+            _ => {}
+        }
+        sqlx::query("DELETE FROM hpke_keys WHERE config_id = $1")
+            .bind(i64::from(id.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+}
