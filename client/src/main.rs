@@ -742,10 +742,13 @@ async fn upload(args: UploadArgs) -> CliResult {
     let options = ClientOptions { reports_per_request: args.reports_per_request, ..ClientOptions::default() };
     let client = Client::with_options(task, http_client()?, options)?;
     let items: Vec<(Measurement, u64)> = measurements.into_iter().map(|m| (m, time)).collect();
-    let bar = indicatif::ProgressBar::with_draw_target(Some(items.len() as u64), indicatif::ProgressDrawTarget::stderr());
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(items.len() as u64), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} uploading {bar:40} {pos}/{len} reports ({per_sec}, {eta} left)")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} uploading {bar:40} {pos}/{len} reports ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let outcome = client.upload_with_progress(&items, &|done| bar.set_position(done)).await;
     bar.finish_and_clear();

@@ -44,10 +44,13 @@ pub enum Output {
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The operations listener (`/metrics`, `/healthz`, `/readyz`), when the server has one.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServerProcess {
-    /// Starts `binary` with `args` and waits for its `listening on ADDR` line.
+    /// Starts `binary` with `args` and waits for its `listening on ADDR` line (noting a
+    /// `metrics listening on ADDR` line printed before it).
     pub fn spawn(binary: &Path, args: &[String], envs: &[(&str, &str)], output: Output) -> Result<Self, String> {
         let mut cmd = Command::new(binary);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -67,7 +70,7 @@ impl ServerProcess {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.starts_with("listening on ") {
+                    if line.starts_with("listening on ") || line.starts_with("metrics listening on ") {
                         let _ = tx.send(line.clone());
                     }
                     match &output {
@@ -80,15 +83,24 @@ impl ServerProcess {
         }
         drop(tx);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut metrics_addr = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
-                    let addr = line["listening on ".len()..]
+                    let (metrics, rest) = match line.strip_prefix("metrics ") {
+                        Some(rest) => (true, rest),
+                        None => (false, line.as_str()),
+                    };
+                    let addr: SocketAddr = rest["listening on ".len()..]
                         .trim()
                         .parse()
                         .map_err(|e| format!("{}: bad start-up line {line:?}: {e}", binary.display()))?;
-                    return Ok(Self { child, addr });
+                    if metrics {
+                        metrics_addr = Some(addr);
+                        continue;
+                    }
+                    return Ok(Self { child, addr, metrics_addr });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if left > Duration::ZERO => {
                     if let Ok(Some(status)) = child.try_wait() {

@@ -86,7 +86,15 @@ impl Deployment {
             (db("leader.db"), db("helper.db"))
         };
         // A small body limit, so that the bad-input suite can try one cheaply.
-        let helper_args = vec!["--database".into(), helper_db, "--max-body-bytes".into(), "1048576".into()];
+        // Every deployment serves metrics too, so that recording them runs in every scenario.
+        let helper_args = vec![
+            "--database".into(),
+            helper_db,
+            "--max-body-bytes".into(),
+            "1048576".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
         let leader_args = vec![
             "--database".into(),
             leader_db.clone(),
@@ -101,6 +109,8 @@ impl Deployment {
             // Short leases, so that work a crashed leader held is taken over within seconds.
             "--lease-seconds".into(),
             "3".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
         let helper =
@@ -200,6 +210,30 @@ impl Deployment {
         provision_task(&leader, &task.leader_request, &helper, &task.helper_request).await.unwrap();
         task
     }
+}
+
+/// One sample of a Prometheus text exposition: the metric `name` whose labels include all of
+/// `labels`. `None` when no such series exists.
+pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// GETs a path of a server's operations listener: (status, body).
+pub async fn ops_get(server: &ServerProcess, path: &str) -> (u16, String) {
+    let addr = server.metrics_addr.expect("the server has a metrics listener");
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 /// The start of the hour two hours ago, as POSIX seconds: a report time in the past (accepted)

@@ -436,3 +436,63 @@ async fn a_job_committed_by_two_drivers_counts_once() {
         assert!(matches!(store.commit_collection_batch(&task, &row, &seal).await.unwrap(), BatchReadiness::Wait(_)));
     }
 }
+
+#[tokio::test]
+async fn hpke_key_rotation_rules() {
+    for (name, store, _keep) in backends().await {
+        // The first key is made active on first use.
+        let first = store.hpke_keys().await.unwrap();
+        assert_eq!(first.len(), 1, "{name}");
+        assert_eq!(first[0].state, HpkeKeyState::Active, "{name}");
+        let old = first[0].config.id;
+
+        // A new key starts pending: it opens shares but is not the one advertised.
+        let new = HpkeKeypair::generate_default(HpkeConfigId(old.0 + 1));
+        let added = store.add_hpke_key(&new).await.unwrap();
+        assert_eq!(added.state, HpkeKeyState::Pending, "{name}");
+        let usable = store.hpke_keypairs().await.unwrap();
+        assert_eq!(usable.len(), 2, "{name}");
+        assert_eq!(usable[0].0.config().id, old, "{name}: the active key comes first");
+        assert_eq!(usable[1], (new.clone(), HpkeKeyState::Pending), "{name}");
+        // A taken ID is a conflict.
+        let err = store.add_hpke_key(&HpkeKeypair::generate_default(old)).await.unwrap_err();
+        assert!(matches!(err, duet_common::problem::DapError::Conflict(_)), "{name}: {err}");
+
+        // The only active key cannot be retired; a pending key cannot be retired either.
+        assert!(store.set_hpke_key_state(old, HpkeKeyState::Retired).await.is_err(), "{name}");
+        assert!(store.set_hpke_key_state(new.config().id, HpkeKeyState::Retired).await.is_err(), "{name}");
+
+        // Promote the new key, retire the old one: both still open shares.
+        let active = store.set_hpke_key_state(new.config().id, HpkeKeyState::Active).await.unwrap();
+        assert_eq!(active.state, HpkeKeyState::Active, "{name}");
+        let retired = store.set_hpke_key_state(old, HpkeKeyState::Retired).await.unwrap();
+        assert_eq!(retired.state, HpkeKeyState::Retired, "{name}");
+        let usable = store.hpke_keypairs().await.unwrap();
+        let states: Vec<(u8, HpkeKeyState)> = usable.iter().map(|(k, s)| (k.config().id.0, *s)).collect();
+        assert_eq!(states, vec![(new.config().id.0, HpkeKeyState::Active), (old.0, HpkeKeyState::Retired)], "{name}");
+
+        // An active key cannot be deleted; a freshly retired one only with force.
+        let err = store.delete_hpke_key(new.config().id, false).await.unwrap_err();
+        assert!(err.to_string().contains("retire it first"), "{name}: {err}");
+        let err = store.delete_hpke_key(old, false).await.unwrap_err();
+        assert!(err.to_string().contains("was retired"), "{name}: {err}");
+        assert_eq!(store.hpke_keys().await.unwrap().len(), 2, "{name}: refusals change nothing");
+        store.delete_hpke_key(old, true).await.unwrap();
+        let left: Vec<u8> = store.hpke_keys().await.unwrap().iter().map(|k| k.config.id.0).collect();
+        assert_eq!(left, vec![new.config().id.0], "{name}");
+        let err = store.delete_hpke_key(old, true).await.unwrap_err();
+        assert!(matches!(err, duet_common::problem::DapError::NotFound(_)), "{name}: {err}");
+        // A retired key can be brought back.
+        let third = HpkeKeypair::generate_default(HpkeConfigId(9));
+        store.add_hpke_key(&third).await.unwrap();
+        store.set_hpke_key_state(third.config().id, HpkeKeyState::Active).await.unwrap();
+        store.set_hpke_key_state(new.config().id, HpkeKeyState::Retired).await.unwrap();
+        let back = store.set_hpke_key_state(new.config().id, HpkeKeyState::Active).await.unwrap();
+        assert_eq!(back.state, HpkeKeyState::Active, "{name}");
+
+        // Operations queries answer.
+        store.ping().await.unwrap();
+        assert!(store.pool_status().max >= 1, "{name}");
+        assert!(store.aggregation_job_counts().await.unwrap().is_empty(), "{name}");
+    }
+}

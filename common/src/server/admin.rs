@@ -3,11 +3,11 @@
 
 use super::http::{parse_task_id, require_token, ErrorResponse, HttpResult};
 use super::storage::{HpkeKeyRecord, HpkeKeyState, Store};
+use crate::auth::AuthenticationToken;
 use crate::hpke::HpkeKeypair;
 use crate::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
-use crate::messages::{HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId};
-use crate::auth::AuthenticationToken;
 use crate::messages::Role;
+use crate::messages::{HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId};
 use crate::problem::DapError;
 use crate::task::AggregatorTaskRequest;
 use axum::extract::{Path, Query, State};
@@ -140,7 +140,12 @@ async fn add_key(
     Ok((StatusCode::CREATED, Json(key_info(&rec))))
 }
 
-async fn set_state(s: AdminState, headers: HeaderMap, id: String, state: HpkeKeyState) -> HttpResult<Json<HpkeKeyInfo>> {
+async fn set_state(
+    s: AdminState,
+    headers: HeaderMap,
+    id: String,
+    state: HpkeKeyState,
+) -> HttpResult<Json<HpkeKeyInfo>> {
     require_token(&headers, &s.admin_token, None)?;
     let id = parse_key_id(&id)?;
     let rec = s.datastore.set_hpke_key_state(id, state).await?;

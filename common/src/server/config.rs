@@ -125,8 +125,12 @@ pub fn load_from<C: clap::Parser>(argv: Vec<OsString>) -> Result<Settings<C>, Co
     for (key, value) in &table {
         let long = key.replace('_', "-");
         if !command.get_arguments().any(|a| is_setting(a) && a.get_long() == Some(long.as_str())) {
-            let known: Vec<String> =
-                command.get_arguments().filter(|a| is_setting(a)).filter_map(|a| a.get_long()).map(|l| l.replace('-', "_")).collect();
+            let known: Vec<String> = command
+                .get_arguments()
+                .filter(|a| is_setting(a))
+                .filter_map(|a| a.get_long())
+                .map(|l| l.replace('-', "_"))
+                .collect();
             return Err(file_error(format!("unknown setting `{key}` (the settings are: {})", known.join(", "))));
         }
         let Some(arg) = active.get_arguments().find(|a| a.get_long() == Some(long.as_str())) else {
@@ -228,7 +232,10 @@ impl<C> Settings<C> {
             let origin = match self.origin(id) {
                 Some(Origin::Flag) => format!("flag --{}", key.replace('_', "-")),
                 Some(Origin::Environment) => {
-                    format!("environment {}", arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default())
+                    format!(
+                        "environment {}",
+                        arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+                    )
                 }
                 Some(Origin::File) => "configuration file".to_string(),
                 Some(Origin::Default) => "default".to_string(),
@@ -314,7 +321,8 @@ mod tests {
 
     #[test]
     fn the_file_beats_defaults_and_loses_to_flags_and_environment() {
-        let f = file("database = \"postgres://u:pw@h/db\"\nzz_size = 25\nzz-env-size = 7\nzz_both = 3\nzz_flag = true\n");
+        let f =
+            file("database = \"postgres://u:pw@h/db\"\nzz_size = 25\nzz-env-size = 7\nzz_both = 3\nzz_flag = true\n");
         std::env::set_var("DUET_ZZ_ENV_SIZE", "8");
         std::env::set_var("DUET_ZZ_BOTH", "9");
         let path = f.path().to_str().unwrap();
@@ -383,7 +391,7 @@ mod tests {
     fn a_subcommand_takes_the_settings_it_shares() {
         let f = file("database = \"sqlite:from-file.db\"\nzz_size = 3\n");
         let s = load_from::<Cli>(args(&["migrate", "--config", f.path().to_str().unwrap()])).unwrap();
-        match s.cli.command {
+        match &s.cli.command {
             Some(Sub::Migrate { database }) => assert_eq!(database, "sqlite:from-file.db"),
             None => panic!("no subcommand"),
         }

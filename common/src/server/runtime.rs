@@ -94,7 +94,7 @@ pub fn check_common(
     check_database_url(database)?;
     if let Some(m) = &service.metrics_listen {
         check_listen_address("metrics_listen", m)?;
-        if m == listen {
+        if m == listen && !m.ends_with(":0") {
             return Err(format!("metrics_listen and listen are both {m}; the operations listener needs its own port"));
         }
     }

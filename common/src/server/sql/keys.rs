@@ -27,7 +27,9 @@ fn record(r: &AnyRow) -> Result<HpkeKeyRecord, DapError> {
 const COLUMNS: &str = "config_id, config, private_key, state, created_at_seconds, state_changed_at_seconds";
 
 impl SqlStore {
-    /// The keys that open input shares, active first (newest first within a state).
+    /// The keys that open input shares, active first; within a state the most recently changed
+    /// first, so that clients, which take the first configuration they support, prefer the key
+    /// activated last.
     pub(super) async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError> {
         let keys = self.load_keypairs().await?;
         if keys.iter().any(|(_, state)| *state == HpkeKeyState::Active) {
@@ -35,9 +37,10 @@ impl SqlStore {
         }
         // First use (or only pending keys so far): an active key under the smallest free ID.
         let taken: Vec<u8> = keys.iter().map(|(k, _)| k.config().id.0).collect();
-        let id = (1..=u8::MAX).chain([0]).find(|i| !taken.contains(i)).ok_or_else(|| {
-            DapError::Conflict("all 256 HPKE config IDs are taken and none is active".into())
-        })?;
+        let id = (1..=u8::MAX)
+            .chain([0])
+            .find(|i| !taken.contains(i))
+            .ok_or_else(|| DapError::Conflict("all 256 HPKE config IDs are taken and none is active".into()))?;
         let kp = HpkeKeypair::generate_default(HpkeConfigId(id));
         let now = now_seconds();
         sqlx::query(&format!(
@@ -58,7 +61,7 @@ impl SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM hpke_keys
              ORDER BY CASE state WHEN 'active' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
-                      created_at_seconds DESC, config_id"
+                      state_changed_at_seconds DESC, created_at_seconds DESC, config_id DESC"
         ))
         .fetch_all(self.pool())
         .await
