@@ -114,8 +114,9 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let ops = args.service.start_operations(store.clone()).await?;
     tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
-    // Tests and the demo read this line to learn the port when listening on port 0.
-    println!("listening on {addr}");
+    // Tests and the demo read this line to learn the port when listening on port 0. It goes to
+    // standard error, so that standard output holds nothing but log lines (JSON ones included).
+    eprintln!("listening on {addr}");
     let limits = args.connection.limits();
     let served = serve(listener, router(store, config, admin_token), tls, limits, shutdown_signal()).await;
     if let Some(ops) = ops {
@@ -133,6 +134,6 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, %database, "duet-helper interop API listening");
-    println!("listening on {addr}");
+    eprintln!("listening on {addr}");
     serve(listener, app, None, ConnectionLimits::default(), shutdown_signal()).await
 }

@@ -93,7 +93,8 @@ struct Args {
     lease_seconds: i64,
     #[command(flatten)]
     connection: ConnectionFlags,
-    /// Extra trust roots (PEM) for the helper's TLS certificate, besides the system's.
+    /// Extra trust roots (PEM) for the helper's TLS certificate, besides the bundled Mozilla
+    /// roots (webpki-roots).
     #[arg(long, env = "DUET_HELPER_CA_FILE")]
     helper_ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -198,12 +199,23 @@ async fn serve_leader(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = spawn_workers(state, stop_rx);
     tracing::info!(%addr, database = %duet_common::server::runtime::redact_url(database), "duet-leader listening");
-    // Tests and the demo read this line to learn the port when listening on port 0.
-    println!("listening on {addr}");
-    let served = serve(listener, app, tls, limits, shutdown_signal()).await;
-    let _ = stop_tx.send(true);
-    // Workers finish the job in hand; a job cut short is taken over once its lease lapses.
-    let _ = tokio::time::timeout(Duration::from_secs(30), async { while workers.join_next().await.is_some() {} }).await;
+    // Tests and the demo read this line to learn the port when listening on port 0. It goes to
+    // standard error, so that standard output holds nothing but log lines (JSON ones included).
+    eprintln!("listening on {addr}");
+    // The workers are told to stop when the signal arrives, so that they finish the job in hand
+    // while requests drain: the two waits overlap and shutdown takes at most about 30 s.
+    let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
+    let at = signalled.clone();
+    let stop_workers = async move {
+        shutdown_signal().await;
+        let _ = at.set(std::time::Instant::now());
+        let _ = stop_tx.send(true);
+    };
+    let served = serve(listener, app, tls, limits, stop_workers).await;
+    // A job cut short is taken over by another replica once its lease lapses.
+    let since = signalled.get().map(|t| t.elapsed()).unwrap_or_default();
+    let left = Duration::from_secs(30).saturating_sub(since).max(Duration::from_secs(5));
+    let _ = tokio::time::timeout(left, async { while workers.join_next().await.is_some() {} }).await;
     served
 }
 

@@ -184,8 +184,8 @@ pub async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("metrics listener {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, "metrics, /healthz and /readyz listening");
-    // Tests read this line to learn the port when listening on port 0.
-    println!("metrics listening on {addr}");
+    // Tests read this line (on standard error, away from the log lines) to learn the port.
+    eprintln!("metrics listening on {addr}");
     let app = router(handle, store);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {

@@ -112,8 +112,9 @@ impl SqlStore {
     /// needed), without migrating it.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend =
-            Backend::of_url(url).ok_or_else(|| StoreError::Database(format!("unsupported database URL {url:?}")))?;
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            StoreError::Database(format!("unsupported database URL {:?}", super::runtime::redact_url(url)))
+        })?;
         let url = match backend {
             // Create the file on first use.
             Backend::Sqlite if !url.contains("mode=") => {
