@@ -75,7 +75,7 @@ fn bar(value: u128, max: u128, width: usize) -> String {
     }
     let eighths = ((value as f64 / max as f64) * (width * 8) as f64).round() as usize;
     let mut s = "█".repeat(eighths / 8);
-    if eighths % 8 != 0 {
+    if !eighths.is_multiple_of(8) {
         s.push(PARTIAL[eighths % 8]);
     }
     if s.is_empty() {

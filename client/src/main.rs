@@ -346,6 +346,9 @@ struct UploadArgs {
     /// Reports per upload request.
     #[arg(long, default_value_t = 1000)]
     reports_per_request: usize,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -753,14 +756,24 @@ async fn upload(args: UploadArgs) -> CliResult {
     let outcome = client.upload_with_progress(&items, &|done| bar.set_position(done)).await;
     bar.finish_and_clear();
     let outcome = outcome?;
-    let mut text = format!("accepted: {}\nrejected: {}\n", outcome.accepted, outcome.rejected.len());
     let mut by_error: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (_, error) in &outcome.rejected {
         *by_error.entry(ReportError::name(*error)).or_default() += 1;
     }
-    for (name, count) in by_error {
-        text.push_str(&format!("  {name}: {count}\n"));
-    }
+    let text = if args.json {
+        let json = serde_json::json!({
+            "accepted": outcome.accepted,
+            "rejected": outcome.rejected.len(),
+            "rejected_by_error": by_error,
+        });
+        format!("{json:#}\n")
+    } else {
+        let mut text = format!("accepted: {}\nrejected: {}\n", outcome.accepted, outcome.rejected.len());
+        for (name, count) in &by_error {
+            text.push_str(&format!("  {name}: {count}\n"));
+        }
+        text
+    };
     print_stdout(&text)?;
     if outcome.rejected.is_empty() {
         Ok(())

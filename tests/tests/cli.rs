@@ -76,6 +76,17 @@ async fn task_create_upload_collect() {
     let shown = text(&out.stdout);
     assert!(shown.contains("Reports:   7"), "{shown}");
     assert!(shown.contains("do not collude"), "{shown}");
+    // A table with each bucket's share and a bar scaled to the largest bucket.
+    assert!(shown.contains("  index  value   share\n"), "{shown}");
+    assert!(shown.contains(&format!("      3      3   42.9%  {}\n", "█".repeat(40))), "{shown}");
+    assert!(shown.contains(&format!("      1      2   28.6%  {}▋\n", "█".repeat(26))), "{shown}");
+
+    // --json for uploads too; no progress bar without a terminal.
+    let out = duet(&d, &["upload", "--task", task_json.to_str().unwrap(), "--measurement", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome, serde_json::json!({ "accepted": 1, "rejected": 0, "rejected_by_error": {} }));
+    assert!(!text(&out.stderr).contains("uploading"), "{}", text(&out.stderr));
 
     // A measurement outside the histogram is a usage error (exit 1), refused before any upload.
     let out = duet(&d, &["upload", "--task", task_json.to_str().unwrap(), "--measurement", "9"]);

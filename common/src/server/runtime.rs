@@ -20,7 +20,9 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>) -> Result<(), Strin
         Some(f) => EnvFilter::try_new(f).map_err(|e| format!("log_filter {f:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal, never into a file or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
