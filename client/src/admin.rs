@@ -84,18 +84,7 @@ impl AdminClient {
 
     /// `DELETE {endpoint}admin/hpke_keys/{id}`; `force` drops a recently retired key.
     pub async fn delete_hpke_key(&self, id: u8, force: bool) -> Result<()> {
-        let path = format!("admin/hpke_keys/{id}{}", if force { "?force=true" } else { "" });
-        let url = http::join(&self.endpoint, &path)?;
-        let context = format!("DELETE {url}");
-        let (name, value) = self.token.header(TokenScheme::Bearer);
-        let resp = http::send_with_retry(&self.policy, &context, || {
-            self.http.delete(url.clone()).header(name.clone(), value.clone())
-        })
-        .await?;
-        if !resp.status().is_success() {
-            return Err(http::status_error(resp, &context).await);
-        }
-        Ok(())
+        self.delete(&format!("admin/hpke_keys/{id}{}", if force { "?force=true" } else { "" })).await
     }
 
     /// One admin request about keys, answered with JSON. Every one of them but adding a key is
@@ -128,7 +117,12 @@ impl AdminClient {
 
     /// `DELETE {endpoint}admin/tasks/{task-id}`.
     pub async fn delete_task(&self, task_id: &TaskId) -> Result<()> {
-        let url = http::join(&self.endpoint, &format!("admin/tasks/{task_id}"))?;
+        self.delete(&format!("admin/tasks/{task_id}")).await
+    }
+
+    /// A DELETE under the endpoint (idempotent, so retried).
+    async fn delete(&self, path: &str) -> Result<()> {
+        let url = http::join(&self.endpoint, path)?;
         let context = format!("DELETE {url}");
         let (name, value) = self.token.header(TokenScheme::Bearer);
         let resp = http::send_with_retry(&self.policy, &context, || {

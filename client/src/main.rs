@@ -89,12 +89,8 @@ enum HpkeKeysCommand {
         /// The configuration ID (default: the smallest free one).
         #[arg(long)]
         id: Option<u8>,
-        #[arg(long, value_enum, default_value = "x25519")]
-        kem: Kem,
-        #[arg(long, value_enum, default_value = "hkdf-sha256")]
-        kdf: Kdf,
-        #[arg(long, value_enum, default_value = "aes-128-gcm")]
-        aead: Aead,
+        #[command(flatten)]
+        suite: SuiteArgs,
     },
     /// Advertise a key at /hpke_config.
     Activate {
@@ -241,6 +237,13 @@ struct KeygenArgs {
     /// The configuration's ID.
     #[arg(long, default_value_t = 0)]
     id: u8,
+    #[command(flatten)]
+    suite: SuiteArgs,
+}
+
+/// An HPKE suite; the default is the one every DAP implementation has.
+#[derive(Args, Debug, Clone, Copy)]
+struct SuiteArgs {
     #[arg(long, value_enum, default_value = "x25519")]
     kem: Kem,
     #[arg(long, value_enum, default_value = "hkdf-sha256")]
@@ -489,8 +492,9 @@ fn http_client() -> CliResult<reqwest::Client> {
 }
 
 fn keygen_json(args: &KeygenArgs) -> CliResult<serde_json::Value> {
-    let keypair = HpkeKeypair::generate(HpkeConfigId(args.id), args.kem.id(), args.kdf.id(), args.aead.id())
-        .map_err(|e| CliError::usage(e.to_string()))?;
+    let keypair =
+        HpkeKeypair::generate(HpkeConfigId(args.id), args.suite.kem.id(), args.suite.kdf.id(), args.suite.aead.id())
+            .map_err(|e| CliError::usage(e.to_string()))?;
     Ok(serde_json::json!({
         "hpke_config": hpke_config_to_b64(keypair.config()),
         "hpke_private_key": keypair.private_key().to_base64(),
@@ -868,12 +872,12 @@ async fn hpke_keys(command: HpkeKeysCommand) -> CliResult {
                 print_stdout(&key_table(&list.keys))
             }
         }
-        HpkeKeysCommand::Add { id, kem, kdf, aead, .. } => {
+        HpkeKeysCommand::Add { id, suite, .. } => {
             let new = duet_common::keys::NewHpkeKey {
                 id,
-                kem_id: Some(kem.id().0),
-                kdf_id: Some(kdf.id().0),
-                aead_id: Some(aead.id().0),
+                kem_id: Some(suite.kem.id().0),
+                kdf_id: Some(suite.kdf.id().0),
+                aead_id: Some(suite.aead.id().0),
             };
             let key = admin.add_hpke_key(&new).await?;
             let next = format!(

@@ -4,10 +4,8 @@
 
 use clap::{Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::config;
 use duet_common::server::runtime::{
-    check_common, init_tracing, migrate, serve, shutdown_signal, ConnectionFlags, ConnectionLimits, LogFormat,
-    ServiceFlags,
+    check_common, migrate, serve, server_main, shutdown_signal, ConnectionFlags, ConnectionLimits, ServiceFlags,
 };
 use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
@@ -102,27 +100,17 @@ struct Args {
 }
 
 fn main() {
-    let settings = config::load::<Cli>().unwrap_or_else(|e| e.exit("duet-leader"));
-    let described = settings.describe();
-    let cli = settings.cli;
-    let logging = match &cli.command {
-        None => cli.serve.service.init_tracing(),
-        Some(_) => init_tracing(LogFormat::Text, None),
-    };
-    let result = logging.and_then(|()| {
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        runtime.block_on(async {
+    server_main(
+        "duet-leader",
+        |cli: &Cli| cli.command.is_none().then_some(&cli.serve.service),
+        |cli, described| async move {
             match cli.command {
                 Some(Command::Migrate { database }) => migrate(&database).await,
                 Some(Command::Interop(args)) => interop(args).await,
                 None => run(cli.serve, &described).await,
             }
-        })
-    });
-    if let Err(e) = result {
-        eprintln!("duet-leader: {e}");
-        std::process::exit(1);
-    }
+        },
+    );
 }
 
 /// The leader's settings, checked: everything `run` needs besides the database.

@@ -142,6 +142,25 @@ impl Deployment {
         sqlx::AnyPool::connect(&url).await.unwrap()
     }
 
+    /// Waits until the leader has aggregated (or failed) every report it stored.
+    pub async fn wait_aggregated(&self) {
+        use sqlx::Row;
+        let db = self.leader_db().await;
+        for _ in 0..600 {
+            let pending: i64 =
+                sqlx::query("SELECT COUNT(*) FROM client_reports WHERE state IN ('unaggregated', 'in_job')")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap()
+                    .get(0);
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("reports still waiting for aggregation after 60 s");
+    }
+
     /// Stops both servers gracefully and starts them again on the same ports and databases.
     pub fn restart(&mut self) {
         self.leader.terminate(Duration::from_secs(40));

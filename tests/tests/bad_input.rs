@@ -109,18 +109,7 @@ async fn every_bad_input_gets_its_answer_and_changes_nothing() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // Let everything be aggregated, so that the state is still while the suite runs.
-    let db = d.leader_db().await;
-    for _ in 0..300 {
-        let pending: i64 = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE state IN ('unaggregated', 'in_job')")
-            .fetch_one(&db)
-            .await
-            .unwrap()
-            .get(0);
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    d.wait_aggregated().await;
 
     let mut stale = report(hour);
     stale.leader_encrypted_input_share.config_id = HpkeConfigId(configs.leader.id.0.wrapping_add(77));

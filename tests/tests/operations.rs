@@ -72,26 +72,6 @@ async fn upload_raw(d: &Deployment, client: &Client, configs: &HpkeConfigs, time
     UploadErrors::get_decoded(&bytes).unwrap().status
 }
 
-/// Waits until the leader has aggregated (or failed) every report it stored. Deleting a key
-/// before then would fail the reports still waiting that were encrypted to it, which is why a
-/// retired key is kept for a grace period.
-async fn wait_aggregated(d: &Deployment) {
-    use sqlx::Row;
-    let db = d.leader_db().await;
-    for _ in 0..600 {
-        let pending: i64 = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE state IN ('unaggregated', 'in_job')")
-            .fetch_one(&db)
-            .await
-            .unwrap()
-            .get(0);
-        if pending == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("reports still waiting for aggregation after 60 s");
-}
-
 async fn key_rotation_end_to_end(options: LeaderOptions) {
     let d = Deployment::start(options).await;
     let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 3, None, None).await;
@@ -139,7 +119,9 @@ async fn key_rotation_end_to_end(options: LeaderOptions) {
     assert!(code == 2 && err.contains("was retired"), "{code} {err}");
     let (code, _, err) = duet(&["hpke-keys", "list", "--aggregator", &url], &AuthenticationToken::random());
     assert!(code == 2 && err.contains("401"), "{code} {err}");
-    wait_aggregated(&d).await;
+    // Deleting a key before then would fail the waiting reports encrypted to it, which is why
+    // a retired key is kept for a grace period.
+    d.wait_aggregated().await;
     let deleted = keys_json("delete", &d.leader, leader_admin, &["1", "--force"]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&deleted).unwrap()["deleted"], 1);
 
@@ -160,7 +142,7 @@ async fn key_rotation_end_to_end(options: LeaderOptions) {
     let with_retired_helper_key = HpkeConfigs { leader: refreshed.leader.clone(), helper: old.helper.clone() };
     assert_eq!(upload_raw(&d, &stale, &with_retired_helper_key, time).await, vec![]);
     // Deleted, it no longer does: the leader cannot tell, the helper rejects the report share.
-    wait_aggregated(&d).await;
+    d.wait_aggregated().await;
     keys_json("delete", &d.helper, helper_admin, &["1", "--force"]);
     assert_eq!(upload_raw(&d, &stale, &with_retired_helper_key, time).await, vec![]);
     // A new client gets the new keys and succeeds.

@@ -30,6 +30,35 @@ pub fn init_tracing(format: LogFormat, filter: Option<&str>) -> Result<(), Strin
     installed.map_err(|e| format!("logging: {e}"))
 }
 
+/// The `main` of both servers: loads the settings (exiting with clap's or the file's message on
+/// a bad one), sets up logging (the serving command's settings; text for the others), runs `run`
+/// with the settings and their description (for `--check-config`) on a multi-threaded runtime,
+/// and exits 1 with a plain message if it fails.
+pub fn server_main<C, Fut>(
+    program: &str,
+    service: impl FnOnce(&C) -> Option<&ServiceFlags>,
+    run: impl FnOnce(C, String) -> Fut,
+) where
+    C: clap::Parser,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let settings = super::config::load::<C>().unwrap_or_else(|e| e.exit(program));
+    let described = settings.describe();
+    let cli = settings.cli;
+    let logging = match service(&cli) {
+        Some(flags) => flags.init_tracing(),
+        None => init_tracing(LogFormat::Text, None),
+    };
+    let result = logging.and_then(|()| {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(run(cli, described))
+    });
+    if let Err(e) = result {
+        eprintln!("{program}: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The settings of both servers that are about running them rather than about DAP.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServiceFlags {

@@ -24,6 +24,16 @@ fn record(r: &AnyRow) -> Result<HpkeKeyRecord, DapError> {
     })
 }
 
+/// One key's row inside a step's transaction; `NotFound` if there is none.
+async fn key_row(tx: &mut super::Tx<'_>, id: HpkeConfigId) -> Result<AnyRow, DapError> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys WHERE config_id = $1"))
+        .bind(i64::from(id.0))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| DapError::NotFound(format!("no HPKE key with config ID {}", id.0)))
+}
+
 const COLUMNS: &str = "config_id, config, private_key, state, created_at_seconds, state_changed_at_seconds";
 
 impl SqlStore {
@@ -120,12 +130,7 @@ impl SqlStore {
         state: HpkeKeyState,
     ) -> Result<HpkeKeyRecord, DapError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys WHERE config_id = $1"))
-            .bind(i64::from(id.0))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| DapError::NotFound(format!("no HPKE key with config ID {}", id.0)))?;
+        let row = key_row(&mut tx, id).await?;
         let mut rec = record(&row)?;
         if rec.state == state {
             return Ok(rec);
@@ -170,12 +175,7 @@ impl SqlStore {
 
     pub(super) async fn delete_hpke_key_inner(&self, id: HpkeConfigId, force: bool) -> Result<(), DapError> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys WHERE config_id = $1"))
-            .bind(i64::from(id.0))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| DapError::NotFound(format!("no HPKE key with config ID {}", id.0)))?;
+        let row = key_row(&mut tx, id).await?;
         let rec = record(&row)?;
         match rec.state {
             HpkeKeyState::Active => {
