@@ -1,8 +1,11 @@
 //! duet-client: the DAP-18 client SDK ([`upload::Client`], which uploads reports), the collector
 //! SDK ([`collect::Collector`], which collects and decrypts aggregates), and the pieces the
-//! `duet` command-line tool is built from.
+//! `duet` command-line tool is built from (`duet bench`, with feature `bench`, on by default,
+//! which brings in a PostgreSQL driver the SDKs do not need).
 
 pub mod admin;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod collect;
 pub mod demo;
 pub mod error;

@@ -63,6 +63,62 @@ enum Command {
     /// Run leader and helper as local processes on SQLite, upload simulated Prio3Histogram
     /// reports, collect, and compare with the histogram computed in the clear.
     Demo(DemoArgs),
+    /// Measure throughput against the CPU floor: leader and helper as local processes on SQLite
+    /// and PostgreSQL, N reports of Prio3Count and Prio3Histogram (100 buckets) uploaded,
+    /// aggregated and collected; prints ingest, aggregation, collection and peak memory.
+    #[cfg(feature = "bench")]
+    Bench(BenchArgs),
+}
+
+#[cfg(feature = "bench")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchBackendArg {
+    Sqlite,
+    Postgres,
+}
+
+#[cfg(feature = "bench")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchVdafArg {
+    /// Prio3Count.
+    Count,
+    /// Prio3Histogram with 100 buckets (chunk length 10).
+    Histogram,
+}
+
+#[cfg(feature = "bench")]
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Reports per run.
+    #[arg(long, default_value_t = 100_000)]
+    reports: usize,
+    /// Backends to run (repeat; default both).
+    #[arg(long = "backend", value_enum)]
+    backends: Vec<BenchBackendArg>,
+    /// VDAFs to run (repeat; default both).
+    #[arg(long = "vdaf", value_enum)]
+    vdafs: Vec<BenchVdafArg>,
+    /// A PostgreSQL database to connect to for creating (and dropping) one database per server.
+    #[arg(long, env = "DUET_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres: String,
+    /// Reports per upload request.
+    #[arg(long, default_value_t = 1000)]
+    reports_per_request: usize,
+    /// Upload requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    upload_concurrency: usize,
+    /// An extra argument for duet-leader (repeat), e.g. --leader-arg=--max-job-size=2000.
+    #[arg(long = "leader-arg", allow_hyphen_values = true)]
+    leader_args: Vec<String>,
+    /// An extra argument for duet-helper (repeat).
+    #[arg(long = "helper-arg", allow_hyphen_values = true)]
+    helper_args: Vec<String>,
+    /// Show the servers' logs.
+    #[arg(long)]
+    server_logs: bool,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -463,6 +519,8 @@ async fn run(command: Command) -> CliResult {
         Command::Collect(args) => collect(args).await,
         Command::HpkeKeys(command) => hpke_keys(command).await,
         Command::Demo(args) => demo(args).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => bench(args).await,
         Command::InteropClient(args) => serve_interop(args, duet_client::interop::client_router()).await,
         Command::InteropCollector(args) => serve_interop(args, duet_client::interop::collector_router()).await,
     }
@@ -815,6 +873,52 @@ async fn collect(args: CollectArgs) -> CliResult {
     print_stdout(&text)
 }
 
+#[cfg(feature = "bench")]
+async fn bench(args: BenchArgs) -> CliResult {
+    use duet_client::bench::{run, BenchBackend, BenchOptions};
+    let defaults = BenchOptions::default();
+    let mut backends: Vec<BenchBackend> = args
+        .backends
+        .iter()
+        .map(|b| match b {
+            BenchBackendArg::Sqlite => BenchBackend::Sqlite,
+            BenchBackendArg::Postgres => BenchBackend::Postgres,
+        })
+        .collect();
+    if backends.is_empty() {
+        backends = defaults.backends.clone();
+    }
+    let mut vdafs: Vec<VdafConfig> = args
+        .vdafs
+        .iter()
+        .map(|v| match v {
+            BenchVdafArg::Count => VdafConfig::Prio3Count,
+            BenchVdafArg::Histogram => VdafConfig::Prio3Histogram { length: 100, chunk_length: 10 },
+        })
+        .collect();
+    if vdafs.is_empty() {
+        vdafs = defaults.vdafs.clone();
+    }
+    let options = BenchOptions {
+        reports: args.reports,
+        backends,
+        vdafs,
+        postgres_url: args.postgres,
+        reports_per_request: args.reports_per_request,
+        upload_concurrency: args.upload_concurrency,
+        leader_args: args.leader_args,
+        helper_args: args.helper_args,
+        server_logs: args.server_logs,
+    };
+    let (table, figures) = run(&options).await.map_err(CliError::server)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&figures).map_err(|e| CliError::server(e.to_string()))?;
+        print_stdout(&format!("{text}\n"))
+    } else {
+        print_stdout(&format!("\n{table}"))
+    }
+}
+
 /// The name of an algorithm ID as the CLI spells it, or its number.
 fn algorithm_name<E: ValueEnum>(id: u16, of: impl Fn(&E) -> u16) -> String {
     E::value_variants()
@@ -858,7 +962,7 @@ async fn hpke_keys(command: HpkeKeysCommand) -> CliResult {
         | HpkeKeysCommand::Retire { target, .. }
         | HpkeKeysCommand::Delete { target, .. } => target,
     };
-    let token = AuthenticationToken::new(target.admin_token.clone())
+    let token = AuthenticationToken::new(target.admin_token.trim())
         .map_err(|e| CliError::usage(format!("--admin-token: {e}")))?;
     let admin = AdminClient::new(http_client()?, &target.aggregator, token)?;
     let json = target.json;

@@ -157,6 +157,12 @@ async fn render(State(s): State<OpsState>) -> Response {
     gauge!("duet_db_pool_max_connections").set(pool.max as f64);
     match s.store.aggregation_job_counts().await {
         Ok(counts) => {
+            // A state with no job has no row, yet must read 0 rather than its last count.
+            for state in ["active", "finished", "abandoned"] {
+                if !counts.iter().any(|(s, _)| s == state) {
+                    gauge!("duet_aggregation_jobs", "state" => state).set(0.0);
+                }
+            }
             for (state, n) in counts {
                 gauge!("duet_aggregation_jobs", "state" => state).set(n as f64);
             }

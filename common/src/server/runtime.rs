@@ -125,8 +125,15 @@ pub fn check_common(
     check_database_url(database)?;
     if let Some(m) = &service.metrics_listen {
         check_listen_address("metrics_listen", m)?;
-        if m == listen && !m.ends_with(":0") {
-            return Err(format!("metrics_listen and listen are both {m}; the operations listener needs its own port"));
+        // The same port on an overlapping address (equal hosts, or a wildcard on either side)
+        // would fail at bind time with a less helpful message.
+        let split = |a: &str| a.rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
+        let ((mh, mp), (lh, lp)) = (split(m), split(listen));
+        let wildcard = |h: &str| h == "0.0.0.0" || h == "[::]";
+        if mp == lp && mp != "0" && (mh == lh || wildcard(&mh) || wildcard(&lh)) {
+            return Err(format!(
+                "metrics_listen {m} and listen {listen} share port {mp}; the operations listener needs its own port"
+            ));
         }
     }
     if let Some(f) = &service.log_filter {
@@ -180,19 +187,7 @@ pub fn interop_database(url: Option<String>, role: &str) -> Result<(Option<tempf
     }
 }
 
-/// A database URL without its password, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::auth::redact_url;
 
 #[cfg(test)]
 mod tests {

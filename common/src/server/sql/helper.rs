@@ -2,7 +2,7 @@
 //! (replay checks, output shares, kept verification states, stored responses) and aggregate
 //! shares, each one transaction.
 
-use super::{id_of, internal, SqlStore, Tx};
+use super::{id_of, internal, value_rows, SqlStore, Tx, ROWS_PER_STATEMENT};
 use crate::messages::*;
 use crate::problem::DapError;
 use crate::server::storage::*;
@@ -20,10 +20,45 @@ async fn commit_outcomes(
     step: &mut HelperStep,
 ) -> Result<Vec<VerifyResp>, DapError> {
     let tid = task.id.as_bytes().as_slice();
-    let mut resps = Vec::with_capacity(step.outcomes.len());
-    let mut sums = BucketSums::default();
+    let outcomes = std::mem::take(&mut step.outcomes);
     let mut collected_cache: HashMap<BatchBucket, bool> = HashMap::new();
-    for (report_id, outcome) in step.report_ids.iter().zip(std::mem::take(&mut step.outcomes)) {
+    // Replay protection for every report about to be aggregated, in multi-row inserts: the IDs
+    // the insert returns are fresh, the others were aggregated before.
+    let mut candidates: Vec<&[u8]> = Vec::new();
+    let mut collected_flags = Vec::with_capacity(outcomes.len());
+    for (report_id, outcome) in step.report_ids.iter().zip(&outcomes) {
+        let collected = match outcome {
+            HelperOutcome::Commit { time, .. } => {
+                let bucket = BatchBucket::of(step.batch_id, *time);
+                let collected = SqlStore::bucket_collected_cached(tx, task, &bucket, &mut collected_cache).await?;
+                if !collected {
+                    candidates.push(report_id.as_bytes().as_slice());
+                }
+                collected
+            }
+            _ => false,
+        };
+        collected_flags.push(collected);
+    }
+    let mut fresh: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(candidates.len());
+    for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO aggregated_report_ids (report_id, task_id, job_id) VALUES {}
+             ON CONFLICT DO NOTHING RETURNING report_id",
+            value_rows(chunk.len(), 1, &format!("${}, ${}", chunk.len() + 1, chunk.len() + 2))
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q = q.bind(tid).bind(step.job_id.as_bytes().as_slice());
+        for row in q.fetch_all(&mut **tx).await? {
+            fresh.insert(row.get::<Vec<u8>, _>(0));
+        }
+    }
+    let mut resps = Vec::with_capacity(outcomes.len());
+    let mut sums = BucketSums::default();
+    for ((report_id, outcome), collected) in step.report_ids.iter().zip(outcomes).zip(collected_flags) {
         let verify_resp_type = match outcome {
             HelperOutcome::Reject(report_error) => VerifyRespType::Reject { report_error },
             HelperOutcome::Keep { state, outbound, time } => {
@@ -42,26 +77,12 @@ async fn commit_outcomes(
                 VerifyRespType::Continue { payload: outbound }
             }
             HelperOutcome::Commit { out_share, outbound, time } => {
-                let bucket = BatchBucket::of(step.batch_id, time);
-                let collected = SqlStore::bucket_collected_cached(tx, task, &bucket, &mut collected_cache).await?;
-                let fresh = !collected
-                    && sqlx::query(
-                        "INSERT INTO aggregated_report_ids (task_id, report_id, job_id) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(tid)
-                    .bind(report_id.as_bytes().as_slice())
-                    .bind(step.job_id.as_bytes().as_slice())
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
                 if collected {
                     VerifyRespType::Reject { report_error: ReportError::BatchCollected }
-                } else if !fresh {
+                } else if !fresh.contains(report_id.as_bytes().as_slice()) {
                     VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
                 } else {
-                    sums.add(task, bucket, report_id, time, &out_share)?;
+                    sums.add(task, BatchBucket::of(step.batch_id, time), report_id, time, &out_share)?;
                     match outbound {
                         Some(payload) => VerifyRespType::Continue { payload },
                         None => VerifyRespType::Finish,

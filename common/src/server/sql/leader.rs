@@ -1,7 +1,7 @@
 //! The leader's protocol steps on SQLite: report upload, job creation, job leasing and
 //! commitment, and collection jobs, each one transaction.
 
-use super::{id_of, internal, SqlStore, Tx};
+use super::{id_of, internal, placeholder_list, value_rows, SqlStore, Tx, ROWS_PER_STATEMENT};
 use crate::messages::*;
 use crate::problem::{DapError, DapProblemType};
 use crate::server::storage::*;
@@ -18,37 +18,55 @@ pub(super) async fn put_reports(
     reports: &[&Report],
 ) -> Result<Vec<Option<ReportError>>, DapError> {
     let mut tx = s.begin().await?;
-    let mut out = Vec::with_capacity(reports.len());
+    let mut out: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut collected_cache = std::collections::HashMap::new();
     let now = now_seconds();
+    let mut to_insert: Vec<&Report> = Vec::with_capacity(reports.len());
     for report in reports {
-        let meta = &report.report_metadata;
         if task.configuration.batch_mode == BatchMode::TimeInterval {
-            let bucket = BatchBucket::TimeInterval(meta.time);
-            let collected = SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected_cache).await?;
-            if collected {
+            let bucket = BatchBucket::TimeInterval(report.report_metadata.time);
+            if SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected_cache).await? {
                 out.push(Some(ReportError::ReportReplayed));
                 continue;
             }
         }
-        let inserted = sqlx::query(
+        out.push(None);
+        to_insert.push(report);
+    }
+    // Multi-row inserts; the rows a known report ID kept out are replays.
+    let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
+    for chunk in to_insert.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
             "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
              leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'unaggregated', $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(task.id.as_bytes().as_slice())
-        .bind(meta.report_id.as_bytes().as_slice())
-        .bind(meta.time.units() as i64)
-        .bind(meta.get_encoded().map_err(internal)?)
-        .bind(report.public_share.as_slice())
-        .bind(report.leader_encrypted_input_share.get_encoded().map_err(internal)?)
-        .bind(report.helper_encrypted_input_share.get_encoded().map_err(internal)?)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        out.push((inserted.rows_affected() == 0).then_some(ReportError::ReportReplayed));
+             VALUES {} ON CONFLICT DO NOTHING RETURNING report_id",
+            value_rows(chunk.len(), 7, &format!("'unaggregated', ${}", chunk.len() * 7 + 1))
+        );
+        let mut q = sqlx::query(&sql);
+        for report in chunk {
+            let meta = &report.report_metadata;
+            q = q
+                .bind(task.id.as_bytes().as_slice())
+                .bind(meta.report_id.as_bytes().as_slice())
+                .bind(meta.time.units() as i64)
+                .bind(meta.get_encoded().map_err(internal)?)
+                .bind(report.public_share.as_slice())
+                .bind(report.leader_encrypted_input_share.get_encoded().map_err(internal)?)
+                .bind(report.helper_encrypted_input_share.get_encoded().map_err(internal)?);
+        }
+        q = q.bind(now);
+        for row in q.fetch_all(&mut *tx).await? {
+            inserted.insert(row.get::<Vec<u8>, _>(0));
+        }
     }
     tx.commit().await?;
+    let mut stored = to_insert.iter();
+    for slot in out.iter_mut().filter(|e| e.is_none()) {
+        let report = stored.next().ok_or_else(|| DapError::Internal("upload bookkeeping".into()))?;
+        if !inserted.contains(report.report_metadata.report_id.as_bytes().as_slice()) {
+            *slot = Some(ReportError::ReportReplayed);
+        }
+    }
     Ok(out)
 }
 
@@ -138,18 +156,20 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-            for report_id in &job {
-                sqlx::query(
+            for ids in job.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
                     "UPDATE client_reports SET state = 'in_job', job_id = $1, batch_id = $2
-                     WHERE task_id = $3 AND report_id = $4 AND state = 'unaggregated'",
-                )
-                .bind(job_id.as_bytes().as_slice())
-                .bind(batch_id.map(|b| b.as_bytes().to_vec()))
-                .bind(tid)
-                .bind(report_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
+                     WHERE task_id = $3 AND state = 'unaggregated' AND report_id IN ({})",
+                    placeholder_list(4, ids.len())
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(job_id.as_bytes().as_slice())
+                    .bind(batch_id.map(|b| b.as_bytes().to_vec()))
+                    .bind(tid);
+                for report_id in ids {
+                    q = q.bind(report_id);
+                }
+                q.execute(&mut *tx).await.map_err(StoreError::from)?;
             }
             tracing::debug!(task_id = %task.id, job_id = %job_id, reports = job.len(), "aggregation job created");
             created += 1;
@@ -240,9 +260,10 @@ pub(super) async fn commit_job(
         tracing::warn!(task_id = %task.id, job_id = %job.job_id, "job already settled by another driver");
         return Ok(StepCounts::default());
     }
-    let mut sums = BucketSums::default();
+    // Each report's final state: a report whose bucket was collected meanwhile fails.
     let mut collected: std::collections::HashMap<BatchBucket, bool> = std::collections::HashMap::new();
-    let mut counts = StepCounts::default();
+    let mut settled_as: Vec<(ReportId, Option<ReportError>, Option<(crate::time::Time, crate::vdaf::OutputShare)>)> =
+        Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         let (report_id, mut error, share) = match outcome {
             ReportOutcome::Failed { report_id, error } => (report_id, Some(error), None),
@@ -250,29 +271,46 @@ pub(super) async fn commit_job(
         };
         if let Some((time, _)) = &share {
             let bucket = BatchBucket::of(job.batch_id, *time);
-            let is_collected = SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected).await?;
-            if is_collected {
+            if SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected).await? {
                 error = Some(ReportError::BatchCollected);
             }
         }
-        // The report's final state first: its output share counts only if this commit is
-        // the one that settles it.
-        let settled = sqlx::query(
-            "UPDATE client_reports SET state = $1, report_error = $2, public_share = coalesce(substr(public_share, 1, 0), public_share),
-               leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share), helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
-             WHERE task_id = $3 AND report_id = $4 AND job_id = $5 AND state = 'in_job'",
-        )
-        .bind(if error.is_some() { "failed" } else { "aggregated" })
-        .bind(error.map(|e| e as i64))
-        .bind(tid)
-        .bind(report_id.as_bytes().as_slice())
-        .bind(job.job_id.as_bytes().as_slice())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected()
-            == 1;
-        if !settled {
+        settled_as.push((report_id, error, share));
+    }
+    // The reports' states first, a statement per outcome and chunk: an output share counts only
+    // if this commit is the one that settles its report.
+    let mut by_outcome: std::collections::BTreeMap<Option<u8>, Vec<&[u8]>> = std::collections::BTreeMap::new();
+    for (report_id, error, _) in &settled_as {
+        by_outcome.entry(error.map(|e| e as u8)).or_default().push(report_id.as_bytes().as_slice());
+    }
+    let mut settled: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(settled_as.len());
+    for (error, ids) in &by_outcome {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE client_reports SET state = $1, report_error = $2,
+                   public_share = coalesce(substr(public_share, 1, 0), public_share),
+                   leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
+                   helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
+                 WHERE task_id = $3 AND job_id = $4 AND state = 'in_job' AND report_id IN ({}) RETURNING report_id",
+                placeholder_list(5, chunk.len())
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(if error.is_some() { "failed" } else { "aggregated" })
+                .bind(error.map(i64::from))
+                .bind(tid)
+                .bind(job.job_id.as_bytes().as_slice());
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *tx).await.map_err(StoreError::from)? {
+                settled.insert(row.get::<Vec<u8>, _>(0));
+            }
+        }
+    }
+    let mut sums = BucketSums::default();
+    let mut counts = StepCounts::default();
+    for (report_id, error, share) in settled_as {
+        if !settled.contains(report_id.as_bytes().as_slice()) {
             continue;
         }
         match (error, share) {

@@ -78,6 +78,36 @@ fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, 
     T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
 }
 
+/// Rows per multi-row statement: few round trips (to PostgreSQL, or to SQLite's worker thread),
+/// and well under both databases' limits on bound parameters (SQLite 32,766, PostgreSQL 65,535).
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2, $3, S), ($4, $5, $6, S), ...`: `rows` tuples of `columns` placeholders numbered
+/// from 1, each ending with the SQL `suffix` (constants, or a parameter every row shares).
+pub(super) fn value_rows(rows: usize, columns: usize, suffix: &str) -> String {
+    let mut out = String::with_capacity(rows * (columns * 6 + suffix.len() + 4));
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", r * columns + c + 1));
+        }
+        if !suffix.is_empty() {
+            out.push_str(", ");
+            out.push_str(suffix);
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
+pub(super) fn placeholder_list(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Runs a step again when it lost a serialization race (PostgreSQL), a few times with a short
 /// growing pause; the step's transaction was rolled back, so running it again is safe.
 macro_rules! retrying {
@@ -520,6 +550,16 @@ impl SqlStore {
         };
         q.bind(now_seconds()).execute(&mut **tx).await.map_err(StoreError::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(super::value_rows(2, 3, ""), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::value_rows(2, 1, "'x', $3"), "($1, 'x', $3), ($2, 'x', $3)");
+        assert_eq!(super::placeholder_list(4, 3), "$4, $5, $6");
     }
 }
 
