@@ -2,7 +2,7 @@
 //! (replay checks, output shares, kept verification states, stored responses) and aggregate
 //! shares, each one transaction.
 
-use super::{id_of, internal, value_rows, SqlStore, Tx, ROWS_PER_STATEMENT};
+use super::{id_of, internal, value_rows, SqlStore, Tx};
 use crate::messages::*;
 use crate::problem::DapError;
 use crate::server::storage::*;
@@ -41,7 +41,7 @@ async fn commit_outcomes(
         collected_flags.push(collected);
     }
     let mut fresh: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(candidates.len());
-    for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+    for chunk in candidates.chunks(s.rows_per_statement(1)) {
         let sql = format!(
             "INSERT INTO aggregated_report_ids (report_id, task_id, job_id) VALUES {}
              ON CONFLICT DO NOTHING RETURNING report_id",

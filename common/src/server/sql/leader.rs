@@ -1,7 +1,7 @@
 //! The leader's protocol steps on SQLite: report upload, job creation, job leasing and
 //! commitment, and collection jobs, each one transaction.
 
-use super::{id_of, internal, placeholder_list, value_rows, SqlStore, Tx, ROWS_PER_STATEMENT};
+use super::{id_of, internal, placeholder_list, value_rows, SqlStore, Tx};
 use crate::messages::*;
 use crate::problem::{DapError, DapProblemType};
 use crate::server::storage::*;
@@ -35,7 +35,7 @@ pub(super) async fn put_reports(
     }
     // Multi-row inserts; the rows a known report ID kept out are replays.
     let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
-    for chunk in to_insert.chunks(ROWS_PER_STATEMENT) {
+    for chunk in to_insert.chunks(s.rows_per_statement(7)) {
         let sql = format!(
             "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
              leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
@@ -81,8 +81,11 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
     s.lock_task(&mut tx, task).await?;
     let limit = (sizes.max.max(1) * sizes.max_jobs_per_pass) as i64;
     let pending: Vec<PendingReport> = sqlx::query(
+        // By time only: among reports of one time, the index yields them in storage order, so a
+        // job's reports sit on few pages and reading and settling them touches few (ordering by
+        // the random report ID would scatter every job over the whole table).
         "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
-         ORDER BY report_time, report_id LIMIT $2",
+         ORDER BY report_time LIMIT $2",
     )
     .bind(tid)
     .bind(limit)
@@ -156,7 +159,7 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-            for ids in job.chunks(ROWS_PER_STATEMENT) {
+            for ids in job.chunks(s.rows_per_statement(1)) {
                 let sql = format!(
                     "UPDATE client_reports SET state = 'in_job', job_id = $1, batch_id = $2
                      WHERE task_id = $3 AND state = 'unaggregated' AND report_id IN ({})",
@@ -285,7 +288,7 @@ pub(super) async fn commit_job(
     }
     let mut settled: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(settled_as.len());
     for (error, ids) in &by_outcome {
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        for chunk in ids.chunks(s.rows_per_statement(1)) {
             let sql = format!(
                 "UPDATE client_reports SET state = $1, report_error = $2,
                    public_share = coalesce(substr(public_share, 1, 0), public_share),

@@ -78,9 +78,6 @@ fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, 
     T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
 }
 
-/// Rows per multi-row statement: few round trips (to PostgreSQL, or to SQLite's worker thread),
-/// and well under both databases' limits on bound parameters (SQLite 32,766, PostgreSQL 65,535).
-pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
 /// `($1, $2, $3, S), ($4, $5, $6, S), ...`: `rows` tuples of `columns` placeholders numbered
 /// from 1, each ending with the SQL `suffix` (constants, or a parameter every row shares).
@@ -161,6 +158,7 @@ impl SqlStore {
                         // WAL with NORMAL sync survives process crashes (only power loss can
                         // lose the last transactions); writers wait for each other.
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456").await?;
                     }
                     Ok(())
                 })
@@ -190,6 +188,18 @@ impl SqlStore {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Rows per multi-row statement of `params_per_row` parameters: few round trips (to
+    /// PostgreSQL, or to SQLite's worker thread), well under the databases' limits on bound
+    /// parameters. SQLite looks a numbered parameter's name up by a linear scan, so binding
+    /// costs grow with the square of a statement's parameters there: its statements stay small.
+    pub(super) fn rows_per_statement(&self, params_per_row: usize) -> usize {
+        let budget = match self.backend {
+            Backend::Sqlite => 256,
+            Backend::Postgres => 8192,
+        };
+        (budget / params_per_row.max(1)).max(1)
     }
 
     /// Applies the embedded migrations not yet applied, each in its own transaction. Safe to run
