@@ -81,8 +81,13 @@ pub struct BenchFigures {
     pub cores: usize,
     /// Aggregation throughput over the floor scaled to the cores.
     pub floor_ratio: f64,
+    /// Peak resident memory (VmHWM): heap and stacks plus the pages of mapped files (SQLite
+    /// maps its database file, so these pages are page cache the kernel can reclaim).
     pub leader_peak_rss_mib: Option<f64>,
     pub helper_peak_rss_mib: Option<f64>,
+    /// Peak anonymous memory (RssAnon, sampled every 50 ms): what the process itself holds.
+    pub leader_peak_anon_mib: Option<f64>,
+    pub helper_peak_anon_mib: Option<f64>,
 }
 
 fn step(text: &str) {
@@ -120,7 +125,7 @@ pub fn table(figures: &[BenchFigures]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<34} {:>8} {:>10} {:>12} {:>12} {:>7} {:>11} {:>11} {:>11}",
+        "{:<8} {:<14} {:>8} {:>9} {:>11} {:>9} {:>6} {:>10} {:>17} {:>17}",
         "backend",
         "vdaf",
         "reports",
@@ -129,33 +134,43 @@ pub fn table(figures: &[BenchFigures]) -> String {
         "floor/s",
         "ratio",
         "collection",
-        "leader RSS",
-        "helper RSS"
+        "leader anon/RSS",
+        "helper anon/RSS"
     );
-    let mib = |m: Option<f64>| m.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "n/a".into());
+    let mib = |anon: Option<f64>, rss: Option<f64>| {
+        let f = |m: Option<f64>| m.map(|m| format!("{m:.0}")).unwrap_or_else(|| "n/a".into());
+        format!("{}/{} MiB", f(anon), f(rss))
+    };
     for f in figures {
         let _ = writeln!(
             out,
-            "{:<8} {:<34} {:>8} {:>10.0} {:>12.0} {:>12.0} {:>6.0}% {:>9.2} s {:>11} {:>11}",
+            "{:<8} {:<14} {:>8} {:>9.0} {:>11.0} {:>9.0} {:>5.0}% {:>8.2} s {:>17} {:>17}",
             f.backend,
-            f.vdaf,
+            short_vdaf(&f.vdaf),
             f.reports,
             f.upload_reports_per_second,
             f.aggregation_reports_per_second,
             f.floor_single_core * f.cores as f64,
             f.floor_ratio * 100.0,
             f.collection_seconds,
-            mib(f.leader_peak_rss_mib),
-            mib(f.helper_peak_rss_mib)
+            mib(f.leader_peak_anon_mib, f.leader_peak_rss_mib),
+            mib(f.helper_peak_anon_mib, f.helper_peak_rss_mib)
         );
     }
     let _ = writeln!(
         out,
         "floor/s: both HPKE opens and both aggregators' Prio3 verification per report, measured on one core and \
-         multiplied by the {} cores the two servers share; ratio = aggregate/s over floor/s.",
+         multiplied by the {} cores the two servers share; ratio = aggregate/s over floor/s.\n\
+         anon/RSS: peak anonymous memory (sampled) and peak resident memory, which also counts the \
+         pages of the SQLite file the server maps.",
         figures.first().map(|f| f.cores).unwrap_or(1)
     );
     out
+}
+
+/// A VDAF's name short enough for the table.
+fn short_vdaf(name: &str) -> String {
+    name.replace("Prio3Histogram(length=", "Histogram(").replace(", chunk_length=", "/").replace("Prio3Count", "Count")
 }
 
 /// Reports per second one core can take through the unavoidable work: the leader's and the
@@ -167,7 +182,8 @@ pub fn floor_single_core(vdaf: &VdafConfig) -> Result<f64, String> {
     let configs = HpkeConfigs { leader: leader.config().clone(), helper: helper.config().clone() };
     let params = bench_params(vdaf.clone(), "http://leader.invalid/".into(), "http://helper.invalid/".into());
     let client = Client::new(params.clone(), reqwest::Client::new()).map_err(|e| e.to_string())?;
-    let task_config = params.task_configuration().map_err(|e| e.to_string())?.get_encoded().map_err(|e| e.to_string())?;
+    let task_config =
+        params.task_configuration().map_err(|e| e.to_string())?.get_encoded().map_err(|e| e.to_string())?;
     let vdaf_impl = duet_common::vdaf::Vdaf::new(vdaf).map_err(|e| e.to_string())?;
     let verify_key = VerifyKey::random();
     let ctx = vdaf_context(&params.task_id);
@@ -180,17 +196,13 @@ pub fn floor_single_core(vdaf: &VdafConfig) -> Result<f64, String> {
             .map_err(|e| e.to_string())
     };
     let verify = |report: &Report| -> Result<(), String> {
-        let aad = InputShareAad::encode_parts(
-            &params.task_id,
-            &task_config,
-            &report.report_metadata,
-            &report.public_share,
-        )
-        .map_err(|e| e.to_string())?;
+        let aad =
+            InputShareAad::encode_parts(&params.task_id, &task_config, &report.report_metadata, &report.public_share)
+                .map_err(|e| e.to_string())?;
         let nonce = report.report_metadata.report_id.as_bytes();
         let share = |kp: &HpkeKeypair, role: Role, ct: &HpkeCiphertext| -> Result<Vec<u8>, String> {
-            let plain = open(kp, &HpkeApplicationInfo::InputShare { recipient: role }, ct, &aad)
-                .map_err(|e| e.to_string())?;
+            let plain =
+                open(kp, &HpkeApplicationInfo::InputShare { recipient: role }, ct, &aad).map_err(|e| e.to_string())?;
             Ok(PlaintextInputShare::get_decoded(&plain).map_err(|e| e.to_string())?.payload)
         };
         let leader_share = share(&leader, Role::Leader, &report.leader_encrypted_input_share)?;
@@ -243,12 +255,61 @@ fn bench_params(vdaf: VdafConfig, leader: String, helper: String) -> TaskParamet
     }
 }
 
-/// A server's peak resident memory (VmHWM), in MiB, where /proc tells it.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+/// A field of /proc/PID/status in MiB (`VmHWM`, `RssAnon`, ...), where /proc tells it.
+fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmHWM")
+}
+
+/// Samples the servers' anonymous memory every 50 ms on a thread of its own and keeps each
+/// role's peak. The leader's PID changes when it is restarted: `watch` takes the new one.
+struct AnonSampler {
+    pids: std::sync::Arc<std::sync::Mutex<[Option<u32>; 2]>>,
+    peaks: std::sync::Arc<std::sync::Mutex<[Option<f64>; 2]>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AnonSampler {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let pids = std::sync::Arc::new(std::sync::Mutex::new([None, None]));
+        let peaks = std::sync::Arc::new(std::sync::Mutex::new([None, None]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, k, s) = (pids.clone(), peaks.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let current = *p.lock().unwrap_or_else(|e| e.into_inner());
+                for (i, pid) in current.iter().enumerate() {
+                    if let Some(m) = pid.and_then(|pid| proc_status_mib(pid, "RssAnon")) {
+                        let mut peaks = k.lock().unwrap_or_else(|e| e.into_inner());
+                        peaks[i] = Some(peaks[i].map_or(m, |old: f64| old.max(m)));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { pids, peaks, stop, thread: Some(thread) }
+    }
+
+    /// Watches `pid` as the leader (0) or the helper (1).
+    fn watch(&self, which: usize, pid: u32) {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner())[which] = Some(pid);
+    }
+
+    fn finish(mut self) -> [Option<f64>; 2] {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        *self.peaks.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One server's database, dropped (PostgreSQL) or removed (SQLite) when this value is.
@@ -331,19 +392,25 @@ async fn run_with_databases(
     let mut helper_args = vec!["--database".to_string(), helper_db.to_string()];
     helper_args.extend(options.helper_args.iter().cloned());
     let mut helper = spawn(&helper_bin, "duet-helper", helper_args, &helper_admin, "127.0.0.1:0")?;
+    let sampler = AnonSampler::start();
+    sampler.watch(1, helper.pid());
     let leader_args = |creator_ms: &str| {
-        let mut a = vec!["--database".to_string(), leader_db.to_string(), "--creator-interval-ms".into(), creator_ms.into()];
+        let mut a =
+            vec!["--database".to_string(), leader_db.to_string(), "--creator-interval-ms".into(), creator_ms.into()];
         a.extend(options.leader_args.iter().cloned());
         a
     };
     // Phase 1: the job creator asleep, so that the upload figure is ingest alone.
     let mut leader = spawn(&leader_bin, "duet-leader", leader_args("86400000"), &leader_admin, "127.0.0.1:0")?;
+    sampler.watch(0, leader.pid());
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().map_err(|e| e.to_string())?;
     let params = bench_params(vdaf.clone(), leader.url(), helper.url());
     let task = crate::admin::NewTask::generate(params.clone(), None);
-    let la = crate::admin::AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).map_err(|e| e.to_string())?;
-    let ha = crate::admin::AdminClient::new(http.clone(), &helper.url(), helper_admin.clone()).map_err(|e| e.to_string())?;
+    let la =
+        crate::admin::AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).map_err(|e| e.to_string())?;
+    let ha =
+        crate::admin::AdminClient::new(http.clone(), &helper.url(), helper_admin.clone()).map_err(|e| e.to_string())?;
     crate::admin::provision_task(&la, &task.leader_request, &ha, &task.helper_request)
         .await
         .map_err(|e| e.to_string())?;
@@ -368,17 +435,20 @@ async fn run_with_databases(
     leader.terminate(Duration::from_secs(40));
     let restarted = Instant::now();
     leader = spawn(&leader_bin, "duet-leader", leader_args("100"), &leader_admin, &addr)?;
+    sampler.watch(0, leader.pid());
     let metrics_url = format!("http://{}/metrics", leader.metrics_addr.ok_or("the leader has no metrics listener")?);
     let mut first_job: Option<Instant> = None;
     let total = options.reports as f64;
     let deadline = Instant::now() + Duration::from_secs(3600);
     let finished = loop {
-        let text = http.get(&metrics_url).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        let text =
+            http.get(&metrics_url).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
         let created = sample(&text, "duet_aggregation_jobs_total", &[("outcome", "created")]);
         if first_job.is_none() && created > 0.0 {
             first_job = Some(Instant::now());
         }
-        let done = sample(&text, "duet_reports_aggregated_total", &[]) + sample(&text, "duet_reports_failed_total", &[]);
+        let done =
+            sample(&text, "duet_reports_aggregated_total", &[]) + sample(&text, "duet_reports_failed_total", &[]);
         if done >= total {
             break Instant::now();
         }
@@ -408,6 +478,7 @@ async fn run_with_databases(
         (a, b) => a.or(b),
     };
     let helper_peak = peak_rss_mib(helper.pid());
+    let [leader_anon, helper_anon] = sampler.finish();
     leader.terminate(Duration::from_secs(40));
     helper.terminate(Duration::from_secs(40));
     let aggregation = total / aggregation_secs;
@@ -423,6 +494,8 @@ async fn run_with_databases(
         floor_ratio: aggregation / (floor * cores as f64),
         leader_peak_rss_mib: leader_peak,
         helper_peak_rss_mib: helper_peak,
+        leader_peak_anon_mib: leader_anon,
+        helper_peak_anon_mib: helper_anon,
     })
 }
 

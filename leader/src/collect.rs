@@ -149,12 +149,39 @@ pub async fn create(
     tracing::info!(task_id = %task.id, collection_job_id = %id, "collection job created");
     metrics::collection_job("created");
     state.collection_wake.notify_one();
-    let job = state
-        .store
-        .collection_job(&task, &id)
+    let job = settle_briefly(&state, &task, &id)
         .await?
         .ok_or_else(|| DapError::Internal("collection job vanished".into()))?;
     with_budget(&state, &task, job_response(&task, &job, StatusCode::CREATED)?).await
+}
+
+/// How long a request waits for a pending collection job to finish before it answers "not yet".
+/// A batch that is ready is usually collected in milliseconds, and DAP lets the leader answer
+/// with the result at once (DAP-18 "Asynchronous Request Handling"): the collector then needs no
+/// poll, which with `Retry-After`'s whole seconds would cost it a second.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The job, once it is no longer pending or [`SETTLE_WAIT`] has passed. The driver may run on
+/// another replica, so the job is looked at again every 50 ms as well as when this replica's
+/// driver ends a job.
+async fn settle_briefly(
+    state: &LeaderState,
+    task: &Task,
+    id: &CollectionJobId,
+) -> Result<Option<CollectionJobRow>, DapError> {
+    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+    loop {
+        let ended = state.collection_done.notified();
+        let job = state.store.collection_job(task, id).await?;
+        let pending = job.as_ref().is_some_and(|j| j.state == "pending");
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return Ok(job);
+        }
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+    }
 }
 
 fn parse_job_id(s: &str) -> Result<CollectionJobId, DapError> {
@@ -169,9 +196,7 @@ pub async fn get(
 ) -> HttpResult<Response> {
     let task = leader_task(&state, &task_id, &headers).await?;
     let id = parse_job_id(&job_id)?;
-    let job = state
-        .store
-        .collection_job(&task, &id)
+    let job = settle_briefly(&state, &task, &id)
         .await?
         .ok_or_else(|| DapError::NotFound(format!("no collection job {id}")))?;
     with_budget(&state, &task, job_response(&task, &job, StatusCode::OK)?).await

@@ -71,6 +71,9 @@ pub struct LeaderState {
     pub aggregation_wake: Arc<Notify>,
     /// Woken when a collection job is created.
     pub collection_wake: Arc<Notify>,
+    /// Notified (all waiters) when the collection driver has driven a job, so that requests
+    /// waiting for it look again.
+    pub collection_done: Arc<Notify>,
 }
 
 impl LeaderState {
@@ -83,6 +86,7 @@ impl LeaderState {
             peer,
             aggregation_wake: Arc::default(),
             collection_wake: Arc::default(),
+            collection_done: Arc::default(),
         })
     }
 }
@@ -134,32 +138,57 @@ pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet
     });
     let (s, mut rx) = (state.clone(), stop.clone());
     set.spawn(async move {
+        // A pipeline, not rounds: a new job is leased as soon as one of the running ones ends,
+        // so that the CPUs never wait for the slowest job of a round.
+        let mut running: JoinSet<()> = JoinSet::new();
         loop {
-            let jobs =
-                match s.store.acquire_aggregation_jobs(s.config.max_concurrent_jobs, s.config.lease_seconds).await {
-                    Ok(j) => j,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "leasing aggregation jobs failed");
-                        Vec::new()
+            let room = s.config.max_concurrent_jobs.saturating_sub(running.len());
+            let mut leased = 0;
+            if room > 0 && !*rx.borrow() {
+                match s.store.acquire_aggregation_jobs(room, s.config.lease_seconds).await {
+                    Ok(jobs) => {
+                        leased = jobs.len();
+                        for job in jobs {
+                            let s = s.clone();
+                            running.spawn(async move {
+                                let (task_id, job_id) = (job.task_id, job.job_id);
+                                if let Err(e) = aggregate::drive_job(&s, job).await {
+                                    tracing::error!(%task_id, %job_id, error = %e, "driving aggregation job failed");
+                                }
+                            });
+                        }
                     }
-                };
-            let busy = !jobs.is_empty();
-            let mut running = JoinSet::new();
-            for job in jobs {
-                let s = s.clone();
-                running.spawn(async move {
-                    let (task_id, job_id) = (job.task_id, job.job_id);
-                    if let Err(e) = aggregate::drive_job(&s, job).await {
-                        tracing::error!(%task_id, %job_id, error = %e, "driving aggregation job failed");
-                    }
-                });
+                    Err(e) => tracing::warn!(error = %e, "leasing aggregation jobs failed"),
+                }
             }
-            while running.join_next().await.is_some() {}
             if *rx.borrow() {
+                // Stopping: the jobs in hand are finished, no new one is taken.
+                while running.join_next().await.is_some() {}
                 break;
             }
-            if !busy && !pause(s.config.driver_interval, &s.aggregation_wake, &mut rx).await {
-                break;
+            if running.is_empty() {
+                if !pause(s.config.driver_interval, &s.aggregation_wake, &mut rx).await {
+                    break;
+                }
+                continue;
+            }
+            if leased == room {
+                // Full, or everything leasable was taken: go on once a job ends.
+                if running.len() >= s.config.max_concurrent_jobs {
+                    tokio::select! {
+                        _ = running.join_next() => {}
+                        _ = rx.changed() => {}
+                    }
+                }
+                continue;
+            }
+            // Room left and nothing more to lease now: wait for a job to end, new jobs, or the
+            // idle interval.
+            tokio::select! {
+                _ = running.join_next() => {}
+                _ = s.aggregation_wake.notified() => {}
+                _ = tokio::time::sleep(s.config.driver_interval) => {}
+                _ = rx.changed() => {}
             }
         }
     });
@@ -177,6 +206,7 @@ pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet
                 if let Err(e) = collect::drive_job(&s, task_id, id).await {
                     tracing::error!(%task_id, collection_job_id = %id, error = %e, "driving collection job failed");
                 }
+                s.collection_done.notify_waiters();
             }
             if *rx.borrow() || !pause(s.config.driver_interval, &s.collection_wake, &mut rx).await {
                 break;

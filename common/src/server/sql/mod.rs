@@ -78,7 +78,6 @@ fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, 
     T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
 }
 
-
 /// `($1, $2, $3, S), ($4, $5, $6, S), ...`: `rows` tuples of `columns` placeholders numbered
 /// from 1, each ending with the SQL `suffix` (constants, or a parameter every row shares).
 pub(super) fn value_rows(rows: usize, columns: usize, suffix: &str) -> String {
