@@ -32,9 +32,13 @@ const SERIALIZATION_CONFLICT: &str = "serialization conflict: ";
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
+            // Protocol: a connection cut while it was being set up (the TLS negotiation's answer
+            // missing, say) reads as a broken message, not as a fault of ours.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
             // PostgreSQL: serialization_failure, deadlock_detected; SQLite: busy after the timeout.
             sqlx::Error::Database(ref d)
                 if matches!(d.code().as_deref(), Some("40001") | Some("40P01") | Some("5") | Some("517")) =>
