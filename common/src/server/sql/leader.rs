@@ -160,9 +160,12 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
             .await
             .map_err(StoreError::from)?;
             for ids in job.chunks(s.rows_per_statement(1)) {
+                // No condition on the state: these rows were read as unaggregated in this
+                // transaction, under the task's creator lock, and one would steer the planner to
+                // the state index, scanning every pending report for each statement.
                 let sql = format!(
                     "UPDATE client_reports SET state = 'in_job', job_id = $1, batch_id = $2
-                     WHERE task_id = $3 AND state = 'unaggregated' AND report_id IN ({})",
+                     WHERE task_id = $3 AND report_id IN ({})",
                     placeholder_list(4, ids.len())
                 );
                 let mut q = sqlx::query(&sql)
@@ -224,9 +227,11 @@ pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64)
 /// The reports of a job still awaiting their outcome, in a stable order (so that a retried
 /// request is byte-identical).
 pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
+    // Sorted here rather than by the database: an ORDER BY report_id would make it walk the
+    // task's whole primary key instead of the job's index.
     let rows = sqlx::query(
-        "SELECT report_metadata, public_share, leader_encrypted_input_share, helper_encrypted_input_share
-         FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job' ORDER BY report_id",
+        "SELECT report_id, report_metadata, public_share, leader_encrypted_input_share, helper_encrypted_input_share
+         FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'",
     )
     .bind(job.task_id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
@@ -234,13 +239,15 @@ pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<Job
     .await
     .map_err(StoreError::from)?;
     let corrupt = |_| DapError::Internal("stored report is corrupt".into());
+    let mut rows: Vec<(Vec<u8>, sqlx::any::AnyRow)> = rows.into_iter().map(|r| (r.get::<Vec<u8>, _>(0), r)).collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
     rows.into_iter()
-        .map(|r| {
+        .map(|(_, r)| {
             Ok(JobReport {
-                metadata: ReportMetadata::get_decoded(&r.get::<Vec<u8>, _>(0)).map_err(corrupt)?,
-                public_share: r.get(1),
-                leader_share: HpkeCiphertext::get_decoded(&r.get::<Vec<u8>, _>(2)).map_err(corrupt)?,
-                helper_share: HpkeCiphertext::get_decoded(&r.get::<Vec<u8>, _>(3)).map_err(corrupt)?,
+                metadata: ReportMetadata::get_decoded(&r.get::<Vec<u8>, _>(1)).map_err(corrupt)?,
+                public_share: r.get(2),
+                leader_share: HpkeCiphertext::get_decoded(&r.get::<Vec<u8>, _>(3)).map_err(corrupt)?,
+                helper_share: HpkeCiphertext::get_decoded(&r.get::<Vec<u8>, _>(4)).map_err(corrupt)?,
             })
         })
         .collect()
@@ -406,7 +413,12 @@ pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, erro
 
 /// Leader tasks with work for the job creator.
 pub(super) async fn tasks_with_unaggregated_reports(s: &SqlStore) -> Result<Vec<TaskId>, DapError> {
-    let rows = sqlx::query("SELECT DISTINCT task_id FROM client_reports WHERE state = 'unaggregated'")
+    // Task by task through the pending-reports index: a scan of the reports would cost a pass
+    // over every stored report each time the creator runs.
+    let rows = sqlx::query(
+        "SELECT t.task_id FROM tasks t WHERE EXISTS
+           (SELECT 1 FROM client_reports r WHERE r.task_id = t.task_id AND r.state = 'unaggregated')",
+    )
         .fetch_all(s.pool())
         .await
         .map_err(StoreError::from)?;
