@@ -419,9 +419,9 @@ pub(super) async fn tasks_with_unaggregated_reports(s: &SqlStore) -> Result<Vec<
         "SELECT t.task_id FROM tasks t WHERE EXISTS
            (SELECT 1 FROM client_reports r WHERE r.task_id = t.task_id AND r.state = 'unaggregated')",
     )
-        .fetch_all(s.pool())
-        .await
-        .map_err(StoreError::from)?;
+    .fetch_all(s.pool())
+    .await
+    .map_err(StoreError::from)?;
     rows.into_iter().map(|r| id_of(r.get(0), "task ID")).collect()
 }
 

@@ -58,6 +58,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../../../migrations/sqlite/0003_leader_jobs.sql")),
     (4, include_str!("../../../../migrations/sqlite/0004_privacy_budget.sql")),
     (5, include_str!("../../../../migrations/sqlite/0005_hpke_key_rotation.sql")),
+    (6, include_str!("../../../../migrations/sqlite/0006_partial_report_indexes.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -67,6 +68,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../../../migrations/postgres/0003_leader_jobs.sql")),
     (4, include_str!("../../../../migrations/postgres/0004_privacy_budget.sql")),
     (5, include_str!("../../../../migrations/postgres/0005_hpke_key_rotation.sql")),
+    (6, include_str!("../../../../migrations/postgres/0006_partial_report_indexes.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
