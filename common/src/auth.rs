@@ -120,6 +120,20 @@ impl fmt::Display for AuthenticationToken {
     }
 }
 
+/// A URL without its password (a database URL, say), for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,19 +189,5 @@ mod tests {
         assert!(!format!("{t:?}").contains("super-secret"));
         assert!(!format!("{t}").contains("super-secret"));
         assert!(!format!("{:?}", t.header(TokenScheme::Bearer).1).contains("super-secret"));
-    }
-}
-
-/// A URL without its password (a database URL, say), for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }

@@ -49,7 +49,7 @@ impl Default for LeaderConfig {
         Self {
             tolerable_clock_skew_seconds: 300,
             max_body_bytes: 64 * 1024 * 1024,
-            job_sizes: JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 64 },
+            job_sizes: JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 16 },
             creator_interval: Duration::from_secs(1),
             driver_interval: Duration::from_millis(500),
             max_concurrent_jobs: 4,

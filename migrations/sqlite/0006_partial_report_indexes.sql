@@ -1,4 +1,7 @@
--- Kept in step with PostgreSQL's schema version. SQLite keeps its full report indexes: the
--- narrower ones PostgreSQL uses (0006 there) help PostgreSQL's write path, while SQLite's
--- planner uses a partial index only for a query that repeats the index's own condition.
-SELECT 1;
+-- Leader: a report enters the job and batch indexes only once it has a job or batch, so that an
+-- upload writes neither (every query on them compares job_id or batch_id, which SQLite takes to
+-- satisfy the IS NOT NULL condition).
+DROP INDEX client_reports_job;
+CREATE INDEX client_reports_job ON client_reports (task_id, job_id) WHERE job_id IS NOT NULL;
+DROP INDEX client_reports_batch;
+CREATE INDEX client_reports_batch ON client_reports (task_id, batch_id, state) WHERE batch_id IS NOT NULL;

@@ -50,7 +50,14 @@ pub fn server_main<C, Fut>(
         None => init_tracing(LogFormat::Text, None),
     };
     let result = logging.and_then(|()| {
-        let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        // CPU work (HPKE, Prio3) runs on the blocking pool: as many threads as cores, since
+        // more would only contend for them and hold memory of their own.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .max_blocking_threads(cores)
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
         runtime.block_on(run(cli, described))
     });
     if let Err(e) = result {

@@ -41,7 +41,7 @@ async fn commit_outcomes(
         collected_flags.push(collected);
     }
     let mut fresh: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(candidates.len());
-    for chunk in candidates.chunks(s.rows_per_statement(1)) {
+    for chunk in s.statement_chunks(&candidates, 1) {
         let sql = format!(
             "INSERT INTO aggregated_report_ids (report_id, task_id, job_id) VALUES {}
              ON CONFLICT DO NOTHING RETURNING report_id",

@@ -35,7 +35,7 @@ pub(super) async fn put_reports(
     }
     // Multi-row inserts; the rows a known report ID kept out are replays.
     let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
-    for chunk in to_insert.chunks(s.rows_per_statement(7)) {
+    for chunk in s.statement_chunks(&to_insert, 7) {
         let sql = format!(
             "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
              leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
@@ -159,7 +159,7 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-            for ids in job.chunks(s.rows_per_statement(1)) {
+            for ids in s.statement_chunks(&job, 1) {
                 // No condition on the state: these rows were read as unaggregated in this
                 // transaction, under the task's creator lock, and one would steer the planner to
                 // the state index, scanning every pending report for each statement.
@@ -253,6 +253,9 @@ pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<Job
         .collect()
 }
 
+/// An output share with its report's time.
+type TimedShare = (crate::time::Time, crate::vdaf::OutputShare);
+
 /// Commits a finished job in one transaction: output shares into their batch buckets (unless the
 /// bucket was collected meanwhile, which fails the report with `batch_collected`), each report's
 /// final state (its payload dropped, its ID kept for replay checks), and the job finished.
@@ -272,8 +275,7 @@ pub(super) async fn commit_job(
     }
     // Each report's final state: a report whose bucket was collected meanwhile fails.
     let mut collected: std::collections::HashMap<BatchBucket, bool> = std::collections::HashMap::new();
-    let mut settled_as: Vec<(ReportId, Option<ReportError>, Option<(crate::time::Time, crate::vdaf::OutputShare)>)> =
-        Vec::with_capacity(outcomes.len());
+    let mut settled_as: Vec<(ReportId, Option<ReportError>, Option<TimedShare>)> = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         let (report_id, mut error, share) = match outcome {
             ReportOutcome::Failed { report_id, error } => (report_id, Some(error), None),
@@ -295,7 +297,7 @@ pub(super) async fn commit_job(
     }
     let mut settled: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(settled_as.len());
     for (error, ids) in &by_outcome {
-        for chunk in ids.chunks(s.rows_per_statement(1)) {
+        for chunk in s.statement_chunks(ids, 1) {
             let sql = format!(
                 "UPDATE client_reports SET state = $1, report_error = $2,
                    public_share = coalesce(substr(public_share, 1, 0), public_share),

@@ -101,6 +101,19 @@ pub(super) fn value_rows(rows: usize, columns: usize, suffix: &str) -> String {
     out
 }
 
+/// Chunks of `max` items, then the rest in decreasing powers of two.
+fn power_of_two_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let take = if rest.len() >= max { max } else { 1 << (usize::BITS - 1 - rest.len().leading_zeros()) };
+        let (chunk, tail) = rest.split_at(take);
+        out.push(chunk);
+        rest = tail;
+    }
+    out
+}
+
 /// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
 pub(super) fn placeholder_list(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
@@ -159,7 +172,10 @@ impl SqlStore {
                         // WAL with NORMAL sync survives process crashes (only power loss can
                         // lose the last transactions); writers wait for each other.
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456").await?;
+                        // Reads go through the mapped file (no copies into each connection's
+                        // cache), so the page cache only holds pages being written: 1 MiB a
+                        // connection keeps memory bounded however large the database grows.
+                        conn.execute("PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -1024").await?;
                     }
                     Ok(())
                 })
@@ -201,6 +217,14 @@ impl SqlStore {
             Backend::Postgres => 8192,
         };
         (budget / params_per_row.max(1)).max(1)
+    }
+
+    /// `items` cut for multi-row statements of `params_per_row` parameters: full chunks, then
+    /// the rest in power-of-two pieces. Each distinct row count is a distinct statement, which
+    /// every connection prepares and caches; with powers of two there are a handful, however
+    /// the lengths of requests and jobs vary, so the caches stay small.
+    pub(super) fn statement_chunks<'a, T>(&self, items: &'a [T], params_per_row: usize) -> Vec<&'a [T]> {
+        power_of_two_chunks(items, self.rows_per_statement(params_per_row))
     }
 
     /// Applies the embedded migrations not yet applied, each in its own transaction. Safe to run
@@ -564,16 +588,6 @@ impl SqlStore {
     }
 }
 
-#[cfg(test)]
-mod placeholder_tests {
-    #[test]
-    fn placeholders_are_numbered_in_order() {
-        assert_eq!(super::value_rows(2, 3, ""), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(super::value_rows(2, 1, "'x', $3"), "($1, 'x', $3), ($2, 'x', $3)");
-        assert_eq!(super::placeholder_list(4, 3), "$4, $5, $6");
-    }
-}
-
 #[async_trait::async_trait]
 impl Storage for SqlStore {
     async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
@@ -754,5 +768,28 @@ impl Storage for SqlStore {
     }
     async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, DapError> {
         retrying!(helper::helper_delete_aggregate_share(self, task, id).await)
+    }
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(super::value_rows(2, 3, ""), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::value_rows(2, 1, "'x', $3"), "($1, 'x', $3), ($2, 'x', $3)");
+        assert_eq!(super::placeholder_list(4, 3), "$4, $5, $6");
+    }
+
+    #[test]
+    fn chunks_are_full_then_powers_of_two() {
+        let items: Vec<u32> = (0..1000).collect();
+        let sizes: Vec<usize> = super::power_of_two_chunks(&items, 256).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![256, 256, 256, 128, 64, 32, 8]);
+        let joined: Vec<u32> = super::power_of_two_chunks(&items, 256).concat();
+        assert_eq!(joined, items, "every item once, in order");
+        assert_eq!(super::power_of_two_chunks(&items[..3], 256).iter().map(|c| c.len()).collect::<Vec<_>>(), [2, 1]);
+        assert!(super::power_of_two_chunks::<u32>(&[], 256).is_empty());
+        // A limit that is not a power of two still caps every chunk.
+        assert!(super::power_of_two_chunks(&items, 36).iter().all(|c| c.len() <= 36));
     }
 }
