@@ -570,9 +570,10 @@ async fn upload_all(http: &reqwest::Client, url: &str, bodies: Vec<Vec<u8>>, con
     Ok(())
 }
 
-/// The sum of a Prometheus metric's samples whose labels include `labels`.
-fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
+/// The sum of a Prometheus metric's samples whose labels include all of `labels` (`None` when
+/// no series matches), read from a text exposition.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
@@ -585,7 +586,12 @@ fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 && labels.iter().all(|(k, v)| label_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
             wanted.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(exposition, name, labels).unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -231,22 +231,9 @@ impl Deployment {
     }
 }
 
-/// One sample of a Prometheus text exposition: the metric `name` whose labels include all of
-/// `labels`. `None` when no such series exists.
-pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    exposition.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric_name != name {
-            return None;
-        }
-        let all = labels.iter().all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-        all.then(|| value.parse().ok()).flatten()
-    })
-}
+/// A metric in a Prometheus text exposition: the sum of the series whose labels include all of
+/// `labels`; `None` when no such series exists.
+pub use duet_client::bench::metric_sum as metric;
 
 /// GETs a path of a server's operations listener: (status, body).
 pub async fn ops_get(server: &ServerProcess, path: &str) -> (u16, String) {

@@ -50,12 +50,13 @@ pub fn server_main<C, Fut>(
         None => init_tracing(LogFormat::Text, None),
     };
     let result = logging.and_then(|()| {
-        // CPU work (HPKE, Prio3) runs on the blocking pool: as many threads as cores, since
-        // more would only contend for them and hold memory of their own.
+        // CPU work (HPKE, Prio3) runs on the blocking pool, bounded (tokio's default is 512
+        // threads, each with memory of its own) but with room for the jobs in flight to overlap
+        // their CPU work with their waits on the database and the peer.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .max_blocking_threads(cores)
+            .max_blocking_threads(cores * 4)
             .build()
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
         runtime.block_on(run(cli, described))

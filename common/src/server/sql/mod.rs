@@ -219,12 +219,18 @@ impl SqlStore {
         (budget / params_per_row.max(1)).max(1)
     }
 
-    /// `items` cut for multi-row statements of `params_per_row` parameters: full chunks, then
-    /// the rest in power-of-two pieces. Each distinct row count is a distinct statement, which
-    /// every connection prepares and caches; with powers of two there are a handful, however
-    /// the lengths of requests and jobs vary, so the caches stay small.
+    /// `items` cut for multi-row statements of `params_per_row` parameters. On SQLite: full
+    /// chunks, then the rest in power-of-two pieces, because each distinct row count is a
+    /// distinct statement that every connection compiles and caches in its own memory; with
+    /// powers of two there are a handful, however the lengths of requests and jobs vary.
     pub(super) fn statement_chunks<'a, T>(&self, items: &'a [T], params_per_row: usize) -> Vec<&'a [T]> {
-        power_of_two_chunks(items, self.rows_per_statement(params_per_row))
+        let max = self.rows_per_statement(params_per_row);
+        match self.backend {
+            Backend::Sqlite => power_of_two_chunks(items, max),
+            // PostgreSQL keeps prepared statements in the server, and each extra statement is
+            // a round trip and a plan there: one statement per chunk.
+            Backend::Postgres => items.chunks(max).collect(),
+        }
     }
 
     /// Applies the embedded migrations not yet applied, each in its own transaction. Safe to run
