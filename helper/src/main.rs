@@ -86,7 +86,7 @@ fn main() {
 }
 
 async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
-    let admin_token =
+    let common =
         check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
     if args.service.check_config {
         print!("{described}");
@@ -96,7 +96,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config =
         HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, max_body_bytes: args.max_body_bytes };
-    let tls = args.connection.tls()?;
+    let tls = common.tls;
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -106,7 +106,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
     // standard error, so that standard output holds nothing but log lines (JSON ones included).
     eprintln!("listening on {addr}");
     let limits = args.connection.limits();
-    let served = serve(listener, router(store, config, admin_token), tls, limits, shutdown_signal()).await;
+    let served = serve(listener, router(store, config, common.admin_token), tls, limits, shutdown_signal()).await;
     if let Some(ops) = ops {
         ops.abort();
     }

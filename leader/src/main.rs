@@ -150,23 +150,27 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
 }
 
 async fn run(args: Args, described: &str) -> Result<(), String> {
-    let admin_token =
+    let common =
         check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
     let config = leader_config(&args)?;
-    // The trust roots must parse too, not only be readable.
-    duet_leader::peer::Peer::new(config.max_helper_poll, config.helper_token_scheme, config.helper_ca_pem.as_deref())?;
     if args.service.check_config {
+        // The trust roots must parse too, not only be readable (serving checks this in
+        // `LeaderState::new`).
+        duet_leader::peer::Peer::new(
+            config.max_helper_poll,
+            config.helper_token_scheme,
+            config.helper_ca_pem.as_deref(),
+        )?;
         print!("{described}");
         println!("duet-leader: configuration OK");
         return Ok(());
     }
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let state = LeaderState::new(store.clone(), config)?;
-    let tls = args.connection.tls()?;
     let limits = args.connection.limits();
     let ops = args.service.start_operations(store).await?;
-    let app = router(state.clone(), admin_token);
-    let served = serve_leader(state, app, &args.listen, &args.database, tls, limits).await;
+    let app = router(state.clone(), common.admin_token);
+    let served = serve_leader(state, app, &args.listen, &args.database, common.tls, limits).await;
     if let Some(ops) = ops {
         ops.abort();
     }

@@ -2,7 +2,7 @@
 //! provisioning, inspecting and removing tasks, and rotating the aggregator's HPKE keys.
 
 use super::http::{parse_task_id, require_token, ErrorResponse, HttpResult};
-use super::storage::{HpkeKeyRecord, HpkeKeyState, Store};
+use super::storage::{first_free_config_id, HpkeKeyRecord, HpkeKeyState, Store};
 use crate::auth::AuthenticationToken;
 use crate::hpke::HpkeKeypair;
 use crate::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
@@ -119,20 +119,16 @@ async fn add_key(
         Some(id) => HpkeConfigId(id),
         None => {
             let taken: Vec<u8> = s.datastore.hpke_keys().await?.iter().map(|k| k.config.id.0).collect();
-            (1..=u8::MAX)
-                .chain([0])
-                .find(|i| !taken.contains(i))
-                .map(HpkeConfigId)
+            first_free_config_id(&taken)
                 .ok_or_else(|| DapError::Conflict("all 256 HPKE config IDs are taken".into()))?
         }
     };
-    let default = HpkeKeypair::generate_default(id);
-    let config = default.config();
+    // Unset parts of the suite are those of `HpkeKeypair::generate_default`.
     let keypair = HpkeKeypair::generate(
         id,
-        req.kem_id.map(HpkeKemId).unwrap_or(config.kem_id),
-        req.kdf_id.map(HpkeKdfId).unwrap_or(config.kdf_id),
-        req.aead_id.map(HpkeAeadId).unwrap_or(config.aead_id),
+        req.kem_id.map(HpkeKemId).unwrap_or(crate::hpke::kem::X25519_HKDF_SHA256),
+        req.kdf_id.map(HpkeKdfId).unwrap_or(crate::hpke::kdf::HKDF_SHA256),
+        req.aead_id.map(HpkeAeadId).unwrap_or(crate::hpke::aead::AES_128_GCM),
     )
     .map_err(|e| ErrorResponse(DapError::BadRequest(format!("HPKE suite: {e}"))))?;
     let rec = s.datastore.add_hpke_key(&keypair).await?;

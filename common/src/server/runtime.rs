@@ -121,14 +121,22 @@ pub fn check_database_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the settings both servers share; `Err` names the first bad one.
+/// What [`check_common`] built while checking: the admin token and the TLS acceptor (its files
+/// read and parsed once, here).
+pub struct CommonSettings {
+    pub admin_token: crate::auth::AuthenticationToken,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Checks the settings both servers share; `Err` names the first bad one. (The log filter was
+/// checked when logging was set up.)
 pub fn check_common(
     listen: &str,
     database: &str,
     admin_token: Option<&str>,
     connection: &ConnectionFlags,
     service: &ServiceFlags,
-) -> Result<crate::auth::AuthenticationToken, String> {
+) -> Result<CommonSettings, String> {
     check_listen_address("listen", listen)?;
     check_database_url(database)?;
     if let Some(m) = &service.metrics_listen {
@@ -144,12 +152,11 @@ pub fn check_common(
             ));
         }
     }
-    if let Some(f) = &service.log_filter {
-        tracing_subscriber::EnvFilter::try_new(f).map_err(|e| format!("log_filter {f:?}: {e}"))?;
-    }
-    connection.tls()?;
+    let tls = connection.tls()?;
     let token = admin_token.ok_or("admin_token is required: set DUET_ADMIN_TOKEN (or --admin-token)")?;
-    crate::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))
+    let admin_token =
+        crate::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))?;
+    Ok(CommonSettings { admin_token, tls })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, the signals a service manager stops us with.

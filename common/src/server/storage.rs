@@ -420,6 +420,11 @@ impl HpkeKeyState {
     }
 }
 
+/// The smallest HPKE config ID none of `taken` has: 1 to 255 first, 0 last.
+pub fn first_free_config_id(taken: &[u8]) -> Option<HpkeConfigId> {
+    (1..=u8::MAX).chain([0]).find(|i| !taken.contains(i)).map(HpkeConfigId)
+}
+
 /// How long a retired key stays before it may be deleted without `force`: twice the time
 /// clients may cache `/hpke_config`, as DAP-18 recommends.
 pub const RETIRED_KEY_GRACE_SECONDS: i64 = 2 * super::hpke_config::CACHE_MAX_AGE_SECONDS as i64;

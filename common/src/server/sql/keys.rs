@@ -6,7 +6,9 @@ use super::SqlStore;
 use crate::hpke::{HpkeKeypair, HpkePrivateKey};
 use crate::messages::{HpkeConfig, HpkeConfigId};
 use crate::problem::DapError;
-use crate::server::storage::{now_seconds, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS};
+use crate::server::storage::{
+    first_free_config_id, now_seconds, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS,
+};
 use crate::{Decode, Encode};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -47,16 +49,14 @@ impl SqlStore {
         }
         // First use (or only pending keys so far): an active key under the smallest free ID.
         let taken: Vec<u8> = keys.iter().map(|(k, _)| k.config().id.0).collect();
-        let id = (1..=u8::MAX)
-            .chain([0])
-            .find(|i| !taken.contains(i))
+        let id = first_free_config_id(&taken)
             .ok_or_else(|| DapError::Conflict("all 256 HPKE config IDs are taken and none is active".into()))?;
-        let kp = HpkeKeypair::generate_default(HpkeConfigId(id));
+        let kp = HpkeKeypair::generate_default(id);
         let now = now_seconds();
         sqlx::query(&format!(
             "INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT DO NOTHING"
         ))
-        .bind(i64::from(id))
+        .bind(i64::from(id.0))
         .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
         .bind(kp.private_key().as_bytes())
         .bind(now)
