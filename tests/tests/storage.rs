@@ -438,6 +438,36 @@ async fn a_job_committed_by_two_drivers_counts_once() {
 }
 
 #[tokio::test]
+async fn a_commit_settles_exactly_the_reports_of_its_job() {
+    for (name, store, _keep) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
+        let reports: Vec<Report> = (0..6).map(|_| report(500)).collect();
+        store.put_reports(&task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1, "{name}");
+        let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        let held = store.aggregation_job_reports(&job).await.unwrap();
+        assert_eq!(held.len(), 6, "{name}");
+        let failed = |r: &JobReport| ReportOutcome::Failed {
+            report_id: r.metadata.report_id,
+            error: ReportError::HpkeDecryptError,
+        };
+        // Outcomes that leave out a report of the job are refused, and settle nothing.
+        let short: Vec<ReportOutcome> = held[..5].iter().map(failed).collect();
+        let err = store.commit_aggregation_job(&task, &job, short).await.unwrap_err();
+        assert!(matches!(err, duet_common::problem::DapError::Internal(_)), "{name}: {err}");
+        assert_eq!(store.aggregation_job_reports(&job).await.unwrap().len(), 6, "{name}: nothing settled");
+        // Every report failed: the failures are the largest group.
+        let all: Vec<ReportOutcome> = held.iter().map(failed).collect();
+        assert_eq!(
+            store.commit_aggregation_job(&task, &job, all).await.unwrap(),
+            StepCounts { aggregated: 0, failed: 6 }
+        );
+        assert!(store.aggregation_job_reports(&job).await.unwrap().is_empty(), "{name}");
+        assert!(store.tasks_with_unaggregated_reports().await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn hpke_key_rotation_rules() {
     for (name, store, _keep) in backends().await {
         // The first key is made active on first use.

@@ -74,6 +74,7 @@ pub(super) async fn put_reports(
 /// for leader-selected tasks, into batches filled to `target_batch_size`). Returns the number of
 /// jobs created.
 pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
+    s.refresh_statistics("client_reports").await;
     let now = now_seconds();
     let tid = task.id.as_bytes().as_slice();
     // One creator per task at a time: replicas would otherwise fight over the same reports.
@@ -289,25 +290,54 @@ pub(super) async fn commit_job(
         }
         settled_as.push((report_id, error, share));
     }
-    // The reports' states first, a statement per outcome and chunk: an output share counts only
-    // if this commit is the one that settles its report.
+    // The reports' states first, a statement per outcome (and chunk): an output share counts
+    // only if this commit is the one that settles its report.
     let mut by_outcome: std::collections::BTreeMap<Option<u8>, Vec<&[u8]>> = std::collections::BTreeMap::new();
     for (report_id, error, _) in &settled_as {
         by_outcome.entry(error.map(|e| e as u8)).or_default().push(report_id.as_bytes().as_slice());
     }
+    let mut groups: Vec<(Option<u8>, Vec<&[u8]>)> = by_outcome.into_iter().collect();
+    groups.sort_by_key(|(_, ids)| ids.len());
     let mut settled: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(settled_as.len());
-    for (error, ids) in &by_outcome {
+    const SETTLE: &str = "UPDATE client_reports SET state = $1, report_error = $2,
+           public_share = coalesce(substr(public_share, 1, 0), public_share),
+           leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
+           helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
+         WHERE task_id = $3 AND job_id = $4 AND state = 'in_job'";
+    let largest = groups.len().saturating_sub(1);
+    for (i, (error, ids)) in groups.iter().enumerate() {
+        let state = if error.is_some() { "failed" } else { "aggregated" };
+        if i == largest {
+            // Every outcome names a report of the job, and every report of the job has one, so
+            // the largest group is the job's unsettled rest: named by the job alone. A list of
+            // its IDs would be compared with each row in turn under PostgreSQL's generic plan
+            // (a thousand by a thousand for a full job).
+            let rows = sqlx::query(&format!("{SETTLE} RETURNING report_id"))
+                .bind(state)
+                .bind(error.map(i64::from))
+                .bind(tid)
+                .bind(job.job_id.as_bytes().as_slice())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            let expected: std::collections::HashSet<&[u8]> = ids.iter().copied().collect();
+            for row in rows {
+                let id: Vec<u8> = row.get(0);
+                if !expected.contains(id.as_slice()) {
+                    // Rolled back with the transaction: nothing is settled wrongly.
+                    return Err(DapError::Internal(format!(
+                        "aggregation job {} holds a report its outcomes do not name",
+                        job.job_id
+                    )));
+                }
+                settled.insert(id);
+            }
+            continue;
+        }
         for chunk in s.statement_chunks(ids, 1) {
-            let sql = format!(
-                "UPDATE client_reports SET state = $1, report_error = $2,
-                   public_share = coalesce(substr(public_share, 1, 0), public_share),
-                   leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
-                   helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
-                 WHERE task_id = $3 AND job_id = $4 AND state = 'in_job' AND report_id IN ({}) RETURNING report_id",
-                placeholder_list(5, chunk.len())
-            );
+            let sql = format!("{SETTLE} AND report_id IN ({}) RETURNING report_id", placeholder_list(5, chunk.len()));
             let mut q = sqlx::query(&sql)
-                .bind(if error.is_some() { "failed" } else { "aggregated" })
+                .bind(state)
                 .bind(error.map(i64::from))
                 .bind(tid)
                 .bind(job.job_id.as_bytes().as_slice());

@@ -146,6 +146,8 @@ pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
     tasks: Arc<RwLock<HashMap<TaskId, Arc<Task>>>>,
+    /// When [`Self::refresh_statistics`] last looked (milliseconds since the epoch).
+    statistics_checked_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqlStore {
@@ -182,7 +184,7 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        Ok(Self { pool, backend, tasks: Arc::default() })
+        Ok(Self { pool, backend, tasks: Arc::default(), statistics_checked_ms: Arc::default() })
     }
 
     /// Connects and applies the migrations not yet applied.
@@ -230,6 +232,58 @@ impl SqlStore {
             // PostgreSQL keeps prepared statements in the server, and each extra statement is
             // a round trip and a plan there: one statement per chunk.
             Backend::Postgres => items.chunks(max).collect(),
+        }
+    }
+
+    /// Keeps PostgreSQL's planner statistics of a hot table current (SQLite needs none: its
+    /// planner prefers an index whatever the statistics say). Without statistics PostgreSQL
+    /// guesses that a task holds a thousand rows and that a list of report IDs matches all of
+    /// them, and then reads the task's whole primary key for each job it creates: cost in the
+    /// square of the reports waiting. A table filled faster than autovacuum looks (a minute by
+    /// default), or a server with autovacuum off, would be planned that way, so the leader
+    /// analyses the table itself once a fifth of it changed since the last analysis, as
+    /// autovacuum would. Looks at most once a second per process; a failure (a role that may
+    /// not analyse the table) is logged and otherwise ignored.
+    pub(super) async fn refresh_statistics(&self, table: &'static str) {
+        use std::sync::atomic::Ordering;
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let last = self.statistics_checked_ms.load(Ordering::Relaxed);
+        if now_ms < last + 1000
+            || self.statistics_checked_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let stale = sqlx::query(
+            "SELECT n_mod_since_analyze > 1000 + n_live_tup / 5 FROM pg_stat_user_tables WHERE relid = to_regclass($1)",
+        )
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await
+        .and_then(|row| row.map(|r| r.try_get::<bool, _>(0)).transpose());
+        let result = match stale {
+            Ok(Some(true)) => {
+                let started = std::time::Instant::now();
+                let result = self.pool.execute(format!("ANALYZE {table}").as_str()).await;
+                if result.is_ok() {
+                    tracing::debug!(
+                        table,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "table statistics refreshed"
+                    );
+                }
+                result.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(table, error = %e, "could not refresh the table's planner statistics");
         }
     }
 
