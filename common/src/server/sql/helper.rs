@@ -180,6 +180,7 @@ pub(super) async fn helper_init_job(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    s.after_commit().await;
     Ok(Some(body))
 }
 
@@ -234,6 +235,7 @@ pub(super) async fn helper_continue_job(
         return Ok(None);
     }
     tx.commit().await?;
+    s.after_commit().await;
     Ok(Some(body))
 }
 

@@ -60,6 +60,7 @@ pub(super) async fn put_reports(
         }
     }
     tx.commit().await?;
+    s.after_commit().await;
     let mut stored = to_insert.iter();
     for slot in out.iter_mut().filter(|e| e.is_none()) {
         let report = stored.next().ok_or_else(|| DapError::Internal("upload bookkeeping".into()))?;
@@ -183,6 +184,7 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
         }
     }
     tx.commit().await.map_err(StoreError::from)?;
+    s.after_commit().await;
     Ok(created)
 }
 
@@ -368,6 +370,7 @@ pub(super) async fn commit_job(
     }
     finish_job(&mut tx, task, job, "finished", None).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    s.after_commit().await;
     Ok(counts)
 }
 
@@ -591,7 +594,7 @@ async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, DapError> {
 }
 
 pub(super) async fn privacy_budget_spent(s: &SqlStore, task: &Task) -> Result<f64, DapError> {
-    let mut tx = s.pool().begin().await?;
+    let mut tx = s.begin_read().await?;
     let spent = spent_epsilon(&mut tx, task).await?;
     tx.commit().await?;
     Ok(spent)

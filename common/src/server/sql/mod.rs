@@ -22,7 +22,33 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-pub type Tx<'a> = Transaction<'a, Any>;
+/// A step's transaction; on SQLite it also holds the process's write gate
+/// ([`SqlStore::begin`]) until it commits or is dropped (which rolls it back).
+pub struct Tx<'a> {
+    // Declared first, so dropped (rolled back) before the gate opens.
+    inner: Transaction<'a, Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx<'_> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let Tx { inner, _gate } = self;
+        inner.commit().await
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
 
 /// Which database a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +140,14 @@ fn power_of_two_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     out
 }
 
+/// The file a `sqlite:` URL names, if it names one (not an in-memory database).
+fn sqlite_file(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let file = rest.split('?').next().unwrap_or_default();
+    (!file.is_empty() && file != ":memory:" && !url.contains("mode=memory")).then(|| file.to_string())
+}
+
 /// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
 pub(super) fn placeholder_list(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
@@ -148,7 +182,20 @@ pub struct SqlStore {
     tasks: Arc<RwLock<HashMap<TaskId, Arc<Task>>>>,
     /// When [`Self::refresh_statistics`] last looked (milliseconds since the epoch).
     statistics_checked_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// SQLite: the write-ahead log's file, and whether a checkpoint of it is running
+    /// ([`Self::after_commit`]).
+    wal: Option<Arc<(std::path::PathBuf, std::sync::atomic::AtomicBool)>>,
+    /// SQLite: taken by every write transaction of this process, in turn ([`Self::begin`]).
+    write_gate: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// How long a SQLite statement waits for a lock another process holds.
+const SQLITE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 30000";
+
+/// The size past which the leader restarts SQLite's write-ahead log (and to which SQLite trims
+/// the file when it restarts): big enough that restarts are rare (one per few thousand
+/// reports), small enough that the log is rewritten in place, in pages the kernel holds.
+const WAL_RESTART_BYTES: u64 = 64 << 20;
 
 impl SqlStore {
     /// Connects to the database a `sqlite:` or `postgres:` URL names (creating a SQLite file if
@@ -173,18 +220,44 @@ impl SqlStore {
                     if backend == Backend::Sqlite {
                         // WAL with NORMAL sync survives process crashes (only power loss can
                         // lose the last transactions); writers wait for each other.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON").await?;
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
+                        )
+                        .await?;
+                        conn.execute(SQLITE_BUSY_TIMEOUT).await?;
                         // Reads go through the mapped file (no copies into each connection's
                         // cache), so the page cache only holds pages being written: 1 MiB a
                         // connection keeps memory bounded however large the database grows.
-                        conn.execute("PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -1024").await?;
+                        conn.execute(
+                            "PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -1024",
+                        )
+                        .await?;
+                        conn.execute(
+                            format!(
+                                "PRAGMA journal_size_limit = {WAL_RESTART_BYTES}; PRAGMA wal_autocheckpoint = {}",
+                                WAL_RESTART_BYTES / 2 / 4096
+                            )
+                            .as_str(),
+                        )
+                        .await?;
                     }
                     Ok(())
                 })
             })
             .connect(&url)
             .await?;
-        Ok(Self { pool, backend, tasks: Arc::default(), statistics_checked_ms: Arc::default() })
+        let wal = (backend == Backend::Sqlite)
+            .then(|| sqlite_file(&url))
+            .flatten()
+            .map(|file| Arc::new((std::path::PathBuf::from(format!("{file}-wal")), Default::default())));
+        Ok(Self {
+            pool,
+            backend,
+            tasks: Arc::default(),
+            statistics_checked_ms: Arc::default(),
+            wal,
+            write_gate: Arc::default(),
+        })
     }
 
     /// Connects and applies the migrations not yet applied.
@@ -232,6 +305,56 @@ impl SqlStore {
             // PostgreSQL keeps prepared statements in the server, and each extra statement is
             // a round trip and a plan there: one statement per chunk.
             Backend::Postgres => items.chunks(max).collect(),
+        }
+    }
+
+    /// Called after a step's transaction that wrote much (uploads, jobs): on SQLite, restarts
+    /// the write-ahead log once it passed [`WAL_RESTART_BYTES`]. SQLite's own checkpoints are
+    /// passive: they copy to the database only what no reader still needs, so on a busy server,
+    /// where some read overlaps every commit, they never complete and the log grows without end
+    /// (1.4 GB over an upload of 200,000 histogram reports), every write extending a file that
+    /// the kernel must first zero, and every read searching a larger log index. A RESTART
+    /// checkpoint waits for the readers of older snapshots (milliseconds), copies the rest, and
+    /// makes the next writer begin the log again from its start. One runs at a time; a failure
+    /// is logged and leaves the log to SQLite's own checkpoints.
+    pub(super) async fn after_commit(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(wal) = &self.wal else { return };
+        let (path, running) = &**wal;
+        let large = std::fs::metadata(path).map(|m| m.len() > WAL_RESTART_BYTES).unwrap_or(false);
+        if !large || running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        // Under the write gate: the checkpoint waits for no writer of this process, only for
+        // readers, and the writers queue behind it meanwhile.
+        let gate = self.write_gate.lock().await;
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            // A reader that holds its snapshot for long must not stall every writer behind
+            // the gate: the checkpoint waits for it a second at most, then gives up (busy).
+            conn.execute("PRAGMA busy_timeout = 1000").await?;
+            let row = sqlx::query("PRAGMA wal_checkpoint(RESTART)").fetch_optional(&mut *conn).await;
+            conn.execute(SQLITE_BUSY_TIMEOUT).await?;
+            row
+        }
+        .await;
+        drop(gate);
+        running.store(false, Ordering::Release);
+        match result {
+            Ok(row) => {
+                let (busy, log, done) = row
+                    .map(|r| (r.try_get::<i64, _>(0).ok(), r.try_get::<i64, _>(1).ok(), r.try_get::<i64, _>(2).ok()))
+                    .unwrap_or_default();
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ?busy,
+                    ?log,
+                    ?done,
+                    "write-ahead log checkpoint"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
         }
     }
 
@@ -337,12 +460,20 @@ impl SqlStore {
     }
 
     /// A step's transaction. SQLite: `BEGIN IMMEDIATE` takes the write lock up front, so two
-    /// writers wait for each other instead of failing when they upgrade. PostgreSQL:
+    /// writers wait for each other instead of failing when they upgrade; and the writers of this
+    /// process first queue for its write gate, in order. SQLite alone would have them poll the
+    /// lock, asleep between tries (up to 100 ms at a time), so the lock would lie idle while
+    /// writers slept and a checkpoint could wait seconds for its turn. PostgreSQL:
     /// `SERIALIZABLE`, so concurrent replicas cannot interleave into an inconsistent state.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?,
+            Backend::Sqlite => {
+                let gate = self.write_gate.clone().lock_owned().await;
+                Tx { inner: self.pool.begin_with("BEGIN IMMEDIATE").await?, _gate: Some(gate) }
+            }
+            Backend::Postgres => {
+                Tx { inner: self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?, _gate: None }
+            }
         })
     }
 
@@ -350,10 +481,17 @@ impl SqlStore {
     /// claim: on PostgreSQL at READ COMMITTED with row and advisory locks, so that replicas
     /// take disjoint work instead of aborting each other; on SQLite as [`Self::begin`].
     pub async fn begin_claiming(&self) -> Result<Tx<'static>, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?,
-        })
+        match self.backend {
+            Backend::Sqlite => self.begin().await,
+            Backend::Postgres => {
+                Ok(Tx { inner: self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?, _gate: None })
+            }
+        }
+    }
+
+    /// A transaction that only reads: a consistent snapshot, no lock, no gate.
+    pub async fn begin_read(&self) -> Result<Tx<'static>, StoreError> {
+        Ok(Tx { inner: self.pool.begin().await?, _gate: None })
     }
 
     /// `FOR UPDATE SKIP LOCKED` where the backend has it.
@@ -696,7 +834,7 @@ impl Storage for SqlStore {
         Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
     }
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_read().await?;
         let overlaps = Self::batch_overlaps_collected_tx(&mut tx, task, batch).await?;
         tx.commit().await?;
         Ok(overlaps)
