@@ -400,3 +400,46 @@ impl PgDatabase {
         format!("postgres://postgres@{addr}/{db}")
     }
 }
+
+/// A Prio3Count leader task for storage-level tests, with placeholder endpoints.
+pub fn storage_task_request(task_info: &str) -> duet_common::task::AggregatorTaskRequest {
+    use duet_common::hpke::HpkeKeypair;
+    use duet_common::messages::HpkeConfigId;
+    duet_common::task::AggregatorTaskRequest {
+        parameters: TaskParameters {
+            task_id: TaskId::random(),
+            task_info: task_info.into(),
+            leader_endpoint: "http://leader.example/".into(),
+            helper_endpoint: "http://helper.example/".into(),
+            time_precision: 60,
+            min_batch_size: 1,
+            batch_mode: BatchMode::TimeInterval,
+            vdaf: VdafConfig::Prio3Count,
+            task_interval_seconds: None,
+            dp: None,
+        },
+        vdaf_verify_key: duet_common::vdaf::VerifyKey::random().to_base64(),
+        aggregator_auth_token: AuthenticationToken::random().expose().into(),
+        collector_auth_token: Some(AuthenticationToken::random().expose().into()),
+        collector_hpke_config: duet_common::task::hpke_config_to_b64(
+            HpkeKeypair::generate_default(HpkeConfigId(1)).config(),
+        ),
+        max_batch_size: None,
+    }
+}
+
+/// A report whose shares are placeholders of `payload_len` bytes (storage never opens them).
+pub fn stub_report(time: u64, payload_len: usize) -> duet_common::messages::Report {
+    use duet_common::messages::*;
+    let ct = |id| HpkeCiphertext { config_id: HpkeConfigId(id), enc: vec![1; 32], payload: vec![7; payload_len] };
+    Report {
+        report_metadata: ReportMetadata {
+            report_id: ReportId::random(),
+            time: duet_common::time::Time::from_units(time),
+            public_extensions: vec![],
+        },
+        public_share: vec![],
+        leader_encrypted_input_share: ct(1),
+        helper_encrypted_input_share: ct(2),
+    }
+}

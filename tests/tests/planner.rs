@@ -2,51 +2,10 @@
 //! the primary key however the table was filled (a burst of uploads, autovacuum off), or every
 //! job created reads all of a task's reports.
 
-use duet_common::auth::AuthenticationToken;
-use duet_common::hpke::HpkeKeypair;
 use duet_common::messages::*;
 use duet_common::server::storage::*;
-use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
-use duet_common::time::Time;
-use duet_common::vdaf::{VdafConfig, VerifyKey};
-use duet_tests::PgDatabase;
+use duet_tests::{storage_task_request, stub_report, PgDatabase};
 use sqlx::{Connection, Executor, Row};
-
-fn task_request() -> AggregatorTaskRequest {
-    AggregatorTaskRequest {
-        parameters: TaskParameters {
-            task_id: TaskId::random(),
-            task_info: "planner".into(),
-            leader_endpoint: "http://leader.example/".into(),
-            helper_endpoint: "http://helper.example/".into(),
-            time_precision: 60,
-            min_batch_size: 1,
-            batch_mode: BatchMode::TimeInterval,
-            vdaf: VdafConfig::Prio3Count,
-            task_interval_seconds: None,
-            dp: None,
-        },
-        vdaf_verify_key: VerifyKey::random().to_base64(),
-        aggregator_auth_token: AuthenticationToken::random().expose().into(),
-        collector_auth_token: Some(AuthenticationToken::random().expose().into()),
-        collector_hpke_config: hpke_config_to_b64(HpkeKeypair::generate_default(HpkeConfigId(1)).config()),
-        max_batch_size: None,
-    }
-}
-
-fn report(time: u64) -> Report {
-    let ct = |id| HpkeCiphertext { config_id: HpkeConfigId(id), enc: vec![1; 32], payload: vec![2; 64] };
-    Report {
-        report_metadata: ReportMetadata {
-            report_id: ReportId::random(),
-            time: Time::from_units(time),
-            public_extensions: vec![],
-        },
-        public_share: vec![],
-        leader_encrypted_input_share: ct(1),
-        helper_encrypted_input_share: ct(2),
-    }
-}
 
 /// The plan PostgreSQL picks for settling a list of reports by ID, as `EXPLAIN` prints it.
 async fn plan_of_update_by_ids(conn: &mut sqlx::PgConnection, task: &TaskId, ids: &[ReportId]) -> String {
@@ -67,8 +26,8 @@ fn hex(bytes: &[u8]) -> String {
 async fn the_leader_keeps_postgres_statistics_so_reports_are_found_by_key() {
     let db = PgDatabase::create().await;
     let store = open(&db.url).await.unwrap();
-    let task = store.put_task(Role::Leader, &task_request()).await.unwrap();
-    let reports: Vec<Report> = (0..4000).map(|i| report(1000 + i / 100)).collect();
+    let task = store.put_task(Role::Leader, &storage_task_request("planner")).await.unwrap();
+    let reports: Vec<Report> = (0..4000).map(|i| stub_report(1000 + i / 100, 64)).collect();
     for chunk in reports.chunks(500) {
         store.put_reports(&task, &chunk.iter().collect::<Vec<_>>()).await.unwrap();
     }

@@ -1,53 +1,12 @@
 //! SQLite's write-ahead log stays bounded while readers overlap every commit (a busy server),
 //! where SQLite's own passive checkpoints never complete and the log would grow without end.
 
-use duet_common::auth::AuthenticationToken;
-use duet_common::hpke::HpkeKeypair;
 use duet_common::messages::*;
 use duet_common::server::storage::*;
-use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
-use duet_common::time::Time;
-use duet_common::vdaf::{VdafConfig, VerifyKey};
+use duet_tests::{storage_task_request, stub_report};
 use sqlx::{Connection, Executor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-fn task_request() -> AggregatorTaskRequest {
-    AggregatorTaskRequest {
-        parameters: TaskParameters {
-            task_id: TaskId::random(),
-            task_info: "wal".into(),
-            leader_endpoint: "http://leader.example/".into(),
-            helper_endpoint: "http://helper.example/".into(),
-            time_precision: 60,
-            min_batch_size: 1,
-            batch_mode: BatchMode::TimeInterval,
-            vdaf: VdafConfig::Prio3Count,
-            task_interval_seconds: None,
-            dp: None,
-        },
-        vdaf_verify_key: VerifyKey::random().to_base64(),
-        aggregator_auth_token: AuthenticationToken::random().expose().into(),
-        collector_auth_token: Some(AuthenticationToken::random().expose().into()),
-        collector_hpke_config: hpke_config_to_b64(HpkeKeypair::generate_default(HpkeConfigId(1)).config()),
-        max_batch_size: None,
-    }
-}
-
-/// A report of about 16 KB, so that a few thousand fill the log past its bound.
-fn big_report() -> Report {
-    let ct = |id| HpkeCiphertext { config_id: HpkeConfigId(id), enc: vec![1; 32], payload: vec![7; 16 << 10] };
-    Report {
-        report_metadata: ReportMetadata {
-            report_id: ReportId::random(),
-            time: Time::from_units(1000),
-            public_extensions: vec![],
-        },
-        public_share: vec![],
-        leader_encrypted_input_share: ct(1),
-        helper_encrypted_input_share: ct(2),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_log_stays_bounded_under_overlapping_readers() {
@@ -55,7 +14,7 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
     let file = dir.path().join("leader.db");
     let url = format!("sqlite:{}", file.display());
     let store = open(&url).await.unwrap();
-    let task = store.put_task(Role::Leader, &task_request()).await.unwrap();
+    let task = store.put_task(Role::Leader, &storage_task_request("wal")).await.unwrap();
 
     // Readers on connections of their own, each holding a snapshot while the others start:
     // at any moment one of them reads an older state than the last commit.
@@ -81,7 +40,7 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
     let mut stored = 0usize;
     // About 160 MB of reports, in requests of 100.
     for _ in 0..100 {
-        let reports: Vec<Report> = (0..100).map(|_| big_report()).collect();
+        let reports: Vec<Report> = (0..100).map(|_| stub_report(1000, 16 << 10)).collect();
         let refs: Vec<&Report> = reports.iter().collect();
         let answers = store.put_reports(&task, &refs).await.unwrap();
         stored += answers.iter().filter(|a| a.is_none()).count();
