@@ -26,7 +26,7 @@ pub(crate) fn decode_array<const N: usize>(bytes: &mut Cursor<&[u8]>) -> Result<
 }
 
 macro_rules! opaque_codec {
-    ($enc:ident, $dec:ident, $len:ty) => {
+    ($enc:ident, $dec:ident, $span:ident, $len:ty) => {
         /// Encodes `opaque data<min..2^N-1>`; fails if `data` is longer than the prefix allows.
         pub(crate) fn $enc(bytes: &mut Vec<u8>, data: &[u8]) -> Result<(), CodecError> {
             let len = <$len>::try_from(data.len()).map_err(|_| CodecError::LengthPrefixOverflow)?;
@@ -37,18 +37,40 @@ macro_rules! opaque_codec {
 
         /// Decodes `opaque data<min..2^N-1>`, rejecting a vector shorter than `min`.
         pub(crate) fn $dec(bytes: &mut Cursor<&[u8]>, min: usize, what: &'static str) -> Result<Vec<u8>, CodecError> {
+            Ok($span(bytes, min, what)?.to_vec())
+        }
+
+        /// Reads `opaque data<min..2^N-1>` in place: the data's bytes inside the buffer.
+        #[allow(dead_code)] // not every width is read in place
+        pub(crate) fn $span<'a>(
+            bytes: &mut Cursor<&'a [u8]>,
+            min: usize,
+            what: &'static str,
+        ) -> Result<&'a [u8], CodecError> {
             let len = <$len>::decode(bytes)? as usize;
             if len < min {
                 return Err(out_of_range(what));
             }
-            Ok(read_slice(bytes, len)?.to_vec())
+            read_slice(bytes, len)
         }
     };
 }
 
-opaque_codec!(encode_opaque_u8, decode_opaque_u8, u8);
-opaque_codec!(encode_opaque_u16, decode_opaque_u16, u16);
-opaque_codec!(encode_opaque_u32, decode_opaque_u32, u32);
+opaque_codec!(encode_opaque_u8, decode_opaque_u8, opaque_u8_in_place, u8);
+opaque_codec!(encode_opaque_u16, decode_opaque_u16, opaque_u16_in_place, u16);
+opaque_codec!(encode_opaque_u32, decode_opaque_u32, opaque_u32_in_place, u32);
+
+/// Runs `read` on `bytes` and returns it with the bytes it consumed: a structure's own encoding,
+/// for code that stores or forwards what it received instead of encoding it again.
+pub(crate) fn consumed<'a, T>(
+    bytes: &mut Cursor<&'a [u8]>,
+    read: impl FnOnce(&mut Cursor<&'a [u8]>) -> Result<T, CodecError>,
+) -> Result<(T, &'a [u8]), CodecError> {
+    let start = bytes.position() as usize;
+    let value = read(bytes)?;
+    let buf: &'a [u8] = bytes.get_ref();
+    Ok((value, &buf[start..bytes.position() as usize]))
+}
 
 /// Decodes a `T items<0..2^16-1>` list.
 pub(crate) fn decode_u16_list<T: Decode>(bytes: &mut Cursor<&[u8]>) -> Result<Vec<T>, CodecError> {

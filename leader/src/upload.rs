@@ -12,13 +12,13 @@ use duet_common::problem::DapError;
 use duet_common::server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
 use duet_common::server::storage::Task;
 use duet_common::time::{Duration, Time};
-use duet_common::{Decode, Encode};
+use duet_common::Encode;
 use std::collections::HashSet;
 
 /// The checks that need no storage: time, task interval, HPKE config, extensions.
 fn precheck(
     task: &Task,
-    report: &Report,
+    report: &EncodedReport<'_>,
     known_configs: &HashSet<HpkeConfigId>,
     skew: Duration,
 ) -> Option<ReportError> {
@@ -30,7 +30,7 @@ fn precheck(
     if task.configuration.task_interval().is_some_and(|i| !i.contains(meta.time)) {
         return Some(ReportError::ReportDropped);
     }
-    if !known_configs.contains(&report.leader_encrypted_input_share.config_id) {
+    if !known_configs.contains(&report.leader_config_id) {
         return Some(ReportError::OutdatedConfig);
     }
     // duet recognises no report extensions: any public one makes the report unusable.
@@ -54,17 +54,19 @@ pub async fn upload(
         return Err(DapError::unrecognized_task(task_id).into());
     }
     require_media_type(&headers, media_type::UPLOAD_REQ)?;
-    let req = UploadRequest::get_decoded(&body)
+    // Read in place: the accepted reports are stored as these bytes, never copied into reports
+    // of their own (a request may carry thousands).
+    let reports = UploadRequest::decode_in_place(&body)
         .map_err(|e| DapError::invalid_message(Some(task_id), format!("malformed UploadRequest: {e}")))?;
     let known: HashSet<HpkeConfigId> = state.store.hpke_keypairs().await?.iter().map(|(k, _)| k.config().id).collect();
     let skew =
         Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
 
     // Stateless checks first; the survivors go to storage in one transaction.
-    let mut errors: Vec<Option<ReportError>> = Vec::with_capacity(req.reports.len());
+    let mut errors: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut seen = HashSet::new();
     let mut to_store = Vec::new();
-    for report in &req.reports {
+    for report in &reports {
         let mut error = precheck(&task, report, &known, skew);
         if error.is_none() && !seen.insert(report.report_metadata.report_id) {
             error = Some(ReportError::ReportReplayed);
@@ -75,8 +77,7 @@ pub async fn upload(
         errors.push(error);
     }
     let mut stored = state.store.put_reports(&task, &to_store).await?.into_iter();
-    let errors: Vec<ReportUploadStatus> = req
-        .reports
+    let errors: Vec<ReportUploadStatus> = reports
         .iter()
         .zip(errors)
         .filter_map(|(report, error)| {
@@ -87,9 +88,9 @@ pub async fn upload(
             error.map(|error| ReportUploadStatus { id: report.report_metadata.report_id, error })
         })
         .collect();
-    tracing::debug!(task_id = %task.id, reports = req.reports.len(), rejected = errors.len(), "upload");
+    tracing::debug!(task_id = %task.id, reports = reports.len(), rejected = errors.len(), "upload");
     let rejected: Vec<ReportError> = errors.iter().map(|s| s.error).collect();
-    duet_common::server::metrics::reports_uploaded((req.reports.len() - errors.len()) as u64, &rejected);
+    duet_common::server::metrics::reports_uploaded((reports.len() - errors.len()) as u64, &rejected);
     if errors.is_empty() {
         return Ok(StatusCode::OK.into_response());
     }

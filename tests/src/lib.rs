@@ -443,3 +443,19 @@ pub fn stub_report(time: u64, payload_len: usize) -> duet_common::messages::Repo
         helper_encrypted_input_share: ct(2),
     }
 }
+
+/// Stores `reports` with [`Storage::put_reports`](duet_common::server::storage::Storage), which
+/// takes reports as they arrive on the wire: encoded, then read in place as the leader reads them.
+pub async fn put_reports(
+    store: &dyn duet_common::server::storage::Storage,
+    task: &duet_common::server::storage::Task,
+    reports: &[&duet_common::messages::Report],
+) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_common::problem::DapError> {
+    use duet_common::Encode;
+    let mut body = Vec::new();
+    for report in reports {
+        report.encode(&mut body).expect("a report encodes");
+    }
+    let encoded = duet_common::messages::UploadRequest::decode_in_place(&body).expect("the reports read back");
+    store.put_reports(task, &encoded.iter().collect::<Vec<_>>()).await
+}

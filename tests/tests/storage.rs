@@ -132,10 +132,10 @@ async fn leader_time_interval_upload_aggregate_collect() {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 3, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..5).map(|i| report(1000 + i % 2)).collect();
         let refs: Vec<&Report> = reports.iter().collect();
-        assert_eq!(store.put_reports(&task, &refs).await.unwrap(), vec![None; 5], "{name}");
+        assert_eq!(duet_tests::put_reports(&*store, &task, &refs).await.unwrap(), vec![None; 5], "{name}");
         // Replays are refused, fresh reports in the same request accepted.
         let fresh = report(1000);
-        let again = store.put_reports(&task, &[&reports[0], &fresh]).await.unwrap();
+        let again = duet_tests::put_reports(&*store, &task, &[&reports[0], &fresh]).await.unwrap();
         assert_eq!(again, vec![Some(ReportError::ReportReplayed), None]);
 
         assert_eq!(store.tasks_with_unaggregated_reports().await.unwrap(), vec![task.id]);
@@ -193,7 +193,10 @@ async fn leader_time_interval_upload_aggregate_collect() {
         // The batch is collected now: overlapping queries and late reports are refused.
         assert!(store.batch_overlaps_collected(&task, &Batch::TimeInterval(interval)).await.unwrap());
         let late = report(1001);
-        assert_eq!(store.put_reports(&task, &[&late]).await.unwrap(), vec![Some(ReportError::ReportReplayed)]);
+        assert_eq!(
+            duet_tests::put_reports(&*store, &task, &[&late]).await.unwrap(),
+            vec![Some(ReportError::ReportReplayed)]
+        );
         store.end_collection_job(&task, &cj, Ok(vec![7, 7])).await.unwrap();
         let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
         assert_eq!((row.state.as_str(), row.response), ("finished", Some(vec![7, 7])));
@@ -209,7 +212,7 @@ async fn leader_selected_batches_fill_to_their_size() {
             store.put_task(Role::Leader, &task_request(BatchMode::LeaderSelected, 2, Some(3), true)).await.unwrap();
         let reports: Vec<Report> = (0..7).map(|_| report(500)).collect();
         let refs: Vec<&Report> = reports.iter().collect();
-        store.put_reports(&task, &refs).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &refs).await.unwrap();
         // Batches of 3, 3 and 1; jobs never straddle batches.
         assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 3, "{name}");
         let jobs = store.acquire_aggregation_jobs(10, 60).await.unwrap();
@@ -260,7 +263,7 @@ async fn leader_selected_batches_fill_to_their_size() {
         assert_ne!(collected[0], collected[1]);
         // One more report tops up the open batch, which becomes collectible.
         let extra = report(501);
-        store.put_reports(&task, &[&extra]).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &[&extra]).await.unwrap();
         assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
         let job = store.acquire_aggregation_jobs(10, 60).await.unwrap().remove(0);
         assert!(!collected.contains(&job.batch_id.unwrap()), "{name}: a collected batch takes no reports");
@@ -293,7 +296,7 @@ async fn leases_lapse_retries_wait_and_abandoned_jobs_fail_their_reports() {
     for (name, store, _dir) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..2).map(|_| report(10)).collect();
-        store.put_reports(&task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
         store.create_aggregation_jobs(&task, &sizes(1)).await.unwrap();
         // A lease of 0 s lapses at once: the job is runnable again (a crashed driver's job).
         let first = store.acquire_aggregation_jobs(1, 0).await.unwrap();
@@ -391,7 +394,7 @@ async fn a_job_committed_by_two_drivers_counts_once() {
     for (name, store, _keep) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..4).map(|_| report(300)).collect();
-        store.put_reports(&task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
         store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap();
         // Two drivers hold the same job: the first one's lease lapsed while it worked.
         let first = store.acquire_aggregation_jobs(1, 0).await.unwrap().remove(0);
@@ -442,7 +445,7 @@ async fn a_commit_settles_exactly_the_reports_of_its_job() {
     for (name, store, _keep) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..6).map(|_| report(500)).collect();
-        store.put_reports(&task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
         assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1, "{name}");
         let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
         let held = store.aggregation_job_reports(&job).await.unwrap();

@@ -353,6 +353,19 @@ impl Encode for HpkeCiphertext {
     }
 }
 
+impl HpkeCiphertext {
+    /// Reads an `HpkeCiphertext` in place, checked as [`Decode`] checks it: its config ID and
+    /// its whole encoding.
+    pub fn decode_in_place<'a>(bytes: &mut Cursor<&'a [u8]>) -> Result<(HpkeConfigId, &'a [u8]), CodecError> {
+        crate::codec::consumed(bytes, |b| {
+            let config_id = HpkeConfigId::decode(b)?;
+            crate::codec::opaque_u16_in_place(b, 1, "HpkeCiphertext.enc")?;
+            crate::codec::opaque_u32_in_place(b, 1, "HpkeCiphertext.payload")?;
+            Ok(config_id)
+        })
+    }
+}
+
 impl Decode for HpkeCiphertext {
     fn decode(bytes: &mut Cursor<&[u8]>) -> Result<Self, CodecError> {
         Ok(Self {

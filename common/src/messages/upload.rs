@@ -1,8 +1,11 @@
 //! Messages of the upload interaction (DAP-18 "Uploading Reports"): what a client sends the
 //! leader, what it encrypts to each aggregator, and the leader's per-report errors.
 
-use super::{Extension, HpkeCiphertext, ReportError, ReportId, TaskConfiguration, TaskId};
-use crate::codec::{decode_opaque_u32, decode_rest, decode_u16_list, encode_opaque_u32, encode_u16_list, out_of_range};
+use super::{Extension, HpkeCiphertext, HpkeConfigId, ReportError, ReportId, TaskConfiguration, TaskId};
+use crate::codec::{
+    decode_opaque_u32, decode_rest, decode_u16_list, encode_opaque_u32, encode_u16_list, opaque_u32_in_place,
+    out_of_range,
+};
 use crate::time::Time;
 use prio::codec::{CodecError, Decode, Encode};
 use std::io::Cursor;
@@ -96,6 +99,53 @@ impl Encode for UploadRequest {
 impl Decode for UploadRequest {
     fn decode(bytes: &mut Cursor<&[u8]>) -> Result<Self, CodecError> {
         Ok(Self { reports: decode_rest(bytes)? })
+    }
+}
+
+impl UploadRequest {
+    /// Reads the reports of an `UploadRequest` body in place, with the checks of [`Decode`].
+    pub fn decode_in_place(body: &[u8]) -> Result<Vec<EncodedReport<'_>>, CodecError> {
+        let mut cursor = Cursor::new(body);
+        let mut reports = Vec::new();
+        while (cursor.position() as usize) < body.len() {
+            reports.push(EncodedReport::decode_in_place(&mut cursor)?);
+        }
+        Ok(reports)
+    }
+}
+
+/// A [`Report`] read in place from the bytes it arrived in: the metadata and the leader's HPKE
+/// config ID decoded (the upload checks need them), every stored field as the client encoded
+/// it. The leader stores reports as received, so decoding them into buffers of their own and
+/// encoding them again would only copy each report twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedReport<'a> {
+    pub report_metadata: ReportMetadata,
+    /// The encoded `ReportMetadata`.
+    pub encoded_report_metadata: &'a [u8],
+    /// The public share's bytes (without their length prefix).
+    pub public_share: &'a [u8],
+    /// The `config_id` of the leader's `HpkeCiphertext`.
+    pub leader_config_id: HpkeConfigId,
+    /// The encoded `HpkeCiphertext`s.
+    pub leader_encrypted_input_share: &'a [u8],
+    pub helper_encrypted_input_share: &'a [u8],
+}
+
+impl<'a> EncodedReport<'a> {
+    pub fn decode_in_place(bytes: &mut Cursor<&'a [u8]>) -> Result<Self, CodecError> {
+        let (report_metadata, encoded_report_metadata) = crate::codec::consumed(bytes, ReportMetadata::decode)?;
+        let public_share = opaque_u32_in_place(bytes, 0, "Report.public_share")?;
+        let (leader_config_id, leader_encrypted_input_share) = HpkeCiphertext::decode_in_place(bytes)?;
+        let (_, helper_encrypted_input_share) = HpkeCiphertext::decode_in_place(bytes)?;
+        Ok(Self {
+            report_metadata,
+            encoded_report_metadata,
+            public_share,
+            leader_config_id,
+            leader_encrypted_input_share,
+            helper_encrypted_input_share,
+        })
     }
 }
 
@@ -282,6 +332,55 @@ pub(crate) mod tests {
         assert_eq!(UploadRequest::get_decoded(&[]).unwrap().reports.len(), 0);
         // A partial second report is an error.
         assert!(UploadRequest::get_decoded(&expected[..expected.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn reports_read_in_place_are_the_bytes_sent() {
+        let reports = vec![sample_report(1), sample_report(2)];
+        let body = UploadRequest { reports: reports.clone() }.get_encoded().unwrap();
+        let read = UploadRequest::decode_in_place(&body).unwrap();
+        assert_eq!(read.len(), 2);
+        for (report, encoded) in reports.iter().zip(&read) {
+            assert_eq!(encoded.report_metadata, report.report_metadata);
+            assert_eq!(encoded.encoded_report_metadata, report.report_metadata.get_encoded().unwrap());
+            assert_eq!(encoded.public_share, [0x0a, 0x0b]);
+            assert_eq!(encoded.leader_config_id, HpkeConfigId(1));
+            assert_eq!(encoded.leader_encrypted_input_share, unhex("01 0004 0f0e0d0c 00000004 0b0a0908"));
+            assert_eq!(encoded.helper_encrypted_input_share, unhex("02 0004 0c0d0e0f 00000004 08000a0b"));
+        }
+        assert!(UploadRequest::decode_in_place(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reading_in_place_rejects_what_decoding_rejects() {
+        let good = unhex(SAMPLE_REPORT_HEX);
+        let mut bad = Vec::new();
+        // Every truncation.
+        bad.extend((1..good.len()).map(|n| good[..n].to_vec()));
+        // An empty `enc` and an empty payload in the leader's ciphertext (both `<1..>`), the
+        // same in the helper's, otherwise well formed.
+        let leader = "01 0004 0f0e0d0c 00000004 0b0a0908";
+        let helper = "02 0004 0c0d0e0f 00000004 08000a0b";
+        for (whole, part) in [
+            (leader, "01 0000 00000004 0b0a0908"),
+            (leader, "01 0004 0f0e0d0c 00000000"),
+            (helper, "02 0000 00000004 08000a0b"),
+            (helper, "02 0004 0c0d0e0f 00000000"),
+        ] {
+            let hex = SAMPLE_REPORT_HEX.replace(whole, part);
+            assert_ne!(hex, SAMPLE_REPORT_HEX);
+            bad.push(unhex(&hex));
+        }
+        // A public share that claims more bytes than there are; extensions that overrun.
+        for (at, bytes) in [(31, vec![0xff; 4]), (25, vec![0x06])] {
+            let mut b = good.clone();
+            b.splice(at..at + bytes.len(), bytes);
+            bad.push(b);
+        }
+        for bytes in &bad {
+            assert!(Report::get_decoded(bytes).is_err(), "{bytes:02x?}");
+            assert!(UploadRequest::decode_in_place(bytes).is_err(), "{bytes:02x?}");
+        }
     }
 
     #[test]

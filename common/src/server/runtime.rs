@@ -50,10 +50,11 @@ pub fn server_main<C, Fut>(
         None => init_tracing(LogFormat::Text, None),
     };
     let result = logging.and_then(|()| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        tune_allocator(cores);
         // CPU work (HPKE, Prio3) runs on the blocking pool, bounded (tokio's default is 512
         // threads, each with memory of its own) but with room for the jobs in flight to overlap
         // their CPU work with their waits on the database and the peer.
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .max_blocking_threads(cores * 4)
@@ -65,6 +66,41 @@ pub fn server_main<C, Fut>(
         eprintln!("{program}: {e}");
         std::process::exit(1);
     }
+}
+
+/// Keeps glibc's allocator from holding memory the servers no longer use, before any thread
+/// starts. Measured with `duet bench` (histogram reports on SQLite): the leader's live heap
+/// stays under 60 MB, yet with glibc's defaults its resident memory kept growing for minutes,
+/// to twice or three times that, because:
+/// - every thread that allocates gets an arena of its own, up to 8 per core, and each arena
+///   keeps its high-water mark (the runtime's workers, the blocking pool and one thread per
+///   SQLite connection all allocate);
+/// - the mmap threshold rises to the largest block freed, so after the first request body is
+///   freed, bodies of megabytes come from those arenas and fragment them.
+///
+/// So: one arena per core, and blocks of 256 KiB or more always mapped and unmapped on free.
+/// `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_` in the environment wins over either.
+fn tune_allocator(cores: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (parameter, value) in allocator_settings(cores, |name| std::env::var_os(name).is_some()) {
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe { libc::mallopt(parameter, value) };
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = cores;
+}
+
+/// The `mallopt` calls of [`tune_allocator`], without those the environment already sets.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn allocator_settings(cores: usize, in_environment: impl Fn(&str) -> bool) -> Vec<(libc::c_int, libc::c_int)> {
+    let mut settings = Vec::new();
+    if !in_environment("MALLOC_ARENA_MAX") {
+        settings.push((libc::M_ARENA_MAX, libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX)));
+    }
+    if !in_environment("MALLOC_MMAP_THRESHOLD_") {
+        settings.push((libc::M_MMAP_THRESHOLD, 256 * 1024));
+    }
+    settings
 }
 
 /// The settings of both servers that are about running them rather than about DAP.
@@ -206,6 +242,19 @@ pub use crate::auth::redact_url;
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_allocator_settings_yield_to_the_environment() {
+        use libc::{M_ARENA_MAX, M_MMAP_THRESHOLD};
+        let unset = |_: &str| false;
+        assert_eq!(super::allocator_settings(4, unset), vec![(M_ARENA_MAX, 4), (M_MMAP_THRESHOLD, 262144)]);
+        let arenas_set = |name: &str| name == "MALLOC_ARENA_MAX";
+        assert_eq!(super::allocator_settings(4, arenas_set), vec![(M_MMAP_THRESHOLD, 262144)]);
+        let threshold_set = |name: &str| name == "MALLOC_MMAP_THRESHOLD_";
+        assert_eq!(super::allocator_settings(2, threshold_set), vec![(M_ARENA_MAX, 2)]);
+        assert!(super::allocator_settings(2, |_| true).is_empty());
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(super::redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");

@@ -482,9 +482,13 @@ pub trait Storage: Send + Sync {
 
     // -- leader: upload --
 
-    /// Stores accepted reports durably; per report, the error that refused it (a replayed ID,
-    /// or a time-interval bucket already collected).
-    async fn put_reports(&self, task: &Task, reports: &[&Report]) -> Result<Vec<Option<ReportError>>, DapError>;
+    /// Stores accepted reports durably, as their clients encoded them; per report, the error
+    /// that refused it (a replayed ID, or a time-interval bucket already collected).
+    async fn put_reports(
+        &self,
+        task: &Task,
+        reports: &[&EncodedReport<'_>],
+    ) -> Result<Vec<Option<ReportError>>, DapError>;
 
     // -- leader: aggregation --
 

@@ -15,13 +15,13 @@ use sqlx::Row;
 pub(super) async fn put_reports(
     s: &SqlStore,
     task: &Task,
-    reports: &[&Report],
+    reports: &[&EncodedReport<'_>],
 ) -> Result<Vec<Option<ReportError>>, DapError> {
     let mut tx = s.begin().await?;
     let mut out: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut collected_cache = std::collections::HashMap::new();
     let now = now_seconds();
-    let mut to_insert: Vec<&Report> = Vec::with_capacity(reports.len());
+    let mut to_insert: Vec<&EncodedReport<'_>> = Vec::with_capacity(reports.len());
     for report in reports {
         if task.configuration.batch_mode == BatchMode::TimeInterval {
             let bucket = BatchBucket::TimeInterval(report.report_metadata.time);
@@ -49,10 +49,10 @@ pub(super) async fn put_reports(
                 .bind(task.id.as_bytes().as_slice())
                 .bind(meta.report_id.as_bytes().as_slice())
                 .bind(meta.time.units() as i64)
-                .bind(meta.get_encoded().map_err(internal)?)
-                .bind(report.public_share.as_slice())
-                .bind(report.leader_encrypted_input_share.get_encoded().map_err(internal)?)
-                .bind(report.helper_encrypted_input_share.get_encoded().map_err(internal)?);
+                .bind(report.encoded_report_metadata)
+                .bind(report.public_share)
+                .bind(report.leader_encrypted_input_share)
+                .bind(report.helper_encrypted_input_share);
         }
         q = q.bind(now);
         for row in q.fetch_all(&mut *tx).await? {

@@ -840,7 +840,11 @@ impl Storage for SqlStore {
         Ok(overlaps)
     }
 
-    async fn put_reports(&self, task: &Task, reports: &[&Report]) -> Result<Vec<Option<ReportError>>, DapError> {
+    async fn put_reports(
+        &self,
+        task: &Task,
+        reports: &[&EncodedReport<'_>],
+    ) -> Result<Vec<Option<ReportError>>, DapError> {
         retrying!(leader::put_reports(self, task, reports).await)
     }
     async fn tasks_with_unaggregated_reports(&self) -> Result<Vec<TaskId>, DapError> {
