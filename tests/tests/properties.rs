@@ -1,6 +1,7 @@
 //! A short property-based pass over the same entry points as the fuzz targets, so that every CI
 //! run catches regressions: each DAP decoder on arbitrary bytes and on mutated valid messages
-//! (never a panic; whatever decodes re-encodes to the same bytes), and the upload,
+//! (never a panic; whatever decodes re-encodes to the same bytes; uploads read in place agree
+//! with decoding), and the upload,
 //! aggregation-job and collection-job handlers on arbitrary bodies (never a panic, never a 5xx).
 
 use duet_common::messages::*;
@@ -17,7 +18,36 @@ fn canonical<T: Decode + Encode>(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The leader reads uploads in place: that must accept exactly what decoding accepts, and give
+/// each report's fields as their own encodings.
+fn read_in_place_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match (UploadRequest::get_decoded(bytes), UploadRequest::decode_in_place(bytes)) {
+        (Ok(request), Ok(read)) => {
+            prop_assert_eq!(request.reports.len(), read.len());
+            for (report, encoded) in request.reports.iter().zip(&read) {
+                prop_assert_eq!(&encoded.report_metadata, &report.report_metadata);
+                prop_assert_eq!(
+                    encoded.encoded_report_metadata.to_vec(),
+                    report.report_metadata.get_encoded().unwrap()
+                );
+                prop_assert_eq!(encoded.public_share, report.public_share.as_slice());
+                prop_assert_eq!(encoded.leader_config_id, report.leader_encrypted_input_share.config_id);
+                let leader = report.leader_encrypted_input_share.get_encoded().unwrap();
+                prop_assert_eq!(encoded.leader_encrypted_input_share.to_vec(), leader);
+                let helper = report.helper_encrypted_input_share.get_encoded().unwrap();
+                prop_assert_eq!(encoded.helper_encrypted_input_share.to_vec(), helper);
+            }
+        }
+        (Err(_), Err(_)) => {}
+        (decoded, read) => {
+            prop_assert!(false, "decoding ok: {}, reading in place ok: {}", decoded.is_ok(), read.is_ok())
+        }
+    }
+    Ok(())
+}
+
 fn all_decoders(bytes: &[u8]) -> Result<(), TestCaseError> {
+    read_in_place_agrees(bytes)?;
     canonical::<HpkeConfig>(bytes)?;
     canonical::<HpkeConfigList>(bytes)?;
     canonical::<Report>(bytes)?;
