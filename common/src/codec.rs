@@ -93,10 +93,19 @@ pub(crate) fn encode_u16_list<T: Encode>(bytes: &mut Vec<u8>, items: &[T]) -> Re
 /// Decodes items until `bytes` is used up: DAP's `T items[message_length]` vectors, and the
 /// inside of a length-prefixed list.
 pub(crate) fn decode_all<T: Decode>(bytes: &[u8]) -> Result<Vec<T>, CodecError> {
+    read_all(bytes, T::decode)
+}
+
+/// Reads items with `read` until `bytes` is used up: [`decode_all`] for readers that borrow
+/// from the buffer.
+pub(crate) fn read_all<'a, T>(
+    bytes: &'a [u8],
+    mut read: impl FnMut(&mut Cursor<&'a [u8]>) -> Result<T, CodecError>,
+) -> Result<Vec<T>, CodecError> {
     let mut cursor = Cursor::new(bytes);
     let mut items = Vec::new();
     while (cursor.position() as usize) < bytes.len() {
-        items.push(T::decode(&mut cursor)?);
+        items.push(read(&mut cursor)?);
     }
     Ok(items)
 }

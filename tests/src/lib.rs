@@ -449,7 +449,7 @@ pub fn stub_report(time: u64, payload_len: usize) -> duet_common::messages::Repo
 pub async fn put_reports(
     store: &dyn duet_common::server::storage::Storage,
     task: &duet_common::server::storage::Task,
-    reports: &[&duet_common::messages::Report],
+    reports: impl IntoIterator<Item = &duet_common::messages::Report>,
 ) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_common::problem::DapError> {
     use duet_common::Encode;
     let mut body = Vec::new();

@@ -29,7 +29,7 @@ async fn the_leader_keeps_postgres_statistics_so_reports_are_found_by_key() {
     let task = store.put_task(Role::Leader, &storage_task_request("planner")).await.unwrap();
     let reports: Vec<Report> = (0..4000).map(|i| stub_report(1000 + i / 100, 64)).collect();
     for chunk in reports.chunks(500) {
-        duet_tests::put_reports(&*store, &task, &chunk.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, chunk).await.unwrap();
     }
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let probe: Vec<ReportId> = reports[..200].iter().map(|r| r.report_metadata.report_id).collect();

@@ -41,8 +41,7 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
     // About 160 MB of reports, in requests of 100.
     for _ in 0..100 {
         let reports: Vec<Report> = (0..100).map(|_| stub_report(1000, 16 << 10)).collect();
-        let refs: Vec<&Report> = reports.iter().collect();
-        let answers = duet_tests::put_reports(&*store, &task, &refs).await.unwrap();
+        let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
         stored += answers.iter().filter(|a| a.is_none()).count();
         largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
     }

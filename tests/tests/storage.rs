@@ -131,11 +131,10 @@ async fn leader_time_interval_upload_aggregate_collect() {
     for (name, store, _dir) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 3, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..5).map(|i| report(1000 + i % 2)).collect();
-        let refs: Vec<&Report> = reports.iter().collect();
-        assert_eq!(duet_tests::put_reports(&*store, &task, &refs).await.unwrap(), vec![None; 5], "{name}");
+        assert_eq!(duet_tests::put_reports(&*store, &task, &reports).await.unwrap(), vec![None; 5], "{name}");
         // Replays are refused, fresh reports in the same request accepted.
         let fresh = report(1000);
-        let again = duet_tests::put_reports(&*store, &task, &[&reports[0], &fresh]).await.unwrap();
+        let again = duet_tests::put_reports(&*store, &task, [&reports[0], &fresh]).await.unwrap();
         assert_eq!(again, vec![Some(ReportError::ReportReplayed), None]);
 
         assert_eq!(store.tasks_with_unaggregated_reports().await.unwrap(), vec![task.id]);
@@ -194,7 +193,7 @@ async fn leader_time_interval_upload_aggregate_collect() {
         assert!(store.batch_overlaps_collected(&task, &Batch::TimeInterval(interval)).await.unwrap());
         let late = report(1001);
         assert_eq!(
-            duet_tests::put_reports(&*store, &task, &[&late]).await.unwrap(),
+            duet_tests::put_reports(&*store, &task, [&late]).await.unwrap(),
             vec![Some(ReportError::ReportReplayed)]
         );
         store.end_collection_job(&task, &cj, Ok(vec![7, 7])).await.unwrap();
@@ -211,8 +210,7 @@ async fn leader_selected_batches_fill_to_their_size() {
         let task =
             store.put_task(Role::Leader, &task_request(BatchMode::LeaderSelected, 2, Some(3), true)).await.unwrap();
         let reports: Vec<Report> = (0..7).map(|_| report(500)).collect();
-        let refs: Vec<&Report> = reports.iter().collect();
-        duet_tests::put_reports(&*store, &task, &refs).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
         // Batches of 3, 3 and 1; jobs never straddle batches.
         assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 3, "{name}");
         let jobs = store.acquire_aggregation_jobs(10, 60).await.unwrap();
@@ -263,7 +261,7 @@ async fn leader_selected_batches_fill_to_their_size() {
         assert_ne!(collected[0], collected[1]);
         // One more report tops up the open batch, which becomes collectible.
         let extra = report(501);
-        duet_tests::put_reports(&*store, &task, &[&extra]).await.unwrap();
+        duet_tests::put_reports(&*store, &task, [&extra]).await.unwrap();
         assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
         let job = store.acquire_aggregation_jobs(10, 60).await.unwrap().remove(0);
         assert!(!collected.contains(&job.batch_id.unwrap()), "{name}: a collected batch takes no reports");
@@ -296,7 +294,7 @@ async fn leases_lapse_retries_wait_and_abandoned_jobs_fail_their_reports() {
     for (name, store, _dir) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..2).map(|_| report(10)).collect();
-        duet_tests::put_reports(&*store, &task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
         store.create_aggregation_jobs(&task, &sizes(1)).await.unwrap();
         // A lease of 0 s lapses at once: the job is runnable again (a crashed driver's job).
         let first = store.acquire_aggregation_jobs(1, 0).await.unwrap();
@@ -394,7 +392,7 @@ async fn a_job_committed_by_two_drivers_counts_once() {
     for (name, store, _keep) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..4).map(|_| report(300)).collect();
-        duet_tests::put_reports(&*store, &task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
         store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap();
         // Two drivers hold the same job: the first one's lease lapsed while it worked.
         let first = store.acquire_aggregation_jobs(1, 0).await.unwrap().remove(0);
@@ -445,7 +443,7 @@ async fn a_commit_settles_exactly_the_reports_of_its_job() {
     for (name, store, _keep) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
         let reports: Vec<Report> = (0..6).map(|_| report(500)).collect();
-        duet_tests::put_reports(&*store, &task, &reports.iter().collect::<Vec<_>>()).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
         assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1, "{name}");
         let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
         let held = store.aggregation_job_reports(&job).await.unwrap();

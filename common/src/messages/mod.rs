@@ -15,7 +15,9 @@ pub use collect::*;
 pub use task::*;
 pub use upload::*;
 
-use crate::codec::{decode_array, decode_opaque_u16, decode_opaque_u32, encode_opaque_u16, encode_opaque_u32};
+use crate::codec::{
+    decode_array, decode_opaque_u16, encode_opaque_u16, encode_opaque_u32, opaque_u16_in_place, opaque_u32_in_place,
+};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use prio::codec::{CodecError, Decode, Encode};
 use rand::Rng;
@@ -357,22 +359,24 @@ impl HpkeCiphertext {
     /// Reads an `HpkeCiphertext` in place, checked as [`Decode`] checks it: its config ID and
     /// its whole encoding.
     pub fn decode_in_place<'a>(bytes: &mut Cursor<&'a [u8]>) -> Result<(HpkeConfigId, &'a [u8]), CodecError> {
-        crate::codec::consumed(bytes, |b| {
-            let config_id = HpkeConfigId::decode(b)?;
-            crate::codec::opaque_u16_in_place(b, 1, "HpkeCiphertext.enc")?;
-            crate::codec::opaque_u32_in_place(b, 1, "HpkeCiphertext.payload")?;
-            Ok(config_id)
-        })
+        let ((config_id, _, _), encoded) = crate::codec::consumed(bytes, Self::read_fields)?;
+        Ok((config_id, encoded))
+    }
+
+    /// The config ID, `enc` and payload, the last two inside the buffer.
+    fn read_fields<'a>(bytes: &mut Cursor<&'a [u8]>) -> Result<(HpkeConfigId, &'a [u8], &'a [u8]), CodecError> {
+        Ok((
+            HpkeConfigId::decode(bytes)?,
+            opaque_u16_in_place(bytes, 1, "HpkeCiphertext.enc")?,
+            opaque_u32_in_place(bytes, 1, "HpkeCiphertext.payload")?,
+        ))
     }
 }
 
 impl Decode for HpkeCiphertext {
     fn decode(bytes: &mut Cursor<&[u8]>) -> Result<Self, CodecError> {
-        Ok(Self {
-            config_id: HpkeConfigId::decode(bytes)?,
-            enc: decode_opaque_u16(bytes, 1, "HpkeCiphertext.enc")?,
-            payload: decode_opaque_u32(bytes, 1, "HpkeCiphertext.payload")?,
-        })
+        let (config_id, enc, payload) = Self::read_fields(bytes)?;
+        Ok(Self { config_id, enc: enc.to_vec(), payload: payload.to_vec() })
     }
 }
 

@@ -105,12 +105,7 @@ impl Decode for UploadRequest {
 impl UploadRequest {
     /// Reads the reports of an `UploadRequest` body in place, with the checks of [`Decode`].
     pub fn decode_in_place(body: &[u8]) -> Result<Vec<EncodedReport<'_>>, CodecError> {
-        let mut cursor = Cursor::new(body);
-        let mut reports = Vec::new();
-        while (cursor.position() as usize) < body.len() {
-            reports.push(EncodedReport::decode_in_place(&mut cursor)?);
-        }
-        Ok(reports)
+        crate::codec::read_all(body, EncodedReport::decode_in_place)
     }
 }
 
