@@ -74,6 +74,8 @@ pub struct LeaderState {
     /// Notified (all waiters) when the collection driver has driven a job, so that requests
     /// waiting for it look again.
     pub collection_done: Arc<Notify>,
+    /// Uploads waiting to share a transaction.
+    pub uploads: upload::UploadQueue,
 }
 
 impl LeaderState {
@@ -87,6 +89,7 @@ impl LeaderState {
             aggregation_wake: Arc::default(),
             collection_wake: Arc::default(),
             collection_done: Arc::default(),
+            uploads: Default::default(),
         })
     }
 }

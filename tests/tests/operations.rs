@@ -73,6 +73,7 @@ async fn upload_raw(d: &Deployment, client: &Client, configs: &HpkeConfigs, time
 }
 
 async fn key_rotation_end_to_end(options: LeaderOptions) {
+    let postgres = options.postgres;
     let d = Deployment::start(options).await;
     let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 3, None, None).await;
     let hour = past_hour();
@@ -169,6 +170,16 @@ async fn key_rotation_end_to_end(options: LeaderOptions) {
         Some(1.0),
         "{leader}"
     );
+    // On SQLite every upload that stored anything went through a group transaction (one
+    // request each here, since this test's uploads come one at a time); PostgreSQL has none.
+    let groups = metric(&leader, "duet_upload_group_requests_count", &[]);
+    let grouped = metric(&leader, "duet_upload_group_requests_sum", &[]);
+    if postgres {
+        assert_eq!((groups, grouped), (None, None), "{leader}");
+    } else {
+        assert!(groups.is_some_and(|n| n >= 1.0), "{leader}");
+        assert_eq!(grouped, groups, "{leader}");
+    }
     assert_eq!(metric(&leader, "duet_collection_jobs_total", &[("outcome", "created")]), Some(1.0));
     assert_eq!(metric(&leader, "duet_collection_jobs_total", &[("outcome", "finished")]), Some(1.0));
     let finished_jobs = metric(&leader, "duet_aggregation_jobs_total", &[("role", "leader"), ("outcome", "finished")]);

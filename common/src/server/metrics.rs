@@ -23,12 +23,18 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Requests per group transaction of uploads.
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+
 /// Installs the process's metrics recorder (once) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("duet_upload_group_requests".into()), GROUP_BUCKETS)
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -55,6 +61,10 @@ fn describe() {
     describe_histogram!("duet_http_request_duration_seconds", Unit::Seconds, "HTTP request latency by route.");
     describe_gauge!("duet_db_pool_connections", "Database connections in the pool, by state.");
     describe_gauge!("duet_db_pool_max_connections", "The database pool's connection limit.");
+    describe_histogram!(
+        "duet_upload_group_requests",
+        "Upload requests stored in one transaction (SQLite, where concurrent uploads share one)."
+    );
 }
 
 /// Reports the leader accepted (`accepted`) and refused, by report error.
@@ -63,6 +73,11 @@ pub fn reports_uploaded(accepted: u64, rejected: &[crate::messages::ReportError]
     for error in rejected {
         counter!("duet_reports_rejected_total", "reason" => error.name()).increment(1);
     }
+}
+
+/// One transaction stored `requests` upload requests together.
+pub fn upload_group(requests: usize) {
+    histogram!("duet_upload_group_requests").record(requests as f64);
 }
 
 /// Reports an aggregator added to batches, and those that failed, by report error.

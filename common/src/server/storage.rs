@@ -480,6 +480,12 @@ pub trait Storage: Send + Sync {
     /// Whether any part of the batch was already collected.
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError>;
 
+    /// Whether the database runs one write transaction at a time (SQLite), so that callers
+    /// gain by putting concurrent writes into one transaction instead of queueing them.
+    fn writes_one_at_a_time(&self) -> bool {
+        false
+    }
+
     // -- leader: upload --
 
     /// Stores accepted reports durably, as their clients encoded them; per report, the error

@@ -840,6 +840,9 @@ impl Storage for SqlStore {
         Ok(overlaps)
     }
 
+    fn writes_one_at_a_time(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
     async fn put_reports(
         &self,
         task: &Task,
