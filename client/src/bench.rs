@@ -76,8 +76,11 @@ pub struct BenchFigures {
     pub upload_reports_per_second: f64,
     pub aggregation_reports_per_second: f64,
     pub collection_seconds: f64,
-    /// The floor on one core, reports per second.
+    /// The floor on one core, reports per second: the mean of the measurements right before
+    /// and right after the run.
     pub floor_single_core: f64,
+    pub floor_single_core_before: f64,
+    pub floor_single_core_after: f64,
     pub cores: usize,
     /// Aggregation throughput over the floor scaled to the cores.
     pub floor_ratio: f64,
@@ -88,6 +91,15 @@ pub struct BenchFigures {
     /// Peak anonymous memory (RssAnon, sampled every 50 ms): what the process itself holds.
     pub leader_peak_anon_mib: Option<f64>,
     pub helper_peak_anon_mib: Option<f64>,
+}
+
+impl BenchFigures {
+    fn set_floor(&mut self, before: f64, after: f64) {
+        self.floor_single_core_before = before;
+        self.floor_single_core_after = after;
+        self.floor_single_core = (before + after) / 2.0;
+        self.floor_ratio = self.aggregation_reports_per_second / (self.floor_single_core * self.cores as f64);
+    }
 }
 
 fn step(text: &str) {
@@ -101,12 +113,22 @@ pub async fn run(options: &BenchOptions) -> Result<(String, Vec<BenchFigures>), 
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut figures = Vec::new();
-    for vdaf in &options.vdafs {
+    let measure_floor = |vdaf: &VdafConfig| -> Result<f64, String> {
         step(&format!("measuring the floor for {vdaf}: both HPKE opens and both aggregators' verification, one core"));
         let floor = floor_single_core(vdaf)?;
         eprintln!("    {floor:.0} reports/s on one core, {:.0} on {cores}", floor * cores as f64);
+        Ok(floor)
+    };
+    for vdaf in &options.vdafs {
         for backend in &options.backends {
-            let f = run_one(options, *backend, vdaf, floor, cores).await?;
+            // Measured before and after each run, and the mean taken: on a shared machine the
+            // speed of the cores drifts by tens of percent within minutes, and a floor measured
+            // once, minutes away from a run, would make its ratio say more of the machine than
+            // of the run.
+            let before = measure_floor(vdaf)?;
+            let mut f = run_one(options, *backend, vdaf, cores).await?;
+            let after = measure_floor(vdaf)?;
+            f.set_floor(before, after);
             eprintln!(
                 "    upload {:.0}/s, aggregation {:.0}/s ({:.0}% of the floor), collection {:.2} s",
                 f.upload_reports_per_second,
@@ -159,8 +181,9 @@ pub fn table(figures: &[BenchFigures]) -> String {
     }
     let _ = writeln!(
         out,
-        "floor/s: both HPKE opens and both aggregators' Prio3 verification per report, measured on one core and \
-         multiplied by the {} cores the two servers share; ratio = aggregate/s over floor/s.\n\
+        "floor/s: both HPKE opens and both aggregators' Prio3 verification per report, measured on one core right \
+         before and right after the run (the mean) and multiplied by the {} cores the two servers share; \
+         ratio = aggregate/s over floor/s.\n\
          anon/RSS: peak anonymous memory (sampled) and peak resident memory, which also counts the \
          pages of the SQLite file the server maps.",
         figures.first().map(|f| f.cores).unwrap_or(1)
@@ -353,7 +376,6 @@ async fn run_one(
     options: &BenchOptions,
     backend: BenchBackend,
     vdaf: &VdafConfig,
-    floor: f64,
     cores: usize,
 ) -> Result<BenchFigures, String> {
     let backend_name = match backend {
@@ -364,7 +386,7 @@ async fn run_one(
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
     let leader_db = BenchDatabase::create(backend, dir.path(), "leader", &options.postgres_url).await?;
     let helper_db = BenchDatabase::create(backend, dir.path(), "helper", &options.postgres_url).await?;
-    let result = run_with_databases(options, backend_name, vdaf, floor, cores, &leader_db.url, &helper_db.url).await;
+    let result = run_with_databases(options, backend_name, vdaf, cores, &leader_db.url, &helper_db.url).await;
     leader_db.drop_database().await;
     helper_db.drop_database().await;
     result
@@ -375,7 +397,6 @@ async fn run_with_databases(
     options: &BenchOptions,
     backend_name: &str,
     vdaf: &VdafConfig,
-    floor: f64,
     cores: usize,
     leader_db: &str,
     helper_db: &str,
@@ -489,9 +510,12 @@ async fn run_with_databases(
         upload_reports_per_second: total / upload_secs,
         aggregation_reports_per_second: aggregation,
         collection_seconds: collection_secs,
-        floor_single_core: floor,
+        // Set by the caller, which measures the floor around the run.
+        floor_single_core: 0.0,
+        floor_single_core_before: 0.0,
+        floor_single_core_after: 0.0,
         cores,
-        floor_ratio: aggregation / (floor * cores as f64),
+        floor_ratio: 0.0,
         leader_peak_rss_mib: leader_peak,
         helper_peak_rss_mib: helper_peak,
         leader_peak_anon_mib: leader_anon,

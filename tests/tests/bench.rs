@@ -33,10 +33,22 @@ async fn bench_runs_and_reports_every_figure() {
         assert_eq!(run["backend"], backend);
         assert_eq!(run["vdaf"], "Prio3Count");
         assert_eq!(run["reports"], 400);
-        for field in ["upload_reports_per_second", "aggregation_reports_per_second", "floor_single_core", "floor_ratio"]
-        {
+        for field in [
+            "upload_reports_per_second",
+            "aggregation_reports_per_second",
+            "floor_single_core",
+            "floor_single_core_before",
+            "floor_single_core_after",
+            "floor_ratio",
+        ] {
             assert!(run[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {run:#}");
         }
+        let f = |field: &str| run[field].as_f64().unwrap();
+        // The floor is the mean of the measurements around the run, and the ratio is taken to it.
+        let floor = (f("floor_single_core_before") + f("floor_single_core_after")) / 2.0;
+        assert!((f("floor_single_core") - floor).abs() < 1e-6 * floor, "{run:#}");
+        let ratio = f("aggregation_reports_per_second") / (floor * f("cores"));
+        assert!((f("floor_ratio") - ratio).abs() < 1e-6 * ratio, "{run:#}");
         assert!(run["collection_seconds"].as_f64().is_some_and(|v| v >= 0.0), "{run:#}");
         assert!(run["leader_peak_rss_mib"].as_f64().is_some_and(|v| v > 1.0), "{run:#}");
         assert!(run["helper_peak_anon_mib"].as_f64().is_some_and(|v| v > 0.0), "{run:#}");
