@@ -1,7 +1,7 @@
 //! The leader's protocol steps on SQLite: report upload, job creation, job leasing and
 //! commitment, and collection jobs, each one transaction.
 
-use super::{id_of, internal, placeholder_list, value_rows, SqlStore, Tx};
+use super::{id_of, internal, placeholder_list, SqlStore, Tx};
 use crate::messages::*;
 use crate::problem::{DapError, DapProblemType};
 use crate::server::storage::*;
@@ -35,12 +35,12 @@ pub(super) async fn put_reports(
     }
     // Multi-row inserts; the rows a known report ID kept out are replays.
     let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
-    for chunk in s.statement_chunks(&to_insert, 7) {
+    for chunk in s.statement_chunks(&to_insert, 8) {
         let sql = format!(
             "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
-             leader_encrypted_input_share, helper_encrypted_input_share, state, created_at_seconds)
+             leader_encrypted_input_share, helper_encrypted_input_share, created_at_seconds, state)
              VALUES {} ON CONFLICT DO NOTHING RETURNING report_id",
-            value_rows(chunk.len(), 7, &format!("'unaggregated', ${}", chunk.len() * 7 + 1))
+            s.value_rows(chunk.len(), 8, "'unaggregated'")
         );
         let mut q = sqlx::query(&sql);
         for report in chunk {
@@ -52,9 +52,9 @@ pub(super) async fn put_reports(
                 .bind(report.encoded_report_metadata)
                 .bind(report.public_share)
                 .bind(report.leader_encrypted_input_share)
-                .bind(report.helper_encrypted_input_share);
+                .bind(report.helper_encrypted_input_share)
+                .bind(now);
         }
-        q = q.bind(now);
         for row in q.fetch_all(&mut *tx).await? {
             inserted.insert(row.get::<Vec<u8>, _>(0));
         }
