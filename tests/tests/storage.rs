@@ -527,3 +527,34 @@ async fn hpke_key_rotation_rules() {
         assert!(store.aggregation_job_counts().await.unwrap().is_empty(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn large_reports_span_several_statements_and_come_back_intact() {
+    for (name, store, _dir) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
+        // 7 KB a report: more than one statement's worth of bound data on either backend.
+        let old: Vec<Report> = (0..150).map(|_| duet_tests::stub_report(1000, 3500)).collect();
+        assert_eq!(duet_tests::put_reports(&*store, &task, &old).await.unwrap(), vec![None; 150], "{name}");
+        // Replays interleaved with new reports, across the statements' boundaries.
+        let new: Vec<Report> = (0..150).map(|_| duet_tests::stub_report(1000, 3500)).collect();
+        let mixed: Vec<&Report> = old.iter().zip(&new).flat_map(|(o, n)| [o, n]).collect();
+        let answers = duet_tests::put_reports(&*store, &task, mixed.iter().copied()).await.unwrap();
+        let expected: Vec<Option<ReportError>> =
+            (0..300).map(|i| (i % 2 == 0).then_some(ReportError::ReportReplayed)).collect();
+        assert_eq!(answers, expected, "{name}");
+        // Every stored report reads back byte for byte.
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(300)).await.unwrap(), 1, "{name}");
+        let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        let stored = store.aggregation_job_reports(&job).await.unwrap();
+        assert_eq!(stored.len(), 300, "{name}");
+        let by_id: std::collections::HashMap<ReportId, &Report> =
+            old.iter().chain(&new).map(|r| (r.report_metadata.report_id, r)).collect();
+        for r in &stored {
+            let sent = by_id[&r.metadata.report_id];
+            assert_eq!(r.metadata, sent.report_metadata, "{name}");
+            assert_eq!(r.public_share, sent.public_share, "{name}");
+            assert_eq!(r.leader_share, sent.leader_encrypted_input_share, "{name}");
+            assert_eq!(r.helper_share, sent.helper_encrypted_input_share, "{name}");
+        }
+    }
+}

@@ -128,6 +128,14 @@ pub struct EncodedReport<'a> {
 }
 
 impl<'a> EncodedReport<'a> {
+    /// The bytes the leader stores of this report.
+    pub fn stored_len(&self) -> usize {
+        self.encoded_report_metadata.len()
+            + self.public_share.len()
+            + self.leader_encrypted_input_share.len()
+            + self.helper_encrypted_input_share.len()
+    }
+
     pub fn decode_in_place(bytes: &mut Cursor<&'a [u8]>) -> Result<Self, CodecError> {
         let (report_metadata, encoded_report_metadata) = crate::codec::consumed(bytes, ReportMetadata::decode)?;
         let public_share = opaque_u32_in_place(bytes, 0, "Report.public_share")?;

@@ -35,7 +35,8 @@ pub(super) async fn put_reports(
     }
     // Multi-row inserts; the rows a known report ID kept out are replays.
     let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
-    for chunk in s.statement_chunks(&to_insert, 8) {
+    let bytes: usize = to_insert.iter().map(|r| r.stored_len()).sum();
+    for chunk in s.statement_chunks_sized(&to_insert, 8, bytes / to_insert.len().max(1)) {
         let sql = format!(
             "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
              leader_encrypted_input_share, helper_encrypted_input_share, created_at_seconds, state)
