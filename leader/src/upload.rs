@@ -199,9 +199,10 @@ impl UploadQueue {
         let queued = reports.iter().map(|r| QueuedReport::new(body, r)).collect();
         // The queue holds no more than the requests in flight: each waits for its answer.
         self.counts.waiting.fetch_add(1, Ordering::Relaxed);
-        writer
-            .send(QueuedUpload { task: task.clone(), reports: queued, reply })
-            .map_err(|_| DapError::Internal("the upload writer stopped".into()))?;
+        if writer.send(QueuedUpload { task: task.clone(), reports: queued, reply }).is_err() {
+            self.counts.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(DapError::Internal("the upload writer stopped".into()));
+        }
         answer.await.map_err(|_| DapError::Internal("the upload writer dropped the request".into()))?
     }
 
