@@ -69,13 +69,9 @@ pub async fn upload(
 
     // Stateless checks first; the survivors go to storage in one transaction.
     let mut errors: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
-    let mut seen = HashSet::new();
     let mut to_store = Vec::new();
     for report in &reports {
-        let mut error = precheck(&task, report, &known, skew);
-        if error.is_none() && !seen.insert(report.report_metadata.report_id) {
-            error = Some(ReportError::ReportReplayed);
-        }
+        let error = precheck(&task, report, &known, skew);
         if error.is_none() {
             to_store.push(report);
         }
@@ -239,38 +235,27 @@ async fn store_group(store: &Store, mut group: Vec<QueuedUpload>, counts: &Group
     while let Some(task) = group.first().map(|u| u.task.clone()) {
         let (same, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|u| u.task.id == task.id);
         group = rest;
-        // A report ID twice in the group: the later one is a replay, as it would be had the
-        // two requests been stored one after the other.
-        let mut results: Vec<Vec<Option<ReportError>>> = same.iter().map(|u| vec![None; u.reports.len()]).collect();
-        let mut seen = HashSet::new();
-        let (mut slots, mut views) = (Vec::new(), Vec::new());
-        for (i, upload) in same.iter().enumerate() {
-            for (j, report) in upload.reports.iter().enumerate() {
-                if seen.insert(report.report_metadata.report_id) {
-                    slots.push((i, j));
-                    views.push(report.view());
-                } else {
-                    results[i][j] = Some(ReportError::ReportReplayed);
-                }
-            }
-        }
+        // In request order, so that of a report ID two requests carry, the later one is the
+        // replay (put_reports refuses an ID seen earlier in its input).
+        let views: Vec<EncodedReport<'_>> =
+            same.iter().flat_map(|u| u.reports.iter().map(QueuedReport::view)).collect();
         let refs: Vec<&EncodedReport<'_>> = views.iter().collect();
         counts.transactions.fetch_add(1, Ordering::Relaxed);
         duet_common::server::metrics::upload_group(same.len());
         let outcome = match store.put_reports(&task, &refs).await {
-            Ok(stored) if stored.len() == slots.len() => {
-                for ((i, j), error) in slots.into_iter().zip(stored) {
-                    results[i][j] = error;
-                }
-                Ok(())
-            }
+            Ok(stored) if stored.len() == refs.len() => Ok(stored),
             Ok(_) => Err(DapError::Internal("upload bookkeeping".into())),
             Err(e) => Err(e),
         };
         tracing::debug!(task_id = %task.id, requests = same.len(), reports = refs.len(), "upload group stored");
-        for (upload, result) in same.into_iter().zip(results) {
+        let mut answers = outcome.map(Vec::into_iter);
+        for upload in same {
+            let answer = match &mut answers {
+                Ok(all) => Ok(all.by_ref().take(upload.reports.len()).collect()),
+                Err(e) => Err(e.clone()),
+            };
             // A request whose client left has nobody to answer; its reports are stored anyway.
-            let _ = upload.reply.send(outcome.clone().map(|()| result));
+            let _ = upload.reply.send(answer);
         }
     }
 }

@@ -489,7 +489,8 @@ pub trait Storage: Send + Sync {
     // -- leader: upload --
 
     /// Stores accepted reports durably, as their clients encoded them; per report, the error
-    /// that refused it (a replayed ID, or a time-interval bucket already collected).
+    /// that refused it (a replayed ID, stored before or earlier in `reports`, or a
+    /// time-interval bucket already collected).
     async fn put_reports(
         &self,
         task: &Task,

@@ -22,7 +22,13 @@ pub(super) async fn put_reports(
     let mut collected_cache = std::collections::HashMap::new();
     let now = now_seconds();
     let mut to_insert: Vec<&EncodedReport<'_>> = Vec::with_capacity(reports.len());
+    let mut seen = std::collections::HashSet::with_capacity(reports.len());
     for report in reports {
+        // An ID twice in the input: the later one is a replay, as if stored one after the other.
+        if !seen.insert(report.report_metadata.report_id) {
+            out.push(Some(ReportError::ReportReplayed));
+            continue;
+        }
         if task.configuration.batch_mode == BatchMode::TimeInterval {
             let bucket = BatchBucket::TimeInterval(report.report_metadata.time);
             if SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected_cache).await? {
