@@ -44,6 +44,7 @@ async fn state(d: &Deployment) -> Vec<(String, i64)> {
         for table in [
             "tasks",
             "client_reports",
+            "client_report_payloads",
             "collection_jobs",
             "collected_batches",
             "batch_aggregations",

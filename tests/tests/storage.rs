@@ -20,6 +20,24 @@ enum Keep {
     Pg(PgDatabase),
 }
 
+impl Keep {
+    /// The database's URL, for a test that counts rows over a connection of its own.
+    fn url(&self) -> String {
+        match self {
+            Keep::Dir(dir) => format!("sqlite:{}", dir.path().join("storage.db").display()),
+            Keep::Pg(pg) => pg.url.clone(),
+        }
+    }
+}
+
+/// Rows of the leader's report payloads, over a connection of the test's own.
+async fn payload_rows(keep: &Keep) -> i64 {
+    let pool = sqlx::AnyPool::connect(&keep.url()).await.unwrap();
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM client_report_payloads").fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    n.0
+}
+
 /// A fresh database of each backend, kept alive for the test's duration.
 async fn backends() -> Vec<(String, Store, Keep)> {
     let dir = tempfile::tempdir().unwrap();
@@ -556,5 +574,37 @@ async fn large_reports_span_several_statements_and_come_back_intact() {
             assert_eq!(r.leader_share, sent.leader_encrypted_input_share, "{name}");
             assert_eq!(r.helper_share, sent.helper_encrypted_input_share, "{name}");
         }
+    }
+}
+
+#[tokio::test]
+async fn settled_reports_drop_their_payloads_and_stay_replays() {
+    for (name, store, keep) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
+        let reports: Vec<Report> = (0..6).map(|_| report(500)).collect();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
+        assert_eq!(payload_rows(&keep).await, 6, "{name}");
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(3)).await.unwrap(), 2, "{name}");
+        let jobs = store.acquire_aggregation_jobs(2, 60).await.unwrap();
+        assert_eq!(jobs.len(), 2, "{name}");
+        // One job commits (its reports aggregated), the other is abandoned (its reports failed).
+        let held = store.aggregation_job_reports(&jobs[0]).await.unwrap();
+        let outcomes = held
+            .iter()
+            .map(|r| {
+                let (leader, _) = output_shares(&task, &r.metadata.report_id, true);
+                ReportOutcome::Aggregated { report_id: r.metadata.report_id, time: r.metadata.time, out_share: leader }
+            })
+            .collect();
+        let counts = store.commit_aggregation_job(&task, &jobs[0], outcomes).await.unwrap();
+        assert_eq!(counts, StepCounts { aggregated: 3, failed: 0 }, "{name}");
+        assert_eq!(payload_rows(&keep).await, 3, "{name}: the committed job's payloads are gone");
+        assert_eq!(store.aggregation_job_reports(&jobs[1]).await.unwrap().len(), 3, "{name}: the others are intact");
+        store.abandon_aggregation_job(&task, &jobs[1], "given up").await.unwrap();
+        assert_eq!(payload_rows(&keep).await, 0, "{name}");
+        // Every report is still known: uploading any of them again is a replay.
+        let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
+        assert_eq!(answers, vec![Some(ReportError::ReportReplayed); 6], "{name}");
+        assert_eq!(payload_rows(&keep).await, 0, "{name}: a replay stores no payload");
     }
 }

@@ -39,15 +39,15 @@ pub(super) async fn put_reports(
         out.push(None);
         to_insert.push(report);
     }
-    // Multi-row inserts; the rows a known report ID kept out are replays.
+    // Multi-row inserts; the rows a known report ID kept out are replays. A stored report's
+    // payload goes into its own table, under the row's ID.
     let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
     let bytes: usize = to_insert.iter().map(|r| r.stored_len()).sum();
-    for chunk in s.statement_chunks_sized(&to_insert, 8, bytes / to_insert.len().max(1)) {
+    for chunk in s.statement_chunks_sized(&to_insert, 5, bytes / to_insert.len().max(1)) {
         let sql = format!(
-            "INSERT INTO client_reports (task_id, report_id, report_time, report_metadata, public_share,
-             leader_encrypted_input_share, helper_encrypted_input_share, created_at_seconds, state)
-             VALUES {} ON CONFLICT DO NOTHING RETURNING report_id",
-            s.value_rows(chunk.len(), 8, "'unaggregated'")
+            "INSERT INTO client_reports (task_id, report_id, report_time, created_at_seconds, state)
+             VALUES {} ON CONFLICT DO NOTHING RETURNING row_id, report_id",
+            s.value_rows(chunk.len(), 4, "'unaggregated'")
         );
         let mut q = sqlx::query(&sql);
         for report in chunk {
@@ -56,15 +56,34 @@ pub(super) async fn put_reports(
                 .bind(task.id.as_bytes().as_slice())
                 .bind(meta.report_id.as_bytes().as_slice())
                 .bind(meta.time.units() as i64)
-                .bind(report.encoded_report_metadata)
-                .bind(report.public_share)
-                .bind(report.leader_encrypted_input_share)
-                .bind(report.helper_encrypted_input_share)
                 .bind(now);
         }
+        let mut rows: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::with_capacity(chunk.len());
         for row in q.fetch_all(&mut *tx).await? {
-            inserted.insert(row.get::<Vec<u8>, _>(0));
+            rows.insert(row.get::<Vec<u8>, _>(1), row.get::<i64, _>(0));
         }
+        let stored: Vec<(i64, &&EncodedReport<'_>)> = chunk
+            .iter()
+            .filter_map(|r| rows.get(r.report_metadata.report_id.as_bytes().as_slice()).map(|id| (*id, r)))
+            .collect();
+        for part in s.statement_chunks(&stored, 5) {
+            let sql = format!(
+                "INSERT INTO client_report_payloads (report_row, report_metadata, public_share,
+                 leader_encrypted_input_share, helper_encrypted_input_share) VALUES {}",
+                s.value_rows(part.len(), 5, "")
+            );
+            let mut q = sqlx::query(&sql);
+            for (row_id, report) in part {
+                q = q
+                    .bind(*row_id)
+                    .bind(report.encoded_report_metadata)
+                    .bind(report.public_share)
+                    .bind(report.leader_encrypted_input_share)
+                    .bind(report.helper_encrypted_input_share);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        inserted.extend(rows.into_keys());
     }
     tx.commit().await?;
     s.after_commit().await;
@@ -240,8 +259,10 @@ pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<Job
     // Sorted here rather than by the database: an ORDER BY report_id would make it walk the
     // task's whole primary key instead of the job's index.
     let rows = sqlx::query(
-        "SELECT report_id, report_metadata, public_share, leader_encrypted_input_share, helper_encrypted_input_share
-         FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'",
+        "SELECT r.report_id, p.report_metadata, p.public_share, p.leader_encrypted_input_share,
+                p.helper_encrypted_input_share
+         FROM client_reports r JOIN client_report_payloads p ON p.report_row = r.row_id
+         WHERE r.task_id = $1 AND r.job_id = $2 AND r.state = 'in_job'",
     )
     .bind(job.task_id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
@@ -308,10 +329,8 @@ pub(super) async fn commit_job(
     let mut groups: Vec<(Option<u8>, Vec<&[u8]>)> = by_outcome.into_iter().collect();
     groups.sort_by_key(|(_, ids)| ids.len());
     let mut settled: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(settled_as.len());
-    const SETTLE: &str = "UPDATE client_reports SET state = $1, report_error = $2,
-           public_share = coalesce(substr(public_share, 1, 0), public_share),
-           leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
-           helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share)
+    drop_payloads(&mut tx, task, job).await?;
+    const SETTLE: &str = "UPDATE client_reports SET state = $1, report_error = $2
          WHERE task_id = $3 AND job_id = $4 AND state = 'in_job'";
     let largest = groups.len().saturating_sub(1);
     for (i, (error, ids)) in groups.iter().enumerate() {
@@ -381,6 +400,22 @@ pub(super) async fn commit_job(
     Ok(counts)
 }
 
+/// Deletes the payloads of the job's reports still in it, which are about to be settled (the
+/// rows stay, for replay checks). Before the settling: PostgreSQL's job index holds a report only
+/// while it is in its job.
+async fn drop_payloads(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
+    sqlx::query(
+        "DELETE FROM client_report_payloads WHERE report_row IN
+           (SELECT row_id FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job')",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
 async fn job_is_active(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<bool, DapError> {
     let row = sqlx::query("SELECT state FROM leader_aggregation_jobs WHERE task_id = $1 AND job_id = $2")
         .bind(task.id.as_bytes().as_slice())
@@ -439,15 +474,13 @@ pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, erro
     if !job_is_active(&mut tx, task, job).await? {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE client_reports SET state = 'failed', public_share = coalesce(substr(public_share, 1, 0), public_share), leader_encrypted_input_share = coalesce(substr(leader_encrypted_input_share, 1, 0), leader_encrypted_input_share),
-           helper_encrypted_input_share = coalesce(substr(helper_encrypted_input_share, 1, 0), helper_encrypted_input_share) WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'",
-    )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(job.job_id.as_bytes().as_slice())
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    drop_payloads(&mut tx, task, job).await?;
+    sqlx::query("UPDATE client_reports SET state = 'failed' WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job.job_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
     finish_job(&mut tx, task, job, "abandoned", Some(error)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())

@@ -85,6 +85,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../../../migrations/sqlite/0004_privacy_budget.sql")),
     (5, include_str!("../../../../migrations/sqlite/0005_hpke_key_rotation.sql")),
     (6, include_str!("../../../../migrations/sqlite/0006_partial_report_indexes.sql")),
+    (7, include_str!("../../../../migrations/sqlite/0007_report_payloads.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -95,6 +96,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../../../migrations/postgres/0004_privacy_budget.sql")),
     (5, include_str!("../../../../migrations/postgres/0005_hpke_key_rotation.sql")),
     (6, include_str!("../../../../migrations/postgres/0006_partial_report_indexes.sql")),
+    (7, include_str!("../../../../migrations/postgres/0007_report_payloads.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
@@ -196,12 +198,28 @@ pub struct SqlStore {
     /// SQLite: the write-ahead log's file, and whether a checkpoint of it is running
     /// ([`Self::after_commit`]).
     wal: Option<Arc<(std::path::PathBuf, std::sync::atomic::AtomicBool)>>,
+    /// SQLite file: the one connection of this process's write transactions ([`Self::begin`]).
+    writer: Option<AnyPool>,
     /// SQLite: taken by every write transaction of this process, in turn ([`Self::begin`]).
     write_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Bound data per multi-row statement, about ([`SqlStore::statement_chunks_sized`]).
 const STATEMENT_BYTES: usize = 384 << 10;
+
+/// The page cache of each SQLite connection of the pool, in KiB: reads go through the mapped
+/// file, so it holds little but the pages a write changes, and memory stays bounded however
+/// large the database grows.
+const SQLITE_CACHE_KIB: u32 = 1024;
+
+/// The page cache of the SQLite connection that writes, in KiB. Reports arrive with random IDs,
+/// so each upload changes pages all over the report-ID index; with the pool's 1 MiB cache most
+/// of them were gone again before the transaction ended, and SQLite wrote them to the log
+/// early, read them back and wrote them again (reads from the log took 11% of the writer
+/// thread during uploads, 18% during aggregation; uploads of histogram reports ran about 15%
+/// faster with this cache in alternating runs). The cache is a fixed bound: it fills as the
+/// index grows, then stays.
+const SQLITE_WRITER_CACHE_KIB: u32 = 16 << 10;
 
 /// How long a SQLite statement waits for a lock another process holds.
 const SQLITE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 30000";
@@ -226,8 +244,35 @@ impl SqlStore {
             }
             _ => url.to_string(),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+        let pool = Self::pool_options(backend, 8, 16, SQLITE_CACHE_KIB).connect(&url).await?;
+        let wal = (backend == Backend::Sqlite)
+            .then(|| sqlite_file(&url))
+            .flatten()
+            .map(|file| Arc::new((std::path::PathBuf::from(format!("{file}-wal")), Default::default())));
+        // SQLite file: the write transactions of this process, which take turns at the write
+        // gate anyway, share one connection of their own with a larger page cache
+        // ([`SQLITE_WRITER_CACHE_KIB`]). (An in-memory database is one per connection: there
+        // the writers stay in the pool.)
+        let writer = match &wal {
+            Some(_) => Some(Self::pool_options(backend, 1, 1, SQLITE_WRITER_CACHE_KIB).connect(&url).await?),
+            None => None,
+        };
+        Ok(Self {
+            pool,
+            writer,
+            backend,
+            tasks: Arc::default(),
+            statistics_checked_ms: Arc::default(),
+            wal,
+            write_gate: Arc::default(),
+        })
+    }
+
+    /// A pool of up to `sqlite_max` (SQLite) or `postgres_max` connections, each SQLite one set
+    /// up with a page cache of `cache_kib`.
+    fn pool_options(backend: Backend, sqlite_max: u32, postgres_max: u32, cache_kib: u32) -> AnyPoolOptions {
+        AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { sqlite_max } else { postgres_max })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -240,10 +285,12 @@ impl SqlStore {
                         .await?;
                         conn.execute(SQLITE_BUSY_TIMEOUT).await?;
                         // Reads go through the mapped file (no copies into each connection's
-                        // cache), so the page cache only holds pages being written: 1 MiB a
-                        // connection keeps memory bounded however large the database grows.
+                        // cache), so the page cache only holds pages being written.
                         conn.execute(
-                            "PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -1024",
+                            format!(
+                                "PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456; PRAGMA cache_size = -{cache_kib}"
+                            )
+                            .as_str(),
                         )
                         .await?;
                         conn.execute(
@@ -258,20 +305,6 @@ impl SqlStore {
                     Ok(())
                 })
             })
-            .connect(&url)
-            .await?;
-        let wal = (backend == Backend::Sqlite)
-            .then(|| sqlite_file(&url))
-            .flatten()
-            .map(|file| Arc::new((std::path::PathBuf::from(format!("{file}-wal")), Default::default())));
-        Ok(Self {
-            pool,
-            backend,
-            tasks: Arc::default(),
-            statistics_checked_ms: Arc::default(),
-            wal,
-            write_gate: Arc::default(),
-        })
     }
 
     /// Connects and applies the migrations not yet applied.
@@ -514,7 +547,8 @@ impl SqlStore {
         Ok(match self.backend {
             Backend::Sqlite => {
                 let gate = self.write_gate.clone().lock_owned().await;
-                Tx { inner: self.pool.begin_with("BEGIN IMMEDIATE").await?, _gate: Some(gate) }
+                let pool = self.writer.as_ref().unwrap_or(&self.pool);
+                Tx { inner: pool.begin_with("BEGIN IMMEDIATE").await?, _gate: Some(gate) }
             }
             Backend::Postgres => {
                 Tx { inner: self.pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await?, _gate: None }
