@@ -404,15 +404,24 @@ pub(super) async fn commit_job(
 /// rows stay, for replay checks). Before the settling: PostgreSQL's job index holds a report only
 /// while it is in its job.
 async fn drop_payloads(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
-    sqlx::query(
+    execute_for_job(
+        tx,
         "DELETE FROM client_report_payloads WHERE report_row IN
            (SELECT row_id FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job')",
+        task,
+        job,
     )
-    .bind(task.id.as_bytes().as_slice())
-    .bind(job.job_id.as_bytes().as_slice())
-    .execute(&mut **tx)
     .await
-    .map_err(StoreError::from)?;
+}
+
+/// Runs `sql`, whose `$1` and `$2` are the task's and the job's IDs.
+async fn execute_for_job(tx: &mut Tx<'_>, sql: &str, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
+    sqlx::query(sql)
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job.job_id.as_bytes().as_slice())
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }
 
@@ -475,12 +484,13 @@ pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, erro
         return Ok(());
     }
     drop_payloads(&mut tx, task, job).await?;
-    sqlx::query("UPDATE client_reports SET state = 'failed' WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'")
-        .bind(task.id.as_bytes().as_slice())
-        .bind(job.job_id.as_bytes().as_slice())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+    execute_for_job(
+        &mut tx,
+        "UPDATE client_reports SET state = 'failed' WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'",
+        task,
+        job,
+    )
+    .await?;
     finish_job(&mut tx, task, job, "abandoned", Some(error)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())
