@@ -459,3 +459,14 @@ pub async fn put_reports(
     let encoded = duet_common::messages::UploadRequest::decode_in_place(&body).expect("the reports read back");
     store.put_reports(task, &encoded.iter().collect::<Vec<_>>()).await
 }
+
+/// The first column of the one row `sql` returns (a `COUNT(*)`, say), over a connection of the
+/// caller's own to the database at `url`.
+pub async fn count_rows(url: &str, sql: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("the test database");
+    let n = sqlx::query(sql).fetch_one(&pool).await.expect("a row").get::<i64, _>(0);
+    pool.close().await;
+    n
+}

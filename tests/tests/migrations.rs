@@ -3,45 +3,24 @@
 //! every report it held keeps its state, its bytes and its place in the replay check.
 
 use duet_common::messages::*;
+use duet_common::server::sql::Backend;
 use duet_common::server::storage::{open, JobSizes};
 use duet_common::Encode;
-use duet_tests::{put_reports, storage_task_request, stub_report, PgDatabase};
-use sqlx::{Executor, Row};
-
-/// The migrations up to version 6, as earlier releases applied them.
-fn old_migrations(backend: &str) -> Vec<&'static str> {
-    match backend {
-        "sqlite" => vec![
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-            include_str!("../../migrations/sqlite/0002_leader_reports.sql"),
-            include_str!("../../migrations/sqlite/0003_leader_jobs.sql"),
-            include_str!("../../migrations/sqlite/0004_privacy_budget.sql"),
-            include_str!("../../migrations/sqlite/0005_hpke_key_rotation.sql"),
-            include_str!("../../migrations/sqlite/0006_partial_report_indexes.sql"),
-        ],
-        _ => vec![
-            include_str!("../../migrations/postgres/0001_init.sql"),
-            include_str!("../../migrations/postgres/0002_leader_reports.sql"),
-            include_str!("../../migrations/postgres/0003_leader_jobs.sql"),
-            include_str!("../../migrations/postgres/0004_privacy_budget.sql"),
-            include_str!("../../migrations/postgres/0005_hpke_key_rotation.sql"),
-            include_str!("../../migrations/postgres/0006_partial_report_indexes.sql"),
-        ],
-    }
-}
+use duet_tests::{count_rows, put_reports, storage_task_request, stub_report, PgDatabase};
+use sqlx::Executor;
 
 /// Writes a version-6 database at `url` holding `pending` unaggregated reports and `settled`
 /// aggregated ones (their payloads already emptied, as version 6 did) of `task_id`.
-async fn version_6_database(backend: &str, url: &str, task_id: &TaskId, pending: &[Report], settled: &[Report]) {
+async fn version_6_database(backend: Backend, url: &str, task_id: &TaskId, pending: &[Report], settled: &[Report]) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
     pool.execute("CREATE TABLE duet_migrations (version BIGINT PRIMARY KEY, applied_at_seconds BIGINT NOT NULL)")
         .await
         .unwrap();
-    for (i, sql) in old_migrations(backend).into_iter().enumerate() {
+    for (version, sql) in backend.migrations().iter().filter(|(version, _)| *version <= 6) {
         sqlx::raw_sql(sql).execute(&pool).await.unwrap();
         sqlx::query("INSERT INTO duet_migrations (version, applied_at_seconds) VALUES ($1, 0)")
-            .bind(i as i64 + 1)
+            .bind(version)
             .execute(&pool)
             .await
             .unwrap();
@@ -69,19 +48,12 @@ async fn version_6_database(backend: &str, url: &str, task_id: &TaskId, pending:
     pool.close().await;
 }
 
-async fn count(url: &str, sql: &str) -> i64 {
-    let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    let n = sqlx::query(sql).fetch_one(&pool).await.unwrap().get::<i64, _>(0);
-    pool.close().await;
-    n
-}
-
 #[tokio::test]
 async fn reports_stored_before_payloads_had_their_own_table_survive_the_migration() {
     let dir = tempfile::tempdir().unwrap();
     let pg = PgDatabase::create().await;
     let sqlite_url = format!("sqlite:{}?mode=rwc", dir.path().join("leader.db").display());
-    for (backend, url) in [("sqlite", sqlite_url.as_str()), ("postgres", pg.url.as_str())] {
+    for (backend, url) in [(Backend::Sqlite, sqlite_url.as_str()), (Backend::Postgres, pg.url.as_str())] {
         let mut request = storage_task_request("migration");
         let task_id = request.parameters.task_id;
         request.parameters.min_batch_size = 1;
@@ -91,10 +63,10 @@ async fn reports_stored_before_payloads_had_their_own_table_survive_the_migratio
         version_6_database(backend, url, &task_id, &pending, &settled).await;
 
         let store = open(url).await.unwrap();
-        assert_eq!(count(url, "SELECT MAX(version) FROM duet_migrations").await, 7, "{backend}");
+        assert_eq!(count_rows(url, "SELECT MAX(version) FROM duet_migrations").await, 7, "{backend:?}");
         let task = store.put_task(Role::Leader, &request).await.unwrap();
-        assert_eq!(count(url, "SELECT COUNT(*) FROM client_reports").await, 8, "{backend}");
-        assert_eq!(count(url, "SELECT COUNT(*) FROM client_report_payloads").await, 5, "{backend}");
+        assert_eq!(count_rows(url, "SELECT COUNT(*) FROM client_reports").await, 8, "{backend:?}");
+        assert_eq!(count_rows(url, "SELECT COUNT(*) FROM client_report_payloads").await, 5, "{backend:?}");
 
         // Every report, settled or not, is still a replay; a new one is stored beside them.
         let fresh = stub_report(1000, 40);
@@ -102,20 +74,20 @@ async fn reports_stored_before_payloads_had_their_own_table_survive_the_migratio
         let answers = put_reports(&*store, &task, again).await.unwrap();
         let mut expected = vec![Some(ReportError::ReportReplayed); 8];
         expected.push(None);
-        assert_eq!(answers, expected, "{backend}");
+        assert_eq!(answers, expected, "{backend:?}");
 
         // The pending reports and the new one go into a job, byte for byte as uploaded.
         let sizes = JobSizes { min: 1, max: 100, max_delay_seconds: 0, max_jobs_per_pass: 1 };
-        assert_eq!(store.create_aggregation_jobs(&task, &sizes).await.unwrap(), 1, "{backend}");
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes).await.unwrap(), 1, "{backend:?}");
         let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
         let held = store.aggregation_job_reports(&job).await.unwrap();
-        assert_eq!(held.len(), 6, "{backend}");
+        assert_eq!(held.len(), 6, "{backend:?}");
         for sent in pending.iter().chain([&fresh]) {
             let got = held.iter().find(|r| r.metadata.report_id == sent.report_metadata.report_id).unwrap();
-            assert_eq!(got.metadata, sent.report_metadata, "{backend}");
-            assert_eq!(got.public_share, sent.public_share, "{backend}");
-            assert_eq!(got.leader_share, sent.leader_encrypted_input_share, "{backend}");
-            assert_eq!(got.helper_share, sent.helper_encrypted_input_share, "{backend}");
+            assert_eq!(got.metadata, sent.report_metadata, "{backend:?}");
+            assert_eq!(got.public_share, sent.public_share, "{backend:?}");
+            assert_eq!(got.leader_share, sent.leader_encrypted_input_share, "{backend:?}");
+            assert_eq!(got.helper_share, sent.helper_encrypted_input_share, "{backend:?}");
         }
     }
 }

@@ -32,10 +32,7 @@ impl Keep {
 
 /// Rows of the leader's report payloads, over a connection of the test's own.
 async fn payload_rows(keep: &Keep) -> i64 {
-    let pool = sqlx::AnyPool::connect(&keep.url()).await.unwrap();
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM client_report_payloads").fetch_one(&pool).await.unwrap();
-    pool.close().await;
-    n.0
+    duet_tests::count_rows(&keep.url(), "SELECT COUNT(*) FROM client_report_payloads").await
 }
 
 /// A fresh database of each backend, kept alive for the test's duration.

@@ -41,7 +41,9 @@ pub(super) async fn put_reports(
     }
     // Multi-row inserts; the rows a known report ID kept out are replays. A stored report's
     // payload goes into its own table, under the row's ID.
-    let mut inserted = std::collections::HashSet::with_capacity(to_insert.len());
+    // Report ID -> row ID of each report stored.
+    let mut inserted: std::collections::HashMap<Vec<u8>, i64> =
+        std::collections::HashMap::with_capacity(to_insert.len());
     let bytes: usize = to_insert.iter().map(|r| r.stored_len()).sum();
     for chunk in s.statement_chunks_sized(&to_insert, 5, bytes / to_insert.len().max(1)) {
         let sql = format!(
@@ -58,13 +60,12 @@ pub(super) async fn put_reports(
                 .bind(meta.time.units() as i64)
                 .bind(now);
         }
-        let mut rows: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::with_capacity(chunk.len());
         for row in q.fetch_all(&mut *tx).await? {
-            rows.insert(row.get::<Vec<u8>, _>(1), row.get::<i64, _>(0));
+            inserted.insert(row.get::<Vec<u8>, _>(1), row.get::<i64, _>(0));
         }
         let stored: Vec<(i64, &&EncodedReport<'_>)> = chunk
             .iter()
-            .filter_map(|r| rows.get(r.report_metadata.report_id.as_bytes().as_slice()).map(|id| (*id, r)))
+            .filter_map(|r| inserted.get(r.report_metadata.report_id.as_bytes().as_slice()).map(|id| (*id, r)))
             .collect();
         for part in s.statement_chunks(&stored, 5) {
             let sql = format!(
@@ -83,14 +84,13 @@ pub(super) async fn put_reports(
             }
             q.execute(&mut *tx).await?;
         }
-        inserted.extend(rows.into_keys());
     }
     tx.commit().await?;
     s.after_commit().await;
     let mut stored = to_insert.iter();
     for slot in out.iter_mut().filter(|e| e.is_none()) {
         let report = stored.next().ok_or_else(|| DapError::Internal("upload bookkeeping".into()))?;
-        if !inserted.contains(report.report_metadata.report_id.as_bytes().as_slice()) {
+        if !inserted.contains_key(report.report_metadata.report_id.as_bytes().as_slice()) {
             *slot = Some(ReportError::ReportReplayed);
         }
     }

@@ -69,7 +69,8 @@ impl Backend {
         }
     }
 
-    fn migrations(self) -> &'static [(i64, &'static str)] {
+    /// The embedded migrations, `(version, SQL)` in order.
+    pub fn migrations(self) -> &'static [(i64, &'static str)] {
         match self {
             Backend::Sqlite => SQLITE_MIGRATIONS,
             Backend::Postgres => POSTGRES_MIGRATIONS,
@@ -244,7 +245,8 @@ impl SqlStore {
             }
             _ => url.to_string(),
         };
-        let pool = Self::pool_options(backend, 8, 16, SQLITE_CACHE_KIB).connect(&url).await?;
+        let max = if backend == Backend::Sqlite { 8 } else { 16 };
+        let pool = Self::pool_options(backend, max, SQLITE_CACHE_KIB).connect(&url).await?;
         let wal = (backend == Backend::Sqlite)
             .then(|| sqlite_file(&url))
             .flatten()
@@ -254,7 +256,7 @@ impl SqlStore {
         // ([`SQLITE_WRITER_CACHE_KIB`]). (An in-memory database is one per connection: there
         // the writers stay in the pool.)
         let writer = match &wal {
-            Some(_) => Some(Self::pool_options(backend, 1, 1, SQLITE_WRITER_CACHE_KIB).connect(&url).await?),
+            Some(_) => Some(Self::pool_options(backend, 1, SQLITE_WRITER_CACHE_KIB).connect(&url).await?),
             None => None,
         };
         Ok(Self {
@@ -268,11 +270,11 @@ impl SqlStore {
         })
     }
 
-    /// A pool of up to `sqlite_max` (SQLite) or `postgres_max` connections, each SQLite one set
-    /// up with a page cache of `cache_kib`.
-    fn pool_options(backend: Backend, sqlite_max: u32, postgres_max: u32, cache_kib: u32) -> AnyPoolOptions {
+    /// A pool of up to `max` connections, each SQLite one set up with a page cache of
+    /// `cache_kib`.
+    fn pool_options(backend: Backend, max: u32, cache_kib: u32) -> AnyPoolOptions {
         AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { sqlite_max } else { postgres_max })
+            .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
