@@ -67,7 +67,7 @@ pub(super) async fn put_reports(
             .iter()
             .filter_map(|r| inserted.get(r.report_metadata.report_id.as_bytes().as_slice()).map(|id| (*id, r)))
             .collect();
-        for part in s.statement_chunks(&stored, 5) {
+        for part in s.statement_chunks_sized(&stored, 5, bytes / to_insert.len().max(1)) {
             let sql = format!(
                 "INSERT INTO client_report_payloads (report_row, report_metadata, public_share,
                  leader_encrypted_input_share, helper_encrypted_input_share) VALUES {}",
