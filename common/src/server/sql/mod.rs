@@ -408,11 +408,10 @@ impl SqlStore {
     /// As [`Self::statement_chunks`], for statements built with [`Self::value_rows`] (anonymous
     /// placeholders on SQLite, so up to [`SQLITE_ANONYMOUS_PARAMS`] of them), with fewer rows to
     /// a statement when rows are large: at most about [`STATEMENT_BYTES`] of bound data in one
-    /// statement. The PostgreSQL driver
-    /// encodes a statement's arguments into buffers of its own before sending them, so a
-    /// statement that carried a whole upload request (2.7 MB of histogram reports) held that
-    /// much again for every request in flight: the leader's memory during uploads fell from
-    /// about 68 to 35 MiB with this limit, at the same upload rate.
+    /// statement. The PostgreSQL driver encodes a statement's arguments into buffers of its own
+    /// before sending them, so a statement that carried a whole upload request (2.7 MB of
+    /// histogram reports) held that much again for every request in flight: the leader's memory
+    /// during uploads fell from about 68 to 35 MiB with this limit, at the same upload rate.
     pub(super) fn statement_chunks_sized<'a, T>(
         &self,
         items: &'a [T],
