@@ -61,15 +61,13 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn new_databases_take_16_kib_pages_and_older_ones_keep_theirs() {
     let dir = tempfile::tempdir().unwrap();
-    let page_size = |url: String| async move { duet_tests::count_rows(&url, "PRAGMA page_size").await };
-
     let new = format!("sqlite:{}", dir.path().join("new.db").display());
     let store = open(&new).await.unwrap();
     let task = store.put_task(Role::Leader, &storage_task_request("pages")).await.unwrap();
     let reports: Vec<Report> = (0..50).map(|_| stub_report(1000, 2700)).collect();
     let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
     assert!(answers.iter().all(Option::is_none));
-    assert_eq!(page_size(new.clone()).await, 16384);
+    assert_eq!(duet_tests::count_rows(&new, "PRAGMA page_size").await, 16384);
     assert_eq!(duet_tests::count_rows(&new, "SELECT COUNT(*) FROM client_report_payloads").await, 50);
 
     // An older database: made with SQLite's default page size before the store first opened it.
@@ -86,6 +84,6 @@ async fn new_databases_take_16_kib_pages_and_older_ones_keep_theirs() {
     let task = store.put_task(Role::Leader, &storage_task_request("pages")).await.unwrap();
     let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
     assert!(answers.iter().all(Option::is_none));
-    assert_eq!(page_size(old.clone()).await, 4096);
+    assert_eq!(duet_tests::count_rows(&old, "PRAGMA page_size").await, 4096);
     assert_eq!(duet_tests::count_rows(&old, "SELECT COUNT(*) FROM client_report_payloads").await, 50);
 }

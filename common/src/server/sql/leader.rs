@@ -44,8 +44,8 @@ pub(super) async fn put_reports(
     // Report ID -> row ID of each report stored.
     let mut inserted: std::collections::HashMap<Vec<u8>, i64> =
         std::collections::HashMap::with_capacity(to_insert.len());
-    let bytes: usize = to_insert.iter().map(|r| r.stored_len()).sum();
-    for chunk in s.statement_chunks_sized(&to_insert, 5, bytes / to_insert.len().max(1)) {
+    let bytes_per_row = to_insert.iter().map(|r| r.stored_len()).sum::<usize>() / to_insert.len().max(1);
+    for chunk in s.statement_chunks_sized(&to_insert, 5, bytes_per_row) {
         let sql = format!(
             "INSERT INTO client_reports (task_id, report_id, report_time, created_at_seconds, state)
              VALUES {} ON CONFLICT DO NOTHING RETURNING row_id, report_id",
@@ -67,7 +67,7 @@ pub(super) async fn put_reports(
             .iter()
             .filter_map(|r| inserted.get(r.report_metadata.report_id.as_bytes().as_slice()).map(|id| (*id, r)))
             .collect();
-        for part in s.statement_chunks_sized(&stored, 5, bytes / to_insert.len().max(1)) {
+        for part in s.statement_chunks_sized(&stored, 5, bytes_per_row) {
             let sql = format!(
                 "INSERT INTO client_report_payloads (report_row, report_metadata, public_share,
                  leader_encrypted_input_share, helper_encrypted_input_share) VALUES {}",

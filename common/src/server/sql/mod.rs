@@ -304,11 +304,11 @@ impl SqlStore {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL with NORMAL sync survives process crashes (only power loss can
-                        // lose the last transactions); writers wait for each other.
                         // The page size only takes on a new database (before its first
                         // table); an existing one keeps its own.
                         conn.execute(format!("PRAGMA page_size = {SQLITE_PAGE_SIZE}").as_str()).await?;
+                        // WAL with NORMAL sync survives process crashes (only power loss can
+                        // lose the last transactions); writers wait for each other.
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
                         )
@@ -448,12 +448,10 @@ impl SqlStore {
         if !large || running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let store = self.clone();
+        let (store, wal) = (self.clone(), wal.clone());
         tokio::spawn(async move {
             store.checkpoint().await;
-            if let Some(wal) = &store.wal {
-                wal.1.store(false, Ordering::Release);
-            }
+            wal.1.store(false, Ordering::Release);
         });
     }
 
