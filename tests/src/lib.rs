@@ -147,12 +147,7 @@ impl Deployment {
         use sqlx::Row;
         let db = self.leader_db().await;
         for _ in 0..600 {
-            let pending: i64 =
-                sqlx::query("SELECT COUNT(*) FROM client_reports WHERE state IN ('unaggregated', 'in_job')")
-                    .fetch_one(&db)
-                    .await
-                    .unwrap()
-                    .get(0);
+            let pending: i64 = sqlx::query(PENDING_REPORTS_SQL).fetch_one(&db).await.unwrap().get(0);
             if pending == 0 {
                 return;
             }
@@ -234,6 +229,23 @@ impl Deployment {
 /// A metric in a Prometheus text exposition: the sum of the series whose labels include all of
 /// `labels`; `None` when no such series exists.
 pub use duet_client::bench::metric_sum as metric;
+
+/// Counts the leader's reports still waiting for their outcome: without a job, or in a job still
+/// active (a report that did not fail keeps the state `in_job` once its job is finished).
+pub const PENDING_REPORTS_SQL: &str = "SELECT (SELECT COUNT(*) FROM client_reports WHERE state = 'unaggregated')
+    + (SELECT COUNT(*) FROM client_reports r JOIN leader_aggregation_jobs j ON j.task_id = r.task_id AND j.job_id = r.job_id
+       WHERE r.state = 'in_job' AND j.state = 'active')";
+
+/// Each of a task's reports (`$1`) on the leader: its ID, its state as the leader reads it
+/// (`aggregated` for a report in a finished job that did not fail) and its report error.
+pub const REPORT_STATES_SQL: &str = "SELECT r.report_id,
+      CASE WHEN r.state = 'in_job' AND j.state = 'finished' THEN 'aggregated' ELSE r.state END, r.report_error
+    FROM client_reports r LEFT JOIN leader_aggregation_jobs j ON j.task_id = r.task_id AND j.job_id = r.job_id
+    WHERE r.task_id = $1";
+
+/// Counts the leader's aggregated reports: those in finished jobs that did not fail.
+pub const AGGREGATED_REPORTS_SQL: &str = "SELECT COUNT(*) FROM client_reports r JOIN leader_aggregation_jobs j
+    ON j.task_id = r.task_id AND j.job_id = r.job_id WHERE r.state = 'in_job' AND j.state = 'finished'";
 
 /// GETs a path of a server's operations listener: (status, body).
 pub async fn ops_get(server: &ServerProcess, path: &str) -> (u16, String) {

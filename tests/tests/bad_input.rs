@@ -58,11 +58,7 @@ async fn state(d: &Deployment) -> Vec<(String, i64)> {
             out.push((format!("{who}.{table}"), n));
         }
         // Report states too: a bad request must not move a report along.
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE state = 'aggregated'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = sqlx::query(duet_tests::AGGREGATED_REPORTS_SQL).fetch_one(&pool).await.unwrap().get(0);
         out.push((format!("{who}.aggregated_reports"), n));
     }
     out

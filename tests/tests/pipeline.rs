@@ -140,11 +140,8 @@ async fn upload_raw(d: &Deployment, task: &TaskId, reports: Vec<Report>) -> Vec<
 async fn settled_reports(d: &Deployment, task: &TaskId) -> std::collections::HashMap<ReportId, (String, Option<i64>)> {
     let db = d.leader_db().await;
     for _ in 0..600 {
-        let rows = sqlx::query("SELECT report_id, state, report_error FROM client_reports WHERE task_id = $1")
-            .bind(task.as_bytes().as_slice())
-            .fetch_all(&db)
-            .await
-            .unwrap();
+        let rows =
+            sqlx::query(duet_tests::REPORT_STATES_SQL).bind(task.as_bytes().as_slice()).fetch_all(&db).await.unwrap();
         let map: std::collections::HashMap<_, _> = rows
             .iter()
             .map(|r| {

@@ -112,7 +112,7 @@ async fn replicas_survive_sigkill(db: Db) {
     let leader_pool = sqlx::AnyPool::connect(&leader_db).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done = count(&leader_pool, "SELECT COUNT(*) FROM client_reports WHERE state = 'aggregated'").await;
+        let done = count(&leader_pool, duet_tests::AGGREGATED_REPORTS_SQL).await;
         if done >= (REPORTS / 10) as i64 {
             assert!(done < REPORTS as i64, "the kill must land mid-aggregation");
             break;
@@ -135,10 +135,7 @@ async fn replicas_survive_sigkill(db: Db) {
     assert_eq!(result.result, AggregateResult::Scalar(expected));
 
     // And in the stores: every report settled once on the leader, aggregated once on the helper.
-    assert_eq!(
-        count(&leader_pool, "SELECT COUNT(*) FROM client_reports WHERE state = 'aggregated'").await,
-        REPORTS as i64
-    );
+    assert_eq!(count(&leader_pool, duet_tests::AGGREGATED_REPORTS_SQL).await, REPORTS as i64);
     let helper_pool = sqlx::AnyPool::connect(&helper_db).await.unwrap();
     assert_eq!(count(&helper_pool, "SELECT COUNT(*) FROM aggregated_report_ids").await, REPORTS as i64);
     let abandoned = count(&leader_pool, "SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'abandoned'").await;

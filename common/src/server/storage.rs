@@ -298,6 +298,14 @@ pub enum ReportOutcome {
     Failed { report_id: ReportId, error: ReportError },
 }
 
+impl ReportOutcome {
+    pub fn report_id(&self) -> ReportId {
+        match self {
+            Self::Aggregated { report_id, .. } | Self::Failed { report_id, .. } => *report_id,
+        }
+    }
+}
+
 /// Counts of a committed job.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StepCounts {
@@ -508,7 +516,8 @@ pub trait Storage: Send + Sync {
     /// The job's reports awaiting their outcome, in a stable order.
     async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, DapError>;
     /// Commits a finished job: output shares into buckets (a report whose bucket was collected
-    /// meanwhile fails with `batch_collected`), each report's final state, the job finished.
+    /// meanwhile fails with `batch_collected`), the failed reports marked, the job finished.
+    /// Outcomes that do not name each of the job's reports exactly once are refused.
     async fn commit_aggregation_job(
         &self,
         task: &Task,

@@ -284,12 +284,16 @@ pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<Job
         .collect()
 }
 
-/// An output share with its report's time.
-type TimedShare = (crate::time::Time, crate::vdaf::OutputShare);
-
 /// Commits a finished job in one transaction: output shares into their batch buckets (unless the
-/// bucket was collected meanwhile, which fails the report with `batch_collected`), each report's
-/// final state (its payload dropped, its ID kept for replay checks), and the job finished.
+/// bucket was collected meanwhile, which fails the report with `batch_collected`), the failed
+/// reports marked so (their payloads dropped with the others, their IDs kept for replay checks),
+/// and the job finished.
+///
+/// A report that did not fail stays `in_job`: it shares its job's outcome, aggregated once the
+/// job is finished. Settling every report with a state of its own rewrote each row (a new
+/// version and a primary-key entry each): in PostgreSQL's statistics that statement took a third
+/// of the leader's database time during aggregation, and leaving it out raised aggregation from
+/// 65% to 68–69% of the floor on both backends (Count, 100,000 reports, alternating runs).
 pub(super) async fn commit_job(
     s: &SqlStore,
     task: &Task,
@@ -299,110 +303,83 @@ pub(super) async fn commit_job(
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     // Only one commit per job: a driver whose lease lapsed while it worked, and whose job
-    // another driver then finished, commits nothing.
-    if !job_is_active(&mut tx, task, job).await? {
+    // another driver then finished, commits nothing. On PostgreSQL the update also holds the
+    // job's row until this commit ends, so that two drivers committing at once take turns.
+    if !settle_job(&mut tx, task, job, "finished", None).await? {
         tracing::warn!(task_id = %task.id, job_id = %job.job_id, "job already settled by another driver");
         return Ok(StepCounts::default());
     }
-    // Each report's final state: a report whose bucket was collected meanwhile fails.
+    // One outcome for each report of the job, and none for any other: a report left out would
+    // pass for aggregated. (Rolled back with the transaction: nothing is settled wrongly.)
+    let held: std::collections::HashSet<Vec<u8>> =
+        sqlx::query("SELECT report_id FROM client_reports WHERE task_id = $1 AND job_id = $2 AND state = 'in_job'")
+            .bind(tid)
+            .bind(job.job_id.as_bytes().as_slice())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+    let mut named = std::collections::HashSet::with_capacity(outcomes.len());
+    for outcome in &outcomes {
+        let id = outcome.report_id();
+        if !held.contains(id.as_bytes().as_slice()) || !named.insert(id) {
+            return Err(DapError::Internal(format!(
+                "outcomes of aggregation job {} name a report not in it",
+                job.job_id
+            )));
+        }
+    }
+    if named.len() != held.len() {
+        return Err(DapError::Internal(format!(
+            "outcomes of aggregation job {} leave out some of its reports",
+            job.job_id
+        )));
+    }
     let mut collected: std::collections::HashMap<BatchBucket, bool> = std::collections::HashMap::new();
-    let mut settled_as: Vec<(ReportId, Option<ReportError>, Option<TimedShare>)> = Vec::with_capacity(outcomes.len());
-    for outcome in outcomes {
-        let (report_id, mut error, share) = match outcome {
-            ReportOutcome::Failed { report_id, error } => (report_id, Some(error), None),
-            ReportOutcome::Aggregated { report_id, time, out_share } => (report_id, None, Some((time, out_share))),
-        };
-        if let Some((time, _)) = &share {
-            let bucket = BatchBucket::of(job.batch_id, *time);
-            if SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected).await? {
-                error = Some(ReportError::BatchCollected);
-            }
-        }
-        settled_as.push((report_id, error, share));
-    }
-    // The reports' states first, a statement per outcome (and chunk): an output share counts
-    // only if this commit is the one that settles its report.
-    let mut by_outcome: std::collections::BTreeMap<Option<u8>, Vec<&[u8]>> = std::collections::BTreeMap::new();
-    for (report_id, error, _) in &settled_as {
-        by_outcome.entry(error.map(|e| e as u8)).or_default().push(report_id.as_bytes().as_slice());
-    }
-    let mut groups: Vec<(Option<u8>, Vec<&[u8]>)> = by_outcome.into_iter().collect();
-    groups.sort_by_key(|(_, ids)| ids.len());
-    let mut settled: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(settled_as.len());
-    drop_payloads(&mut tx, task, job).await?;
-    const SETTLE: &str = "UPDATE client_reports SET state = $1, report_error = $2
-         WHERE task_id = $3 AND job_id = $4 AND state = 'in_job'";
-    let largest = groups.len().saturating_sub(1);
-    for (i, (error, ids)) in groups.iter().enumerate() {
-        let state = if error.is_some() { "failed" } else { "aggregated" };
-        if i == largest {
-            // Every outcome names a report of the job, and every report of the job has one, so
-            // the largest group is the job's unsettled rest: named by the job alone. A list of
-            // its IDs would be compared with each row in turn under PostgreSQL's generic plan
-            // (a thousand by a thousand for a full job).
-            let rows = sqlx::query(&format!("{SETTLE} RETURNING report_id"))
-                .bind(state)
-                .bind(error.map(i64::from))
-                .bind(tid)
-                .bind(job.job_id.as_bytes().as_slice())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            let expected: std::collections::HashSet<&[u8]> = ids.iter().copied().collect();
-            for row in rows {
-                let id: Vec<u8> = row.get(0);
-                if !expected.contains(id.as_slice()) {
-                    // Rolled back with the transaction: nothing is settled wrongly.
-                    return Err(DapError::Internal(format!(
-                        "aggregation job {} holds a report its outcomes do not name",
-                        job.job_id
-                    )));
-                }
-                settled.insert(id);
-            }
-            continue;
-        }
-        for chunk in s.statement_chunks(ids, 1) {
-            let sql = format!("{SETTLE} AND report_id IN ({}) RETURNING report_id", placeholder_list(5, chunk.len()));
-            let mut q = sqlx::query(&sql)
-                .bind(state)
-                .bind(error.map(i64::from))
-                .bind(tid)
-                .bind(job.job_id.as_bytes().as_slice());
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for row in q.fetch_all(&mut *tx).await.map_err(StoreError::from)? {
-                settled.insert(row.get::<Vec<u8>, _>(0));
-            }
-        }
-    }
+    let mut failed: std::collections::BTreeMap<u8, Vec<ReportId>> = std::collections::BTreeMap::new();
     let mut sums = BucketSums::default();
     let mut counts = StepCounts::default();
-    for (report_id, error, share) in settled_as {
-        if !settled.contains(report_id.as_bytes().as_slice()) {
-            continue;
-        }
-        match (error, share) {
-            (None, Some((time, out_share))) => {
-                sums.add(task, BatchBucket::of(job.batch_id, time), &report_id, time, &out_share)?;
+    for outcome in outcomes {
+        match outcome {
+            ReportOutcome::Failed { report_id, error } => failed.entry(error as u8).or_default().push(report_id),
+            ReportOutcome::Aggregated { report_id, time, out_share } => {
+                let bucket = BatchBucket::of(job.batch_id, time);
+                if SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected).await? {
+                    failed.entry(ReportError::BatchCollected as u8).or_default().push(report_id);
+                    continue;
+                }
+                sums.add(task, bucket, &report_id, time, &out_share)?;
                 counts.aggregated += 1;
             }
-            _ => counts.failed += 1,
+        }
+    }
+    drop_payloads(&mut tx, task, job).await?;
+    for (error, ids) in &failed {
+        for chunk in s.statement_chunks(ids, 1) {
+            let sql = format!(
+                "UPDATE client_reports SET state = 'failed', report_error = $1
+                 WHERE task_id = $2 AND job_id = $3 AND state = 'in_job' AND report_id IN ({})",
+                placeholder_list(4, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(i64::from(*error)).bind(tid).bind(job.job_id.as_bytes().as_slice());
+            for id in chunk {
+                q = q.bind(id.as_bytes().as_slice());
+            }
+            counts.failed += q.execute(&mut *tx).await.map_err(StoreError::from)?.rows_affected();
         }
     }
     for (bucket, values) in &sums.0 {
         SqlStore::add_to_bucket(&mut tx, task, bucket, s.bucket_shard(), values).await?;
     }
-    finish_job(&mut tx, task, job, "finished", None).await?;
     tx.commit().await.map_err(StoreError::from)?;
     s.after_commit().await;
     Ok(counts)
 }
 
-/// Deletes the payloads of the job's reports still in it, which are about to be settled (the
-/// rows stay, for replay checks). Before the settling: PostgreSQL's job index holds a report only
-/// while it is in its job.
+/// Deletes the payloads of the job's reports (the rows stay, for replay checks). Before any of
+/// them is marked failed: the job's reports are found as those still `in_job`.
 async fn drop_payloads(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
     execute_for_job(
         tx,
@@ -425,25 +402,17 @@ async fn execute_for_job(tx: &mut Tx<'_>, sql: &str, task: &Task, job: &LeasedJo
     Ok(())
 }
 
-async fn job_is_active(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<bool, DapError> {
-    let row = sqlx::query("SELECT state FROM leader_aggregation_jobs WHERE task_id = $1 AND job_id = $2")
-        .bind(task.id.as_bytes().as_slice())
-        .bind(job.job_id.as_bytes().as_slice())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.is_some_and(|r| r.get::<String, _>(0) == "active"))
-}
-
-async fn finish_job(
+/// Ends an active job in `state` (`finished` or `abandoned`); false if it was no longer active.
+async fn settle_job(
     tx: &mut Tx<'_>,
     task: &Task,
     job: &LeasedJob,
     state: &str,
     error: Option<&str>,
-) -> Result<(), DapError> {
-    sqlx::query(
+) -> Result<bool, DapError> {
+    let done = sqlx::query(
         "UPDATE leader_aggregation_jobs SET state = $1, last_error = $2, lease_expiry_seconds = 0
-         WHERE task_id = $3 AND job_id = $4",
+         WHERE task_id = $3 AND job_id = $4 AND state = 'active'",
     )
     .bind(state)
     .bind(error)
@@ -452,7 +421,7 @@ async fn finish_job(
     .execute(&mut **tx)
     .await
     .map_err(StoreError::from)?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 /// Gives the job back for a later attempt, `delay_seconds` from now.
@@ -480,7 +449,7 @@ pub(super) async fn retry_job(
 /// Gives up on a job: its reports fail (without a report error: the job, not the report, broke).
 pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
     let mut tx = s.begin().await?;
-    if !job_is_active(&mut tx, task, job).await? {
+    if !settle_job(&mut tx, task, job, "abandoned", Some(error)).await? {
         return Ok(());
     }
     drop_payloads(&mut tx, task, job).await?;
@@ -491,7 +460,6 @@ pub(super) async fn abandon_job(s: &SqlStore, task: &Task, job: &LeasedJob, erro
         job,
     )
     .await?;
-    finish_job(&mut tx, task, job, "abandoned", Some(error)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())
 }
@@ -749,9 +717,15 @@ pub(super) async fn commit_collection_batch(
         (Query::TimeInterval(q), _) => {
             let interval = q.batch_interval;
             let end = interval.end().ok_or_else(|| internal("interval overflow"))?;
+            // Waiting for a job, or in a job still active (a report in a finished job is
+            // aggregated): the second count goes through the active jobs, not the batch's reports.
             let pending = sqlx::query(
-                "SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state IN ('unaggregated', 'in_job')
-                 AND report_time >= $2 AND report_time < $3",
+                "SELECT (SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
+                         AND report_time >= $2 AND report_time < $3)
+                      + (SELECT COUNT(*) FROM leader_aggregation_jobs j JOIN client_reports r
+                           ON r.task_id = j.task_id AND r.job_id = j.job_id
+                         WHERE j.state = 'active' AND j.task_id = $1 AND r.state = 'in_job'
+                           AND r.report_time >= $2 AND r.report_time < $3)",
             )
             .bind(tid)
             .bind(interval.start.units() as i64)
@@ -769,15 +743,13 @@ pub(super) async fn commit_collection_batch(
         (Query::LeaderSelected(_), None) => return Err(internal("leader-selected job without a batch")),
     };
     if let Batch::LeaderSelected(batch_id) = batch {
-        let in_flight = sqlx::query(
-            "SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND batch_id = $2 AND state = 'in_job'",
-        )
-        .bind(tid)
-        .bind(batch_id.as_bytes().as_slice())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
-        .get::<i64, _>(0);
+        let in_flight = sqlx::query(&format!("SELECT {}", in_flight("$1", "$2")))
+            .bind(tid)
+            .bind(batch_id.as_bytes().as_slice())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .get::<i64, _>(0);
         if in_flight > 0 {
             tx.commit().await.map_err(StoreError::from)?;
             return Ok(BatchReadiness::Wait(format!("{in_flight} reports of the batch are still being aggregated")));
@@ -813,6 +785,16 @@ pub(super) async fn commit_collection_batch(
     .map_err(StoreError::from)?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(BatchReadiness::Committed { values, batch })
+}
+
+/// A subquery counting the reports of a batch (given by SQL expressions for its task and batch
+/// IDs) in jobs still active.
+fn in_flight(task_id: &str, batch_id: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM leader_aggregation_jobs j JOIN client_reports r
+            ON r.task_id = j.task_id AND r.job_id = j.job_id
+          WHERE j.state = 'active' AND j.task_id = {task_id} AND j.batch_id = {batch_id} AND r.state = 'in_job')"
+    )
 }
 
 /// Picks the job's batch and closes it to the job creator, in a claiming transaction under the
@@ -856,18 +838,22 @@ async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, Dap
         .await
         .map_err(StoreError::from)?
         .get::<i64, _>(0);
-    let rows = sqlx::query(
-        "SELECT b.batch_id,
-           (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id AND r.state = 'in_job'),
-           (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id AND r.state = 'aggregated')
+    // Reports in the batch's jobs (`in_job`, or `aggregated` as settled before schema 8), and
+    // those of them in jobs still active.
+    let rows = sqlx::query(&format!(
+        "SELECT b.batch_id, {},
+           (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = b.task_id AND r.batch_id = b.batch_id
+              AND r.state IN ('in_job', 'aggregated'))
          FROM leader_batches b WHERE b.task_id = $1 AND b.state = 'open' ORDER BY b.created_at_seconds, b.batch_id",
-    )
+        in_flight("b.task_id", "b.batch_id")
+    ))
     .bind(tid)
     .fetch_all(&mut **tx)
     .await
     .map_err(StoreError::from)?;
     for r in rows {
-        let (in_flight, aggregated): (i64, i64) = (r.get(1), r.get(2));
+        let (in_flight, assigned): (i64, i64) = (r.get(1), r.get(2));
+        let aggregated = assigned - in_flight;
         if in_flight == 0
             && aggregated >= task.configuration.min_batch_size as i64
             && (aggregated >= target || waiting == 0)

@@ -87,6 +87,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../../../migrations/sqlite/0005_hpke_key_rotation.sql")),
     (6, include_str!("../../../../migrations/sqlite/0006_partial_report_indexes.sql")),
     (7, include_str!("../../../../migrations/sqlite/0007_report_payloads.sql")),
+    (8, include_str!("../../../../migrations/sqlite/0008_reports_settle_with_their_job.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -98,6 +99,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../../../migrations/postgres/0005_hpke_key_rotation.sql")),
     (6, include_str!("../../../../migrations/postgres/0006_partial_report_indexes.sql")),
     (7, include_str!("../../../../migrations/postgres/0007_report_payloads.sql")),
+    (8, include_str!("../../../../migrations/postgres/0008_reports_settle_with_their_job.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
