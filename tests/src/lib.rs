@@ -233,8 +233,8 @@ pub use duet_client::bench::metric_sum as metric;
 /// Counts the leader's reports still waiting for their outcome: without a job, or in a job still
 /// active (a report that did not fail keeps the state `in_job` once its job is finished).
 pub const PENDING_REPORTS_SQL: &str = "SELECT (SELECT COUNT(*) FROM client_reports WHERE state = 'unaggregated')
-    + (SELECT COUNT(*) FROM client_reports r JOIN leader_aggregation_jobs j ON j.task_id = r.task_id AND j.job_id = r.job_id
-       WHERE r.state = 'in_job' AND j.state = 'active')";
+    + (SELECT COUNT(*) FROM client_reports r WHERE r.state = 'in_job' AND EXISTS
+       (SELECT 1 FROM leader_aggregation_jobs j WHERE j.task_id = r.task_id AND j.job_id = r.job_id AND j.state = 'active'))";
 
 /// Each of a task's reports (`$1`) on the leader: its ID, its state as the leader reads it
 /// (`aggregated` for a report in a finished job that did not fail) and its report error.

@@ -718,14 +718,14 @@ pub(super) async fn commit_collection_batch(
             let interval = q.batch_interval;
             let end = interval.end().ok_or_else(|| internal("interval overflow"))?;
             // Waiting for a job, or in a job still active (a report in a finished job is
-            // aggregated): the second count goes through the active jobs, not the batch's reports.
+            // aggregated). The second count goes through the active jobs, not the batch's reports:
+            // as a join, SQLite walked every report of the task that was ever in a job.
             let pending = sqlx::query(
                 "SELECT (SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
                          AND report_time >= $2 AND report_time < $3)
-                      + (SELECT COUNT(*) FROM leader_aggregation_jobs j JOIN client_reports r
-                           ON r.task_id = j.task_id AND r.job_id = j.job_id
-                         WHERE j.state = 'active' AND j.task_id = $1 AND r.state = 'in_job'
-                           AND r.report_time >= $2 AND r.report_time < $3)",
+                      + (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = $1 AND r.state = 'in_job'
+                           AND r.report_time >= $2 AND r.report_time < $3 AND r.job_id IN
+                             (SELECT j.job_id FROM leader_aggregation_jobs j WHERE j.task_id = $1 AND j.state = 'active'))",
             )
             .bind(tid)
             .bind(interval.start.units() as i64)
@@ -791,9 +791,9 @@ pub(super) async fn commit_collection_batch(
 /// IDs) in jobs still active.
 fn in_flight(task_id: &str, batch_id: &str) -> String {
     format!(
-        "(SELECT COUNT(*) FROM leader_aggregation_jobs j JOIN client_reports r
-            ON r.task_id = j.task_id AND r.job_id = j.job_id
-          WHERE j.state = 'active' AND j.task_id = {task_id} AND j.batch_id = {batch_id} AND r.state = 'in_job')"
+        "(SELECT COUNT(*) FROM client_reports r WHERE r.task_id = {task_id} AND r.state = 'in_job' AND r.job_id IN
+            (SELECT j.job_id FROM leader_aggregation_jobs j
+             WHERE j.task_id = {task_id} AND j.batch_id = {batch_id} AND j.state = 'active'))"
     )
 }
 
