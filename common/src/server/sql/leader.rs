@@ -61,27 +61,36 @@ pub(super) async fn put_reports(
         Backend::Postgres => None,
     };
     for chunk in s.statement_chunks_sized(&to_insert, 5, bytes_per_row) {
-        if let Some(first) = next_row {
-            // OR IGNORE rather than ON CONFLICT DO NOTHING: with no constraint left that could
-            // abort the statement, SQLite keeps no statement journal for it, which copied every
-            // page the statement changed (one per report, the IDs being random) into memory
-            // first: 7 MiB at the peak of 200,000 uploads, in a heap profile. The values are the
-            // leader's own and meet the other constraints, so only a known report ID is ignored.
-            let sql = format!(
+        // OR IGNORE rather than ON CONFLICT DO NOTHING on SQLite: with no constraint left that
+        // could abort the statement, SQLite keeps no statement journal for it, which copied every
+        // page the statement changed (one per report, the IDs being random) into memory first:
+        // 7 MiB at the peak of 200,000 uploads, in a heap profile. The values are the leader's
+        // own and meet the other constraints, so only a known report ID is ignored.
+        let sql = match next_row {
+            Some(_) => format!(
                 "INSERT OR IGNORE INTO client_reports (row_id, task_id, report_id, report_time, created_at_seconds, state)
                  VALUES {}",
                 s.value_rows(chunk.len(), 5, "'unaggregated'")
-            );
-            let mut q = sqlx::query(&sql);
-            for (i, report) in chunk.iter().enumerate() {
-                let meta = &report.report_metadata;
-                q = q
-                    .bind(first + i as i64)
-                    .bind(task.id.as_bytes().as_slice())
-                    .bind(meta.report_id.as_bytes().as_slice())
-                    .bind(meta.time.units() as i64)
-                    .bind(now);
+            ),
+            None => format!(
+                "INSERT INTO client_reports (task_id, report_id, report_time, created_at_seconds, state)
+                 VALUES {} ON CONFLICT DO NOTHING RETURNING row_id, report_id",
+                s.value_rows(chunk.len(), 4, "'unaggregated'")
+            ),
+        };
+        let mut q = sqlx::query(&sql);
+        for (i, report) in chunk.iter().enumerate() {
+            if let Some(first) = next_row {
+                q = q.bind(first + i as i64);
             }
+            let meta = &report.report_metadata;
+            q = q
+                .bind(task.id.as_bytes().as_slice())
+                .bind(meta.report_id.as_bytes().as_slice())
+                .bind(meta.time.units() as i64)
+                .bind(now);
+        }
+        if let Some(first) = next_row {
             let stored_rows = q.execute(&mut *tx).await?.rows_affected() as usize;
             let ids = first..first + chunk.len() as i64;
             // Replays in the chunk (rare): the rows that are there tell the others.
@@ -106,20 +115,6 @@ pub(super) async fn put_reports(
             }
             next_row = Some(ids.end);
         } else {
-            let sql = format!(
-                "INSERT INTO client_reports (task_id, report_id, report_time, created_at_seconds, state)
-                 VALUES {} ON CONFLICT DO NOTHING RETURNING row_id, report_id",
-                s.value_rows(chunk.len(), 4, "'unaggregated'")
-            );
-            let mut q = sqlx::query(&sql);
-            for report in chunk {
-                let meta = &report.report_metadata;
-                q = q
-                    .bind(task.id.as_bytes().as_slice())
-                    .bind(meta.report_id.as_bytes().as_slice())
-                    .bind(meta.time.units() as i64)
-                    .bind(now);
-            }
             for row in q.fetch_all(&mut *tx).await? {
                 inserted.insert(row.get::<Vec<u8>, _>(1), row.get::<i64, _>(0));
             }
