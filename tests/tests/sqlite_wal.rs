@@ -1,5 +1,6 @@
 //! SQLite's write-ahead log stays bounded while readers overlap every commit (a busy server),
-//! where SQLite's own passive checkpoints never complete and the log would grow without end.
+//! where SQLite's own passive checkpoints never complete and the log would grow without end,
+//! and however fast the reports come.
 
 use duet_common::messages::*;
 use duet_common::server::storage::*;
@@ -52,8 +53,10 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
     assert_eq!(stored, 10_000);
     let db = std::fs::metadata(&file).unwrap().len();
     assert!(db > 150 << 20, "the reports reached the database file: {db} bytes");
-    // The bound is 32 MiB, passed by the commits that ran while the log was checkpointed.
-    assert!(largest < 100 << 20, "the log grew to {largest} bytes");
+    // The leader checkpoints past 32 MiB; writers go on beside the checkpoint until the log
+    // holds 64 MiB, then wait for it. So the log peaks at 64 MiB and one request's pages
+    // (3.4 MB: its 1.6 MB of reports in 16 KiB pages, and the index pages it changed).
+    assert!(largest < 72 << 20, "the log grew to {largest} bytes");
 }
 
 /// New databases take 16 KiB pages (reports share pages instead of filling 4 KiB ones each);

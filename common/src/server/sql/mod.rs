@@ -198,13 +198,26 @@ pub struct SqlStore {
     tasks: Arc<RwLock<HashMap<TaskId, Arc<Task>>>>,
     /// When [`Self::refresh_statistics`] last looked (milliseconds since the epoch).
     statistics_checked_ms: Arc<std::sync::atomic::AtomicU64>,
-    /// SQLite: the write-ahead log's file, and whether a checkpoint of it is running
-    /// ([`Self::after_commit`]).
-    wal: Option<Arc<(std::path::PathBuf, std::sync::atomic::AtomicBool)>>,
+    /// SQLite file: its write-ahead log ([`Self::after_commit`]).
+    wal: Option<Arc<Wal>>,
     /// SQLite file: the one connection of this process's write transactions ([`Self::begin`]).
     writer: Option<AnyPool>,
     /// SQLite: taken by every write transaction of this process, in turn ([`Self::begin`]).
     write_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// SQLite's write-ahead log, which the leader checkpoints itself ([`SqlStore::after_commit`]).
+struct Wal {
+    path: std::path::PathBuf,
+    /// Held by the running checkpoint, so that there is one at a time and writers can wait for
+    /// it ([`SqlStore::begin`]).
+    checkpoint: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Wal {
+    fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 /// Bound data per multi-row statement, about ([`SqlStore::statement_chunks_sized`]).
@@ -254,8 +267,15 @@ const SQLITE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 30000";
 /// the file when it restarts): big enough that restarts are rare (one per few thousand
 /// reports), small enough that the log is rewritten in place, in pages the kernel holds. The
 /// log grows on while the leader checkpoints it beside the writers ([`SqlStore::after_commit`]),
-/// so it peaks at some multiple of this.
+/// up to [`WAL_HOLD_BYTES`].
 const WAL_RESTART_BYTES: u64 = 32 << 20;
+
+/// The size of the write-ahead log past which a write transaction waits for the running
+/// checkpoint before it begins ([`SqlStore::begin`]). Without it the log's peak depended on
+/// how fast the disk took the checkpoint's copy against how fast uploads came: 83 to 94 MB in
+/// five quiet runs of a test that writes 160 MB of reports, 107 MB with other tests beside it.
+/// With it the log peaks here, plus what the writers already queued at the gate write.
+const WAL_HOLD_BYTES: u64 = 2 * WAL_RESTART_BYTES;
 
 impl SqlStore {
     /// Connects to the database a `sqlite:` or `postgres:` URL names (creating a SQLite file if
@@ -277,7 +297,7 @@ impl SqlStore {
         let wal = (backend == Backend::Sqlite)
             .then(|| sqlite_file(&url))
             .flatten()
-            .map(|file| Arc::new((std::path::PathBuf::from(format!("{file}-wal")), Default::default())));
+            .map(|file| Arc::new(Wal { path: format!("{file}-wal").into(), checkpoint: Arc::default() }));
         // SQLite file: the write transactions of this process, which take turns at the write
         // gate anyway, share one connection of their own with a larger page cache
         // ([`SQLITE_WRITER_CACHE_KIB`]). (An in-memory database is one per connection: there
@@ -443,17 +463,15 @@ impl SqlStore {
     /// checkpoints' threads took 398 samples beside the writer's 1,375). A failure is logged
     /// and leaves the log to SQLite's own checkpoints.
     pub(super) async fn after_commit(&self) {
-        use std::sync::atomic::Ordering;
         let Some(wal) = &self.wal else { return };
-        let (path, running) = &**wal;
-        let large = std::fs::metadata(path).map(|m| m.len() > WAL_RESTART_BYTES).unwrap_or(false);
-        if !large || running.swap(true, Ordering::AcqRel) {
+        if wal.bytes() <= WAL_RESTART_BYTES {
             return;
         }
-        let (store, wal) = (self.clone(), wal.clone());
+        let Ok(running) = wal.checkpoint.clone().try_lock_owned() else { return };
+        let store = self.clone();
         tokio::spawn(async move {
             store.checkpoint().await;
-            wal.1.store(false, Ordering::Release);
+            drop(running);
         });
     }
 
@@ -601,11 +619,16 @@ impl SqlStore {
     /// writers wait for each other instead of failing when they upgrade; and the writers of this
     /// process first queue for its write gate, in order. SQLite alone would have them poll the
     /// lock, asleep between tries (up to 100 ms at a time), so the lock would lie idle while
-    /// writers slept and a checkpoint could wait seconds for its turn. PostgreSQL:
+    /// writers slept and a checkpoint could wait seconds for its turn. A writer that finds the
+    /// log past [`WAL_HOLD_BYTES`] first waits for the running checkpoint. PostgreSQL:
     /// `SERIALIZABLE`, so concurrent replicas cannot interleave into an inconsistent state.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
         Ok(match self.backend {
             Backend::Sqlite => {
+                // Waits outside the gate: the checkpoint takes the gate for its second phase.
+                if let Some(wal) = self.wal.as_ref().filter(|wal| wal.bytes() > WAL_HOLD_BYTES) {
+                    drop(wal.checkpoint.lock().await);
+                }
                 let gate = self.write_gate.clone().lock_owned().await;
                 let pool = self.writer.as_ref().unwrap_or(&self.pool);
                 Tx { inner: pool.begin_with("BEGIN IMMEDIATE").await?, _gate: Some(gate) }
