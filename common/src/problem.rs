@@ -186,10 +186,17 @@ pub enum DapError {
     /// task has left. Not a DAP type, so it has duet's URN.
     #[error("privacy budget exhausted: {detail}")]
     PrivacyBudgetExhausted { task_id: Option<TaskId>, detail: String },
+    /// duet's own problem: the helper refused, without a DAP problem type, or answered what the
+    /// leader cannot use (a collection job's failure, as the collector sees it).
+    #[error("the helper failed: {detail}")]
+    HelperFailed { task_id: Option<TaskId>, detail: String },
 }
 
 /// The problem type of [`DapError::PrivacyBudgetExhausted`].
 pub const PRIVACY_BUDGET_EXHAUSTED: &str = "urn:duet:params:error:privacyBudgetExhausted";
+
+/// The problem type of [`DapError::HelperFailed`].
+pub const HELPER_FAILED: &str = "urn:duet:params:error:helperFailed";
 
 impl DapError {
     pub fn dap(kind: DapProblemType, task_id: Option<TaskId>, detail: impl Into<String>) -> Self {
@@ -278,6 +285,18 @@ impl DapError {
                     unsupported_extensions: None,
                 },
             ),
+            DapError::HelperFailed { task_id, detail } => (
+                StatusCode::BAD_GATEWAY,
+                ProblemDocument {
+                    type_uri: HELPER_FAILED.into(),
+                    title: Some("The helper refused its part, or answered what the leader cannot use".into()),
+                    status: Some(StatusCode::BAD_GATEWAY.as_u16()),
+                    detail: Some(detail.clone()),
+                    instance: None,
+                    taskid: task_id.map(|t| t.to_string()),
+                    unsupported_extensions: None,
+                },
+            ),
         }
     }
 }
@@ -313,6 +332,18 @@ mod tests {
         assert_eq!(doc.type_uri, PRIVACY_BUDGET_EXHAUSTED);
         assert_eq!(doc.dap_type(), None);
         assert_eq!(doc.detail.as_deref(), Some("spent 2 of 2"));
+    }
+
+    #[test]
+    fn a_failed_helper_is_duets_own_problem() {
+        let task_id = TaskId::from_bytes([2; 32]);
+        let (status, doc) =
+            DapError::HelperFailed { task_id: Some(task_id), detail: "401: bad token".into() }.problem_document();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(doc.type_uri, HELPER_FAILED);
+        assert_eq!(doc.dap_type(), None);
+        assert_eq!(doc.taskid.as_deref(), Some(task_id.to_string().as_str()));
+        assert_eq!(doc.detail.as_deref(), Some("401: bad token"));
     }
 
     #[test]

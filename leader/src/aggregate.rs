@@ -2,20 +2,24 @@
 //! creator puts uploaded reports into aggregation jobs, and the driver runs each job with the
 //! helper: it opens the leader's input shares, starts verification, sends the
 //! `AggregationJobInitReq`, finishes verification on the helper's answer and commits the output
-//! shares into batch buckets in one transaction.
+//! shares into batch buckets in one transaction. A helper that cannot be reached, or is not
+//! ready, is waited for as long as it takes, the identical request sent again each time; a
+//! helper that refuses the job, or answers what the leader cannot follow, has it abandoned.
 
-use crate::peer::{endpoint_url, PeerError};
-use crate::LeaderState;
+use crate::peer::{endpoint_url, Answer, PeerError, RetryReason};
+use crate::{retry, LeaderState};
 use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
-use duet_common::problem::DapError;
+use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::metrics;
-use duet_common::server::storage::{JobReport, LeasedJob, ReportOutcome, StepCounts, Task};
+use duet_common::server::storage::{AbandonedReports, JobReport, LeasedJob, ReportOutcome, StepCounts, Task};
 use duet_common::vdaf::{Transition, VerifyState};
 use duet_common::{Decode, Encode};
-use reqwest::Method;
+use reqwest::{Method, Url};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One creator pass over every task with unaggregated reports. Returns the jobs created.
 pub async fn create_jobs(state: &LeaderState) -> Result<usize, DapError> {
@@ -71,51 +75,166 @@ fn start_report(task: &Task, keys: &[HpkeKeypair], report: &JobReport) -> Result
 /// What driving a job came to.
 enum Driven {
     Done(StepCounts),
-    Retry { delay_seconds: i64, error: String },
-    Abandon(String),
+    /// The helper was not reached, or not ready: the identical request goes again later.
+    Retry {
+        reason: RetryReason,
+        retry_after: Option<Duration>,
+        error: String,
+    },
+    /// The job cannot go on (DAP-18 says when the leader must abandon it). `helper_job` is the
+    /// helper's resource, to delete, when the helper created one.
+    Abandon {
+        error: String,
+        reports: AbandonedReports,
+        helper_job: Option<Url>,
+    },
+}
+
+impl Driven {
+    fn retry(e: PeerError) -> Self {
+        match e {
+            PeerError::Transient { reason, detail, retry_after } => {
+                Driven::Retry { reason, retry_after, error: detail }
+            }
+            // The helper refused the request: it created no job, so it aggregated none of the
+            // reports, which may go into a new job.
+            PeerError::Rejected { .. } => Driven::Abandon {
+                error: e.to_string(),
+                reports: AbandonedReports::BackToPool { max_hold_seconds: 0 },
+                helper_job: None,
+            },
+        }
+    }
 }
 
 /// Drives one leased job to its end, or to a retry later.
 pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapError> {
     let task = state.store.task(&job.task_id).await?;
     let _timer = metrics::StepTimer::start("aggregation_job");
-    let outcome = match run_job(state, &task, &job).await {
-        Ok(d) => d,
-        Err(DapError::Unavailable(e)) => Driven::Retry { delay_seconds: 5, error: e },
-        Err(e) => return Err(e),
+    let lease = Duration::from_secs(state.config.lease_seconds as u64);
+    let renew = || state.store.renew_aggregation_job_lease(&job, state.config.lease_seconds, None);
+    let outcome = match retry::under_lease(run_job(state, &task, &job), lease, renew).await {
+        None => {
+            tracing::warn!(task_id = %task.id, job_id = %job.job_id, "lost the lease of the aggregation job; another driver has it");
+            return Ok(());
+        }
+        Some(Ok(d)) => d,
+        Some(Err(DapError::Unavailable(e))) => {
+            Driven::Retry { reason: RetryReason::Database, retry_after: None, error: e }
+        }
+        Some(Err(e)) => return Err(e),
     };
+    let cap = state.config.max_retry_delay;
     match outcome {
         Driven::Done(counts) => {
             tracing::info!(task_id = %task.id, job_id = %job.job_id, aggregated = counts.aggregated,
                 failed = counts.failed, "aggregation job finished");
             metrics::aggregation_jobs(Role::Leader, "finished", 1);
         }
-        Driven::Retry { delay_seconds, error } if job.attempts < state.config.max_job_attempts => {
-            tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, delay_seconds, %error,
-                "aggregation job will be retried");
-            state.store.retry_aggregation_job(&task, &job, delay_seconds, &error).await?;
+        Driven::Retry { reason, retry_after, error } => {
+            // Transient failures never exhaust a job: it waits, for as long as it takes.
+            let delay = retry::retry_delay(job.attempts, retry_after, cap);
+            tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, reason = reason.label(),
+                delay_seconds = delay.as_secs_f64(), %error, "aggregation job waits for the helper");
+            state.store.retry_aggregation_job(&task, &job, retry::whole_seconds(delay), &error).await?;
+            metrics::helper_retry("aggregation_job", reason.label());
             metrics::aggregation_jobs(Role::Leader, "retried", 1);
         }
-        Driven::Retry { error, .. } | Driven::Abandon(error) => {
+        Driven::Abandon { error, reports, helper_job } => {
+            let reports = match reports {
+                AbandonedReports::BackToPool { .. } => {
+                    AbandonedReports::BackToPool { max_hold_seconds: retry::whole_seconds(cap) }
+                }
+                fail => fail,
+            };
             tracing::error!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, %error,
-                "aggregation job abandoned");
-            state.store.abandon_aggregation_job(&task, &job, &error).await?;
+                back_to_pool = matches!(reports, AbandonedReports::BackToPool { .. }), "aggregation job abandoned");
+            state.store.abandon_aggregation_job(&task, &job, &error, reports).await?;
             metrics::aggregation_jobs(Role::Leader, "abandoned", 1);
+            if let Some(url) = helper_job {
+                delete_helper_job(state, &task, &job, url).await;
+            }
         }
     }
     Ok(())
 }
 
-fn backoff_seconds(attempt: u32, retry_after: Option<std::time::Duration>) -> i64 {
-    let exp = 1i64 << attempt.min(8);
-    retry_after.map(|d| d.as_secs() as i64).unwrap_or(exp).clamp(1, 300)
+/// Tells the helper it may clean up an abandoned job (DAP-18 "Aggregation Job Abandonment and
+/// Deletion"). Best effort: a few tries, as the job is settled on our side either way.
+async fn delete_helper_job(state: &LeaderState, task: &Task, job: &LeasedJob, mut url: Url) {
+    url.set_query(None);
+    for attempt in 1..=3u32 {
+        match state.peer.delete(url.clone(), &task.aggregator_auth_token).await {
+            Ok(()) => return,
+            Err(e @ PeerError::Rejected { .. }) => {
+                tracing::info!(task_id = %task.id, job_id = %job.job_id, error = %e, "the helper did not delete the abandoned job");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt, error = %e, "deleting the abandoned job at the helper failed");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+            }
+        }
+    }
+}
+
+/// Sends the job's request and, if the helper defers it, polls the job until its answer is
+/// ready, as long as that takes (the lease is renewed meanwhile, and no attempt is counted).
+/// Returns the answer and the job's URL at the helper.
+async fn exchange(
+    state: &LeaderState,
+    task: &Task,
+    job: &LeasedJob,
+    url: Url,
+    media: &'static str,
+    body: Vec<u8>,
+) -> Result<(Vec<u8>, Option<Url>), PeerError> {
+    let token = &task.aggregator_auth_token;
+    let mut answer = state.peer.send(Method::POST, url, token, media, body, media_type::AGGREGATION_JOB_RESP).await?;
+    let mut location = None;
+    let mut noted = false;
+    loop {
+        match answer {
+            Answer::Ready(bytes) => return Ok((bytes, location)),
+            Answer::Deferred { poll_url, retry_after } => {
+                if !noted {
+                    // Seen by the metrics as a job waiting on the helper.
+                    let _ = state
+                        .store
+                        .renew_aggregation_job_lease(job, state.config.lease_seconds, Some("deferred by the helper"))
+                        .await;
+                    noted = true;
+                }
+                let wait = retry_after
+                    .unwrap_or(Duration::from_secs(1))
+                    .clamp(Duration::from_millis(100), state.config.max_retry_delay);
+                tokio::time::sleep(wait).await;
+                location = Some(poll_url.clone());
+                answer = match state.peer.poll(poll_url, token, media_type::AGGREGATION_JOB_RESP).await {
+                    // The helper lost the deferred work: the identical request starts it again.
+                    Err(PeerError::Rejected {
+                        problem: Some(DapProblemType::UnrecognizedAggregationJob),
+                        detail,
+                        ..
+                    }) => {
+                        return Err(PeerError::Transient { reason: RetryReason::Deferred, detail, retry_after: None })
+                    }
+                    other => other?,
+                };
+            }
+        }
+    }
 }
 
 async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Result<Driven, DapError> {
     if job.step != 0 {
         // Prio3 verifies in one round trip, so a job never rests between steps; a stored later
         // step means a VDAF this driver does not know.
-        return Ok(Driven::Abandon(format!("job stopped at step {}", job.step)));
+        return Ok(Driven::Abandon {
+            error: format!("job stopped at step {}", job.step),
+            reports: AbandonedReports::Fail,
+            helper_job: None,
+        });
     }
     let reports = state.store.aggregation_job_reports(job).await?;
     let keys: Vec<HpkeKeypair> = state.store.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
@@ -157,28 +276,45 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
             verify_inits,
         };
         let body = req.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+        // A retry must be the identical request (DAP-18 "Leader Initialization"): a different
+        // one would be a new job to the helper, which may hold the first one's output shares.
+        let digest: [u8; 32] = Sha256::digest(&body).into();
+        if !state.store.pin_aggregation_job_request(job, &digest).await? {
+            return Ok(Driven::Abandon {
+                error: "the job's request can no longer be built as first sent (was an HPKE key it needs deleted?); \
+                        the helper may hold some of its reports"
+                    .into(),
+                reports: AbandonedReports::Fail,
+                helper_job: None,
+            });
+        }
         let url = endpoint_url(&task.parameters.helper_endpoint, &format!("tasks/{}/aggregation_jobs", task.id))
             .map_err(DapError::Internal)?;
-        let resp = match state
-            .peer
-            .send(Method::POST, url, &task.aggregator_auth_token, media_type::AGGREGATION_JOB_INIT_REQ, body)
-            .await
-        {
-            Ok((_, bytes)) => bytes,
-            Err(PeerError::Transient { detail, retry_after }) => {
-                return Ok(Driven::Retry { delay_seconds: backoff_seconds(job.attempts, retry_after), error: detail })
-            }
-            Err(e @ PeerError::Rejected { .. }) => return Ok(Driven::Abandon(e.to_string())),
+        let (resp, location) = match exchange(state, task, job, url, media_type::AGGREGATION_JOB_INIT_REQ, body).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Driven::retry(e)),
+        };
+        // From here on the helper has committed what it answered: an answer the leader cannot
+        // follow abandons the job (DAP-18 "Leader Initialization"), and its reports may not be
+        // aggregated again.
+        let invalid = |why: String| Driven::Abandon {
+            error: format!("the helper's answer is invalid: {why}"),
+            reports: AbandonedReports::Fail,
+            helper_job: location.clone(),
         };
         let resp = match AggregationJobResp::get_decoded(&resp) {
             Ok(r) => r,
-            Err(e) => return Ok(Driven::Abandon(format!("helper sent a malformed AggregationJobResp: {e}"))),
+            Err(e) => return Ok(invalid(format!("malformed AggregationJobResp: {e}"))),
         };
-        // The helper answers every report, in the order sent (DAP-18 "Leader Continuation").
         if resp.verify_resps.len() != started.len()
             || resp.verify_resps.iter().zip(&started).any(|(r, s)| r.report_id != s.report_id)
         {
-            return Ok(Driven::Abandon("helper's answer does not match the job's reports".into()));
+            return Ok(invalid("it does not name the job's reports in order".into()));
+        }
+        // After the leader's first message a Prio3 helper answers `continue` or `reject`;
+        // `finish` is not a transition of the leader's state.
+        if resp.verify_resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Finish)) {
+            return Ok(invalid("`finish` after initialization".into()));
         }
         let task_cpu = task.clone();
         let finished = tokio::task::spawn_blocking(move || {
@@ -212,7 +348,7 @@ fn finish_report(task: &Task, ctx: &[u8], started: Started, answer: VerifyRespTy
     let report_id = started.report_id;
     match answer {
         VerifyRespType::Reject { report_error } => ReportOutcome::Failed { report_id, error: report_error },
-        // After the leader's first message, a Prio3 helper always has one to send back.
+        // Refused with the whole job before this is reached (see `run_job`).
         VerifyRespType::Finish => ReportOutcome::Failed { report_id, error: ReportError::VdafVerifyError },
         VerifyRespType::Continue { payload } => match task.vdaf.leader_continued(ctx, started.state, &payload) {
             Ok(Transition::Finished { out_share }) => {
@@ -222,19 +358,5 @@ fn finish_report(task: &Task, ctx: &[u8], started: Started, answer: VerifyRespTy
             Ok(_) => ReportOutcome::Failed { report_id, error: ReportError::VdafVerifyError },
             Err(e) => ReportOutcome::Failed { report_id, error: e.report_error() },
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_respects_retry_after() {
-        assert_eq!(backoff_seconds(1, None), 2);
-        assert_eq!(backoff_seconds(3, None), 8);
-        assert_eq!(backoff_seconds(30, None), 256);
-        assert_eq!(backoff_seconds(1, Some(std::time::Duration::from_secs(7))), 7);
-        assert_eq!(backoff_seconds(1, Some(std::time::Duration::from_secs(7200))), 300);
     }
 }

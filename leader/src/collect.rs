@@ -1,10 +1,11 @@
 //! The leader's side of collection (DAP-18 "Collecting Results"): collection jobs are created,
 //! polled and deleted by the collector here, and driven in the background: once the batch is
-//! complete the leader commits it as collected, obtains the helper's aggregate share and answers
-//! with both encrypted shares.
+//! complete the leader commits it as collected, obtains the helper's aggregate share (waiting out
+//! a helper that is away, for as long as it takes) and answers with both encrypted shares. A job
+//! the helper fails gives its batch back, collectable again.
 
-use crate::peer::{endpoint_url, PeerError};
-use crate::LeaderState;
+use crate::peer::{endpoint_url, Answer, PeerError};
+use crate::{retry, LeaderState};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,9 +15,9 @@ use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
 use duet_common::server::metrics;
-use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, Task};
+use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, LeasedCollectionJob, Task};
 use duet_common::{Decode, Encode};
-use reqwest::Method;
+use reqwest::{Method, Url};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -45,11 +46,7 @@ fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> Http
         "finished" => dap_response(status, media_type::COLLECTION_JOB_RESP, job.response.clone().unwrap_or_default()),
         "failed" => {
             let (kind, detail) = job.error.clone().unwrap_or_default();
-            let err = match DapProblemType::ALL.into_iter().find(|k| k.token() == kind) {
-                Some(kind) => DapError::dap(kind, Some(task.id), detail),
-                None => DapError::Internal(detail),
-            };
-            return Err(err.into());
+            return Err(stored_failure(task, &kind, detail).into());
         }
         "pending" => {
             let mut r = status.into_response();
@@ -62,6 +59,15 @@ fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> Http
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// The problem a failed job answers with, from what was stored: its DAP problem type, else
+/// duet's `helperFailed` (every failure that is not a DAP one comes from the helper's side).
+fn stored_failure(task: &Task, kind: &str, detail: String) -> DapError {
+    match DapProblemType::ALL.into_iter().find(|k| k.token() == kind) {
+        Some(kind) => DapError::dap(kind, Some(task.id), detail),
+        None => DapError::HelperFailed { task_id: Some(task.id), detail },
+    }
 }
 
 /// For a task with differential privacy, tells the collector what its budget stands at
@@ -227,8 +233,9 @@ fn seal_leader_share(task: &Task, req: &CollectionJobReq, values: &BucketValues)
 }
 
 /// Drives one leased collection job as far as it can go now.
-pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId) -> Result<(), DapError> {
-    let task = state.store.task(&task_id).await?;
+pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Result<(), DapError> {
+    let id = leased.id;
+    let task = state.store.task(&leased.task_id).await?;
     let Some(mut job) = state.store.collection_job(&task, &id).await? else {
         return Ok(());
     };
@@ -242,7 +249,7 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
         match ds.commit_collection_batch(&task, &job, &|v| seal_leader_share(&task, &req, v)).await? {
             BatchReadiness::Wait(why) => {
                 tracing::debug!(task_id = %task.id, collection_job_id = %id, %why, "collection job waits");
-                return ds.defer_collection_job(&task, &id, 1).await;
+                return ds.defer_collection_job(&task, &id, 1, None).await;
             }
             BatchReadiness::Refuse(err) => {
                 let kind = err.kind().map(|k| k.token().to_string()).unwrap_or_default();
@@ -272,34 +279,37 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
         }
         (Query::LeaderSelected(_), None) => return Err(DapError::Internal("committed batch without its ID".into())),
     };
+    // Built from what the batch's commit stored, so that every retry is byte-identical and the
+    // helper answers it with the share it stored (DAP-18 "Obtaining Aggregate Shares").
     let share_req =
         AggregateShareReq { collection_job_req: job.request.clone(), batch_selector, report_count, checksum };
     let body = share_req.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
     let url = endpoint_url(&task.parameters.helper_endpoint, &format!("tasks/{}/aggregate_shares", task.id))
         .map_err(DapError::Internal)?;
-    let helper_share = match state
-        .peer
-        .send(Method::POST, url, &task.aggregator_auth_token, media_type::AGGREGATE_SHARE_REQ, body)
-        .await
-    {
-        Ok((_, bytes)) => match AggregateShare::get_decoded(&bytes) {
+    let lease = std::time::Duration::from_secs(state.config.lease_seconds as u64);
+    let renew = || state.store.renew_collection_job_lease(&leased, state.config.lease_seconds);
+    let Some(answer) = retry::under_lease(request_share(state, &task, url, body), lease, renew).await else {
+        tracing::warn!(task_id = %task.id, collection_job_id = %id, "lost the lease of the collection job; another driver has it");
+        return Ok(());
+    };
+    let helper_share = match answer {
+        Ok(bytes) => match AggregateShare::get_decoded(&bytes) {
             Ok(share) => share.encrypted_aggregate_share,
             Err(e) => {
                 let detail = format!("the helper's AggregateShare is malformed: {e}");
-                metrics::collection_job("failed");
-                return ds.end_collection_job(&task, &id, Err((String::new(), detail))).await;
+                return fail(state, &task, &id, String::new(), detail).await;
             }
         },
-        Err(PeerError::Transient { detail, retry_after }) => {
-            let delay = retry_after.map(|d| d.as_secs() as i64).unwrap_or(1i64 << job.attempts.min(6)).clamp(1, 60);
-            tracing::warn!(task_id = %task.id, collection_job_id = %id, %detail, delay, "aggregate share request will be retried");
-            return ds.defer_collection_job(&task, &id, delay).await;
+        Err(PeerError::Transient { reason, detail, retry_after }) => {
+            let delay = retry::retry_delay(leased.attempts, retry_after, state.config.max_retry_delay);
+            tracing::warn!(task_id = %task.id, collection_job_id = %id, reason = reason.label(), %detail,
+                delay_seconds = delay.as_secs_f64(), "aggregate share request waits for the helper");
+            metrics::helper_retry("aggregate_share", reason.label());
+            return ds.defer_collection_job(&task, &id, retry::whole_seconds(delay), Some(&detail)).await;
         }
         Err(PeerError::Rejected { problem, detail, .. }) => {
-            tracing::error!(task_id = %task.id, collection_job_id = %id, %detail, "helper refused the aggregate share");
             let kind = problem.map(|p| p.token().to_string()).unwrap_or_default();
-            metrics::collection_job("failed");
-            return ds.end_collection_job(&task, &id, Err((kind, format!("helper: {detail}")))).await;
+            return fail(state, &task, &id, kind, format!("the helper refused the aggregate share: {detail}")).await;
         }
     };
     let resp = CollectionJobResp {
@@ -314,4 +324,40 @@ pub async fn drive_job(state: &LeaderState, task_id: TaskId, id: CollectionJobId
     tracing::info!(task_id = %task.id, collection_job_id = %id, reports = report_count, "collection job finished");
     metrics::collection_job("finished");
     Ok(())
+}
+
+/// Fails the job with the problem the helper caused (DAP-18: "the Leader MUST fail the
+/// collection job with the error that caused the failure"). Nothing of the batch was released,
+/// so it stays collectable.
+async fn fail(
+    state: &LeaderState,
+    task: &Task,
+    id: &CollectionJobId,
+    kind: String,
+    detail: String,
+) -> Result<(), DapError> {
+    tracing::error!(task_id = %task.id, collection_job_id = %id, problem = %kind, %detail, "collection job failed");
+    metrics::collection_job("failed");
+    state.store.end_collection_job(task, id, Err((kind, detail))).await
+}
+
+/// Requests the helper's aggregate share and, if it defers, polls it until it is ready.
+async fn request_share(state: &LeaderState, task: &Task, url: Url, body: Vec<u8>) -> Result<Vec<u8>, PeerError> {
+    let token = &task.aggregator_auth_token;
+    let mut answer = state
+        .peer
+        .send(Method::POST, url, token, media_type::AGGREGATE_SHARE_REQ, body, media_type::AGGREGATE_SHARE)
+        .await?;
+    loop {
+        match answer {
+            Answer::Ready(bytes) => return Ok(bytes),
+            Answer::Deferred { poll_url, retry_after } => {
+                let wait = retry_after
+                    .unwrap_or(std::time::Duration::from_secs(1))
+                    .clamp(std::time::Duration::from_millis(100), state.config.max_retry_delay);
+                tokio::time::sleep(wait).await;
+                answer = state.peer.poll(poll_url, token, media_type::AGGREGATE_SHARE).await?;
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod collect;
 pub mod peer;
+pub mod retry;
 pub mod upload;
 
 use axum::routing::{get, post};
@@ -33,10 +34,14 @@ pub struct LeaderConfig {
     pub max_concurrent_jobs: usize,
     /// How long a driver owns a job before another may take it over.
     pub lease_seconds: i64,
-    /// Attempts (with exponential backoff) before a job that keeps failing is abandoned.
-    pub max_job_attempts: u32,
-    /// How long one attempt waits on an asynchronous helper before trying again later.
-    pub max_helper_poll: Duration,
+    /// The longest pause between two attempts to reach the helper (and the longest hold on new
+    /// jobs of a task whose jobs it refuses). Jobs wait out an unreachable helper for as long
+    /// as it takes; this only bounds how long after its return they notice.
+    pub max_retry_delay: Duration,
+    /// How long one request to the helper may take, from connecting to the answer's last byte.
+    pub helper_timeout: Duration,
+    /// Collection jobs driven at once.
+    pub max_concurrent_collections: usize,
     /// How the leader presents its token to the helper (`Authorization: Bearer`, or the
     /// `DAP-Auth-Token` header the interop tests use).
     pub helper_token_scheme: TokenScheme,
@@ -54,8 +59,9 @@ impl Default for LeaderConfig {
             driver_interval: Duration::from_millis(500),
             max_concurrent_jobs: 4,
             lease_seconds: 120,
-            max_job_attempts: 12,
-            max_helper_poll: Duration::from_secs(30),
+            max_retry_delay: Duration::from_secs(600),
+            helper_timeout: Duration::from_secs(300),
+            max_concurrent_collections: 8,
             helper_token_scheme: TokenScheme::Bearer,
             helper_ca_pem: None,
         }
@@ -80,8 +86,7 @@ pub struct LeaderState {
 
 impl LeaderState {
     pub fn new(store: Store, config: LeaderConfig) -> Result<Self, String> {
-        let peer =
-            peer::Peer::new(config.max_helper_poll, config.helper_token_scheme, config.helper_ca_pem.as_deref())?;
+        let peer = peer::Peer::new(config.helper_timeout, config.helper_token_scheme, config.helper_ca_pem.as_deref())?;
         Ok(Self {
             store,
             config: Arc::new(config),
@@ -197,22 +202,36 @@ pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet
     });
     let (s, mut rx) = (state, stop);
     set.spawn(async move {
+        // Jobs run side by side, so that one waiting on a slow helper holds up no other.
+        let mut running: JoinSet<()> = JoinSet::new();
         loop {
-            let jobs = match s.store.acquire_collection_jobs(8, s.config.lease_seconds).await {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(error = %e, "leasing collection jobs failed");
-                    Vec::new()
+            let room = s.config.max_concurrent_collections.saturating_sub(running.len());
+            if room > 0 && !*rx.borrow() {
+                match s.store.acquire_collection_jobs(room, s.config.lease_seconds).await {
+                    Ok(jobs) => {
+                        for job in jobs {
+                            let s = s.clone();
+                            running.spawn(async move {
+                                let (task_id, id) = (job.task_id, job.id);
+                                if let Err(e) = collect::drive_job(&s, job).await {
+                                    tracing::error!(%task_id, collection_job_id = %id, error = %e, "driving collection job failed");
+                                }
+                                s.collection_done.notify_waiters();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "leasing collection jobs failed"),
                 }
-            };
-            for (task_id, id) in jobs {
-                if let Err(e) = collect::drive_job(&s, task_id, id).await {
-                    tracing::error!(%task_id, collection_job_id = %id, error = %e, "driving collection job failed");
-                }
-                s.collection_done.notify_waiters();
             }
-            if *rx.borrow() || !pause(s.config.driver_interval, &s.collection_wake, &mut rx).await {
+            if *rx.borrow() {
+                while running.join_next().await.is_some() {}
                 break;
+            }
+            tokio::select! {
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = s.collection_wake.notified() => {}
+                _ = tokio::time::sleep(s.config.driver_interval) => {}
+                _ = rx.changed() => {}
             }
         }
     });

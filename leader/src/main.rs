@@ -89,6 +89,17 @@ struct Args {
     /// Seconds a replica owns a job it took; a crashed replica's jobs are taken over after this.
     #[arg(long, default_value_t = 120)]
     lease_seconds: i64,
+    /// Longest pause, in seconds, between two attempts to reach a helper that is down, slow or
+    /// overloaded (jobs wait for it as long as it takes; the helper's Retry-After is honoured up
+    /// to this).
+    #[arg(long, default_value_t = 600)]
+    max_retry_delay_seconds: u64,
+    /// Seconds one request to the helper may take, from connecting to the answer's last byte.
+    #[arg(long, default_value_t = 300)]
+    helper_timeout_seconds: u64,
+    /// Collection jobs driven at once.
+    #[arg(long, default_value_t = 8)]
+    max_concurrent_collections: usize,
     #[command(flatten)]
     connection: ConnectionFlags,
     /// Extra trust roots (PEM) for the helper's TLS certificate, besides the bundled Mozilla
@@ -124,8 +135,18 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
     if args.max_job_delay_seconds < 0 {
         return Err("max_job_delay_seconds must not be negative".into());
     }
-    if args.max_concurrent_jobs == 0 || args.creator_interval_ms == 0 || args.driver_interval_ms == 0 {
-        return Err("max_concurrent_jobs, creator_interval_ms and driver_interval_ms must be at least 1".into());
+    if args.max_concurrent_jobs == 0
+        || args.max_concurrent_collections == 0
+        || args.creator_interval_ms == 0
+        || args.driver_interval_ms == 0
+    {
+        return Err(
+            "max_concurrent_jobs, max_concurrent_collections, creator_interval_ms and driver_interval_ms must be at least 1"
+                .into(),
+        );
+    }
+    if args.max_retry_delay_seconds == 0 || args.helper_timeout_seconds == 0 {
+        return Err("max_retry_delay_seconds and helper_timeout_seconds must be at least 1".into());
     }
     let defaults = LeaderConfig::default();
     Ok(LeaderConfig {
@@ -140,7 +161,10 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
         creator_interval: Duration::from_millis(args.creator_interval_ms),
         driver_interval: Duration::from_millis(args.driver_interval_ms),
         max_concurrent_jobs: args.max_concurrent_jobs,
+        max_concurrent_collections: args.max_concurrent_collections,
         lease_seconds: args.lease_seconds,
+        max_retry_delay: Duration::from_secs(args.max_retry_delay_seconds),
+        helper_timeout: Duration::from_secs(args.helper_timeout_seconds),
         helper_ca_pem: match &args.helper_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| format!("helper_ca_file {}: {e}", path.display()))?),
             None => None,
@@ -157,7 +181,7 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
         // The trust roots must parse too, not only be readable (serving checks this in
         // `LeaderState::new`).
         duet_leader::peer::Peer::new(
-            config.max_helper_poll,
+            config.helper_timeout,
             config.helper_token_scheme,
             config.helper_ca_pem.as_deref(),
         )?;

@@ -1,43 +1,128 @@
-//! The leader as an HTTP client of the helper: resource creation and continuation requests,
-//! answered either at once or asynchronously (an empty body, then `GET` polls paced by
-//! `Retry-After`, DAP-18 "Asynchronous Request Handling"), with failures sorted into those worth
-//! retrying later and those the helper refused for good.
+//! The leader as an HTTP client of the helper: resource creation, polls of deferred resources
+//! (DAP-18 "Asynchronous Request Handling") and deletion, with every failure sorted into one
+//! worth sending the identical request again for ([`PeerError::Transient`], with its reason) and
+//! one the helper decided on ([`PeerError::Rejected`]). The callers decide how long to wait.
 
 use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::media_type;
 use duet_common::problem::{DapProblemType, ProblemDocument};
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
+
+/// Why a request to the helper is worth sending again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    /// No connection could be made: refused, unreachable, or no answer to the handshake.
+    Connect,
+    /// The helper did not answer within the request timeout.
+    Timeout,
+    /// The connection broke before the whole answer arrived (reset, closed): the helper may
+    /// have committed the request, which is why it is sent again byte for byte.
+    Connection,
+    /// A 5xx answer.
+    ServerError,
+    /// 429 Too Many Requests (or 408): the helper sheds load.
+    Overloaded,
+    /// An answer no DAP helper gives: a 4xx without a problem document (a proxy's page, say), or
+    /// a success in another media type.
+    NotDap,
+    /// The helper deferred the request and the resource is not ready, or it lost the deferred
+    /// work (it no longer knows the job it was polled for).
+    Deferred,
+    /// The leader's own database was unavailable.
+    Database,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 8] = [
+        RetryReason::Connect,
+        RetryReason::Timeout,
+        RetryReason::Connection,
+        RetryReason::ServerError,
+        RetryReason::Overloaded,
+        RetryReason::NotDap,
+        RetryReason::Deferred,
+        RetryReason::Database,
+    ];
+
+    /// The label of the `reason` in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Timeout => "timeout",
+            RetryReason::Connection => "connection",
+            RetryReason::ServerError => "server_error",
+            RetryReason::Overloaded => "overloaded",
+            RetryReason::NotDap => "not_dap",
+            RetryReason::Deferred => "deferred",
+            RetryReason::Database => "database",
+        }
+    }
+}
 
 /// Why a request to the helper did not produce its resource.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// Worth trying again later: transport failures, 5xx, 429, or a resource still not ready
-    /// when we stopped polling. `retry_after` is the helper's hint, if it gave one.
-    #[error("helper unavailable: {detail}")]
-    Transient { detail: String, retry_after: Option<Duration> },
-    /// The helper refused the request; repeating it will not help.
+    /// Worth sending again later. `retry_after` is the helper's hint, if it gave one.
+    #[error("helper unavailable ({}): {detail}", reason.label())]
+    Transient { reason: RetryReason, detail: String, retry_after: Option<Duration> },
+    /// The helper refused the request with a problem document: sending it again will not help.
+    /// `problem` is its DAP type, if it has one.
     #[error("helper refused the request ({status}): {detail}")]
     Rejected { status: u16, problem: Option<DapProblemType>, detail: String },
+}
+
+impl PeerError {
+    fn transient(reason: RetryReason, detail: String) -> Self {
+        PeerError::Transient { reason, detail, retry_after: None }
+    }
+}
+
+/// What the helper answered a request with.
+#[derive(Debug)]
+pub enum Answer {
+    /// The resource's representation.
+    Ready(Vec<u8>),
+    /// The helper deferred the request: the resource is to be polled at `poll_url`, after
+    /// `retry_after` if the helper said.
+    Deferred { poll_url: Url, retry_after: Option<Duration> },
 }
 
 /// An HTTP client for the helper.
 #[derive(Clone)]
 pub struct Peer {
     http: reqwest::Client,
-    /// How long one call keeps polling an asynchronous answer before giving up for now.
-    max_poll: Duration,
     /// How the aggregator token is presented to the helper.
     scheme: TokenScheme,
 }
 
-fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` in either of its forms (RFC 9110, 10.2.3): delay-seconds, or an HTTP-date,
+/// read as the time from `now` until then (none if it has passed).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Sorts a transport failure: which step failed tells whether the helper can have seen the
+/// whole request.
+fn transport_reason(e: &reqwest::Error) -> RetryReason {
+    if e.is_connect() {
+        RetryReason::Connect
+    } else if e.is_timeout() {
+        RetryReason::Timeout
+    } else {
+        RetryReason::Connection
+    }
 }
 
 impl Peer {
-    pub fn new(max_poll: Duration, scheme: TokenScheme, extra_roots_pem: Option<&[u8]>) -> Result<Self, String> {
+    /// `timeout` bounds each request, from connecting to the last byte of the answer.
+    pub fn new(timeout: Duration, scheme: TokenScheme, extra_roots_pem: Option<&[u8]>) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = extra_roots_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("helper CA: {e}"))? {
@@ -47,16 +132,16 @@ impl Peer {
         let http = builder
             // The aggregator token must never follow a redirect elsewhere.
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .timeout(timeout)
             .user_agent(concat!("duet-leader/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Self { http, max_poll, scheme })
+        Ok(Self { http, scheme })
     }
 
-    /// Sends `body` (of `media`) to `url` with `method`, then, if the helper defers, polls the
-    /// resource until it is ready. Returns the resource's URL and representation.
+    /// Sends `body` (of `media`) to `url` with `method`. The answer is the resource (of media
+    /// type `expect`), or the helper's deferral.
     pub async fn send(
         &self,
         method: Method,
@@ -64,82 +149,96 @@ impl Peer {
         token: &AuthenticationToken,
         media: &'static str,
         body: Vec<u8>,
-    ) -> Result<(Url, Vec<u8>), PeerError> {
+        expect: &'static str,
+    ) -> Result<Answer, PeerError> {
         let (name, value) = token.header(self.scheme);
-        let resp = self
-            .http
-            .request(method, url.clone())
-            .header(name.clone(), value.clone())
-            .header(CONTENT_TYPE, media)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| PeerError::Transient { detail: format!("{url}: {e}"), retry_after: None })?;
-        let (location, mut retry_after, bytes) = Self::read(&url, resp).await?;
-        if !bytes.is_empty() {
-            return Ok((location.unwrap_or(url), bytes));
-        }
-        // Deferred: poll the resource (the Location, else the URL we sent to).
-        let poll_url = location.unwrap_or(url);
-        let deadline = Instant::now() + self.max_poll;
-        loop {
-            let wait = retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), self.max_poll);
-            if Instant::now() + wait > deadline {
-                return Err(PeerError::Transient {
-                    detail: format!("{poll_url} is still being processed"),
-                    retry_after: Some(wait),
-                });
-            }
-            tokio::time::sleep(wait).await;
-            let resp = self
-                .http
-                .get(poll_url.clone())
-                .header(name.clone(), value.clone())
-                .send()
-                .await
-                .map_err(|e| PeerError::Transient { detail: format!("{poll_url}: {e}"), retry_after: None })?;
-            let (_, ra, bytes) = Self::read(&poll_url, resp).await?;
-            if !bytes.is_empty() {
-                let mut resource = poll_url.clone();
-                // The resource's own URL, without the polling step parameter.
-                resource.set_query(None);
-                return Ok((resource, bytes));
-            }
-            retry_after = ra;
-        }
+        let request = self.http.request(method, url.clone()).header(name, value).header(CONTENT_TYPE, media).body(body);
+        self.exchange(&url, request, expect).await
     }
 
-    /// The Location (resolved), Retry-After and body of a successful response, or the error.
-    async fn read(url: &Url, resp: reqwest::Response) -> Result<(Option<Url>, Option<Duration>, Vec<u8>), PeerError> {
+    /// Polls a deferred resource (a `GET`).
+    pub async fn poll(&self, url: Url, token: &AuthenticationToken, expect: &'static str) -> Result<Answer, PeerError> {
+        let (name, value) = token.header(self.scheme);
+        let request = self.http.get(url.clone()).header(name, value);
+        self.exchange(&url, request, expect).await
+    }
+
+    /// Deletes a resource (DAP-18 "Aggregation Job Abandonment and Deletion").
+    pub async fn delete(&self, url: Url, token: &AuthenticationToken) -> Result<(), PeerError> {
+        let (name, value) = token.header(self.scheme);
+        let request = self.http.delete(url.clone()).header(name, value);
+        self.exchange(&url, request, "").await.map(|_| ())
+    }
+
+    async fn exchange(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+        expect: &'static str,
+    ) -> Result<Answer, PeerError> {
+        let resp =
+            request.send().await.map_err(|e| PeerError::transient(transport_reason(&e), format!("{url}: {e}")))?;
         let status = resp.status();
-        let retry_after = parse_retry_after(resp.headers());
-        let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).and_then(|loc| url.join(loc).ok());
-        let is_problem = resp
-            .headers()
-            .get(CONTENT_TYPE)
+        let headers = resp.headers().clone();
+        let retry_after = headers
+            .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| media_type::matches(v, media_type::PROBLEM_JSON));
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PeerError::Transient { detail: format!("{url}: reading the body: {e}"), retry_after })?;
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // The answer cut off mid-flight is a broken connection, as if it never arrived.
+        let bytes = resp.bytes().await.map_err(|e| PeerError::Transient {
+            reason: RetryReason::Connection,
+            detail: format!("{url}: reading the answer: {e}"),
+            retry_after,
+        })?;
         if status.is_success() {
-            return Ok((location, retry_after, bytes.to_vec()));
+            if bytes.is_empty() {
+                if expect.is_empty() {
+                    return Ok(Answer::Ready(Vec::new()));
+                }
+                // Deferred: poll the Location (resolved against the request), else the URL itself.
+                let poll_url = headers
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|loc| url.join(loc).ok())
+                    .unwrap_or_else(|| url.clone());
+                return Ok(Answer::Deferred { poll_url, retry_after });
+            }
+            if !expect.is_empty() && !content_type.as_deref().is_some_and(|ct| media_type::matches(ct, expect)) {
+                return Err(PeerError::Transient {
+                    reason: RetryReason::NotDap,
+                    detail: format!("{url}: {status} in {content_type:?}, not {expect}"),
+                    retry_after,
+                });
+            }
+            return Ok(Answer::Ready(bytes.to_vec()));
         }
+        let is_problem = content_type.as_deref().is_some_and(|v| media_type::matches(v, media_type::PROBLEM_JSON));
         let problem: Option<ProblemDocument> = if is_problem { serde_json::from_slice(&bytes).ok() } else { None };
         let detail = match &problem {
             Some(p) => p.to_string(),
             None => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
         };
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
-        {
-            return Err(PeerError::Transient { detail: format!("{url}: {status}: {detail}"), retry_after });
+        let reason = if status.is_server_error() {
+            Some(RetryReason::ServerError)
+        } else if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
+            Some(RetryReason::Overloaded)
+        } else if problem.is_none() {
+            // A 4xx that is not a problem document did not come from a DAP helper's decision.
+            Some(RetryReason::NotDap)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                Err(PeerError::Transient { reason, detail: format!("{url}: {status}: {detail}"), retry_after })
+            }
+            None => Err(PeerError::Rejected {
+                status: status.as_u16(),
+                problem: problem.as_ref().and_then(|p| p.dap_type()),
+                detail: format!("{url}: {detail}"),
+            }),
         }
-        Err(PeerError::Rejected {
-            status: status.as_u16(),
-            problem: problem.as_ref().and_then(|p| p.dap_type()),
-            detail: format!("{url}: {detail}"),
-        })
     }
 }
 
@@ -164,5 +263,17 @@ mod tests {
         );
         assert_eq!(endpoint_url("http://127.0.0.1:9/", "tasks/y").unwrap().as_str(), "http://127.0.0.1:9/tasks/y");
         assert!(endpoint_url("not a url", "x").is_err());
+    }
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        let now = httpdate::parse_http_date("Fri, 04 Dec 2026 17:00:00 GMT").unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Fri, 04 Dec 2026 17:01:30 GMT", now), Some(Duration::from_secs(90)));
+        // A date in the past means at once.
+        assert_eq!(parse_retry_after("Fri, 04 Dec 2026 16:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 }

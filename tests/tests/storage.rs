@@ -322,8 +322,156 @@ async fn leases_lapse_retries_wait_and_abandoned_jobs_fail_their_reports() {
         let other = store.acquire_aggregation_jobs(10, 60).await.unwrap();
         assert_eq!(other.len(), 1);
         assert_ne!(other[0].job_id, first[0].job_id);
-        store.abandon_aggregation_job(&task, &other[0], "given up").await.unwrap();
+        store.abandon_aggregation_job(&task, &other[0], "given up", AbandonedReports::Fail).await.unwrap();
         assert!(store.aggregation_job_reports(&other[0]).await.unwrap().is_empty(), "its reports are settled");
+    }
+}
+
+#[tokio::test]
+async fn a_lease_is_its_holders_alone() {
+    for (name, store, _dir) in backends().await {
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
+        duet_tests::put_reports(&*store, &task, &[report(10)]).await.unwrap();
+        store.create_aggregation_jobs(&task, &sizes(1)).await.unwrap();
+        let stale = store.acquire_aggregation_jobs(1, 0).await.unwrap().remove(0);
+        // The lease lapsed (0 s) and another driver took the job over.
+        let holder = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        assert_eq!(holder.job_id, stale.job_id, "{name}");
+        assert_ne!(holder.lease_token, stale.lease_token, "{name}");
+        assert!(!store.renew_aggregation_job_lease(&stale, 60, None).await.unwrap(), "{name}: not the stale driver's");
+        assert!(store.renew_aggregation_job_lease(&holder, 60, Some("deferred")).await.unwrap(), "{name}");
+        // The stale driver's retry does not release the holder's lease.
+        store.retry_aggregation_job(&task, &stale, 0, "stale").await.unwrap();
+        assert!(store.acquire_aggregation_jobs(1, 60).await.unwrap().is_empty(), "{name}: still leased");
+        // The job waits on the helper (its note), as the metrics count it.
+        assert_eq!(store.leader_backlog().await.unwrap().aggregation_jobs_waiting, 1, "{name}");
+        // The first request is pinned; only the identical one may be sent again.
+        assert!(store.pin_aggregation_job_request(&holder, &[1; 32]).await.unwrap(), "{name}");
+        assert!(store.pin_aggregation_job_request(&holder, &[1; 32]).await.unwrap(), "{name}");
+        assert!(!store.pin_aggregation_job_request(&holder, &[2; 32]).await.unwrap(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_job_gives_its_reports_back_and_holds_new_jobs() {
+    for (name, store, keep) in backends().await {
+        let task =
+            store.put_task(Role::Leader, &task_request(BatchMode::LeaderSelected, 1, Some(4), true)).await.unwrap();
+        let reports: Vec<Report> = (0..3).map(|_| report(10)).collect();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(3)).await.unwrap(), 1, "{name}");
+        let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        assert!(job.batch_id.is_some());
+        let backlog = store.leader_backlog().await.unwrap();
+        assert!(backlog.oldest_unaggregated_upload_seconds.is_some(), "{name}: the job's reports are not aggregated");
+        store
+            .abandon_aggregation_job(&task, &job, "refused", AbandonedReports::BackToPool { max_hold_seconds: 600 })
+            .await
+            .unwrap();
+        // Back in the pool, payloads intact, but new jobs of the task wait out the hold.
+        assert_eq!(payload_rows(&keep).await, 3, "{name}");
+        assert_eq!(store.tasks_with_unaggregated_reports().await.unwrap(), vec![task.id], "{name}");
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(3)).await.unwrap(), 0, "{name}: held");
+        // Once the hold is over (it is lifted here by hand), they go into a new job in a batch.
+        lift_holds(&keep).await;
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(3)).await.unwrap(), 1, "{name}");
+        let again = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        assert_ne!(again.job_id, job.job_id);
+        let held = store.aggregation_job_reports(&again).await.unwrap();
+        let mut ids: Vec<ReportId> = held.iter().map(|r| r.metadata.report_id).collect();
+        let mut sent: Vec<ReportId> = reports.iter().map(|r| r.report_metadata.report_id).collect();
+        ids.sort_by_key(|i| *i.as_bytes());
+        sent.sort_by_key(|i| *i.as_bytes());
+        assert_eq!(ids, sent, "{name}: the same reports, none lost");
+        let outcomes = held
+            .iter()
+            .map(|r| ReportOutcome::Aggregated {
+                report_id: r.metadata.report_id,
+                time: r.metadata.time,
+                out_share: output_shares(&task, &r.metadata.report_id, true).0,
+            })
+            .collect();
+        assert_eq!(store.commit_aggregation_job(&task, &again, outcomes).await.unwrap().aggregated, 3, "{name}");
+        assert_eq!(store.leader_backlog().await.unwrap(), LeaderBacklog::default(), "{name}: nothing waits");
+        assert_eq!(
+            duet_tests::count_rows(&keep.url(), "SELECT COUNT(*) FROM leader_job_creation_holds").await,
+            0,
+            "{name}: a finished job lifts the hold"
+        );
+    }
+}
+
+/// Ends every hold on job creation, as if its time had passed.
+async fn lift_holds(keep: &Keep) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&keep.url()).await.unwrap();
+    sqlx::query("UPDATE leader_job_creation_holds SET hold_until_seconds = 0").execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_collection_gives_its_batch_back() {
+    for (name, store, _dir) in backends().await {
+        for mode in [BatchMode::TimeInterval, BatchMode::LeaderSelected] {
+            let task = store.put_task(Role::Leader, &task_request(mode, 2, None, true)).await.unwrap();
+            let reports: Vec<Report> = (0..2).map(|_| report(1000)).collect();
+            duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
+            store.create_aggregation_jobs(&task, &sizes(2)).await.unwrap();
+            let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+            let outcomes = store
+                .aggregation_job_reports(&job)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| ReportOutcome::Aggregated {
+                    report_id: r.metadata.report_id,
+                    time: r.metadata.time,
+                    out_share: output_shares(&task, &r.metadata.report_id, true).0,
+                })
+                .collect();
+            store.commit_aggregation_job(&task, &job, outcomes).await.unwrap();
+            let interval = Interval { start: Time::from_units(1000), duration: Duration::from_units(1) };
+            let query = match mode {
+                BatchMode::TimeInterval => Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }),
+                _ => Query::LeaderSelected(LeaderSelectedQueryConfig),
+            };
+            let seal =
+                |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![9], payload: vec![9] });
+            let (body, digest) = collection_request(query);
+            let first = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+            let row = store.collection_job(&task, &first).await.unwrap().unwrap();
+            let BatchReadiness::Committed { batch, .. } =
+                store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+            else {
+                panic!("{name} {mode:?}: the batch is ready")
+            };
+            assert!(store.batch_overlaps_collected(&task, &batch).await.unwrap());
+            let leased = store.acquire_collection_jobs(10, 60).await.unwrap();
+            let mine: Vec<_> = leased.iter().filter(|j| j.task_id == task.id).map(|j| (j.id, j.attempts)).collect();
+            assert_eq!(mine, vec![(first, 1)], "{name}: the commit starts the count of helper requests");
+            // The helper refuses the aggregate share: the job fails with its problem, and the
+            // batch is collectable again.
+            store
+                .end_collection_job(&task, &first, Err(("batchMismatch".into(), "counts differ".into())))
+                .await
+                .unwrap();
+            let row = store.collection_job(&task, &first).await.unwrap().unwrap();
+            assert_eq!(row.state, "failed", "{name}");
+            assert_eq!(row.error, Some(("batchMismatch".into(), "counts differ".into())));
+            assert!(!row.batch_committed && row.leader_encrypted_agg_share.is_none(), "{name}: nothing kept");
+            assert!(!store.batch_overlaps_collected(&task, &batch).await.unwrap(), "{name} {mode:?}: given back");
+            // A new collection (the failed job deleted first) commits the same batch.
+            assert!(store.delete_collection_job(&task, &first).await.unwrap());
+            let second = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+            assert_ne!(second, first);
+            let row = store.collection_job(&task, &second).await.unwrap().unwrap();
+            let BatchReadiness::Committed { values, batch: again } =
+                store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+            else {
+                panic!("{name} {mode:?}: the batch is ready again")
+            };
+            assert_eq!((again, values.report_count), (batch, 2), "{name} {mode:?}");
+        }
     }
 }
 
@@ -597,7 +745,7 @@ async fn settled_reports_drop_their_payloads_and_stay_replays() {
         assert_eq!(counts, StepCounts { aggregated: 3, failed: 0 }, "{name}");
         assert_eq!(payload_rows(&keep).await, 3, "{name}: the committed job's payloads are gone");
         assert_eq!(store.aggregation_job_reports(&jobs[1]).await.unwrap().len(), 3, "{name}: the others are intact");
-        store.abandon_aggregation_job(&task, &jobs[1], "given up").await.unwrap();
+        store.abandon_aggregation_job(&task, &jobs[1], "given up", AbandonedReports::Fail).await.unwrap();
         assert_eq!(payload_rows(&keep).await, 0, "{name}");
         // Every report is still known: uploading any of them again is a replay.
         let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();

@@ -55,6 +55,19 @@ fn describe() {
     describe_counter!("duet_aggregation_jobs_total", "Aggregation job events: created, finished, retried, abandoned.");
     describe_gauge!("duet_aggregation_jobs", "The leader's aggregation jobs in the database, by state.");
     describe_counter!("duet_collection_jobs_total", "Collection job events: created, finished, failed.");
+    describe_counter!(
+        "duet_helper_retries_total",
+        "Requests to the helper to be sent again later, by step (aggregation_job, aggregate_share) and reason."
+    );
+    describe_gauge!(
+        "duet_jobs_waiting_on_helper",
+        "The leader's jobs whose last request did not get through to the helper, or that it deferred, by kind."
+    );
+    describe_gauge!(
+        "duet_oldest_unaggregated_report_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest report the leader stored and has not aggregated yet (0 when there is none)."
+    );
     describe_counter!("duet_aggregate_shares_total", "Aggregate shares the helper released.");
     describe_histogram!("duet_step_duration_seconds", Unit::Seconds, "Time spent in one protocol step.");
     describe_counter!("duet_http_requests_total", "HTTP requests answered, by route, method and status.");
@@ -92,6 +105,12 @@ pub fn reports_aggregated(role: crate::messages::Role, aggregated: u64, failed: 
 /// An aggregation job event: `created`, `finished`, `retried` or `abandoned`.
 pub fn aggregation_jobs(role: crate::messages::Role, outcome: &'static str, n: u64) {
     counter!("duet_aggregation_jobs_total", "role" => role_label(role), "outcome" => outcome).increment(n);
+}
+
+/// A request to the helper that will be sent again: `step` is `aggregation_job` or
+/// `aggregate_share`, `reason` a bounded label (see the leader's `RetryReason`).
+pub fn helper_retry(step: &'static str, reason: &'static str) {
+    counter!("duet_helper_retries_total", "step" => step, "reason" => reason).increment(1);
 }
 
 /// A collection job event: `created`, `finished` or `failed`.
@@ -183,6 +202,16 @@ async fn render(State(s): State<OpsState>) -> Response {
             }
         }
         Err(e) => tracing::warn!(error = %e, "reading job counts for /metrics failed"),
+    }
+    match s.store.leader_backlog().await {
+        Ok(b) => {
+            gauge!("duet_jobs_waiting_on_helper", "kind" => "aggregation").set(b.aggregation_jobs_waiting as f64);
+            gauge!("duet_jobs_waiting_on_helper", "kind" => "collection").set(b.collection_jobs_waiting as f64);
+            let now = super::storage::now_seconds();
+            let age = b.oldest_unaggregated_upload_seconds.map_or(0, |t| (now - t).max(0));
+            gauge!("duet_oldest_unaggregated_report_age_seconds").set(age as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the backlog for /metrics failed"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.handle.render()).into_response()
 }

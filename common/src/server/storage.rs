@@ -256,14 +256,25 @@ pub struct JobSizes {
 /// A report waiting for a job: its ID and upload time (seconds).
 pub type PendingReport = (Vec<u8>, i64);
 
+/// The reports of a job to create.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CutJob {
+    pub report_ids: Vec<Vec<u8>>,
+    /// When its oldest report was uploaded (seconds).
+    pub oldest_upload_seconds: i64,
+}
+
 /// Cuts `reports` (oldest first) into jobs of at most `sizes.max`; the last, short one only if
 /// it is at least `sizes.min`, has waited long enough, or fills the last room of a batch.
-pub fn cut_jobs(reports: &[PendingReport], sizes: &JobSizes, now: i64, room_limited: bool) -> Vec<Vec<Vec<u8>>> {
+pub fn cut_jobs(reports: &[PendingReport], sizes: &JobSizes, now: i64, room_limited: bool) -> Vec<CutJob> {
     let mut jobs = Vec::new();
     for chunk in reports.chunks(sizes.max.max(1)) {
         let oldest = chunk.iter().map(|r| r.1).min().unwrap_or(now);
         if chunk.len() >= sizes.min || room_limited || now - oldest >= sizes.max_delay_seconds {
-            jobs.push(chunk.iter().map(|r| r.0.clone()).collect());
+            jobs.push(CutJob {
+                report_ids: chunk.iter().map(|r| r.0.clone()).collect(),
+                oldest_upload_seconds: oldest,
+            });
         }
         if jobs.len() >= sizes.max_jobs_per_pass {
             break;
@@ -281,6 +292,40 @@ pub struct LeasedJob {
     pub step: u16,
     /// This attempt's number, from 1.
     pub attempts: u32,
+    /// Names this lease: only its holder renews it, retries the job or gives it up.
+    pub lease_token: [u8; 16],
+}
+
+/// A collection job leased to a leader's driver.
+#[derive(Clone, Debug)]
+pub struct LeasedCollectionJob {
+    pub task_id: TaskId,
+    pub id: CollectionJobId,
+    /// Leases since the batch was committed (or since the job was created, before that), from 1.
+    pub attempts: u32,
+    pub lease_token: [u8; 16],
+}
+
+/// What becomes of an abandoned job's reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbandonedReports {
+    /// They fail: the helper may have aggregated them, so they must not go into another job.
+    Fail,
+    /// Back to the pool for a new job (DAP-18 allows it for an abandoned job): the helper cannot
+    /// have aggregated them. New jobs of the task are held for a while, doubling with each
+    /// refusal in a row up to `max_hold_seconds`.
+    BackToPool { max_hold_seconds: i64 },
+}
+
+/// The work the leader's metrics show waiting on the helper.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaderBacklog {
+    /// Active aggregation jobs whose last attempt did not reach the helper, or that it deferred.
+    pub aggregation_jobs_waiting: i64,
+    /// Pending collection jobs whose aggregate-share request did not get through yet.
+    pub collection_jobs_waiting: i64,
+    /// When the oldest report not yet aggregated was uploaded (seconds), if there is one.
+    pub oldest_unaggregated_upload_seconds: Option<i64>,
 }
 
 /// A report of a job, as uploaded.
@@ -485,6 +530,8 @@ pub trait Storage: Send + Sync {
     fn pool_status(&self) -> PoolStatus;
     /// The leader's aggregation jobs by state, for metrics (empty on a helper).
     async fn aggregation_job_counts(&self) -> Result<Vec<(String, i64)>, DapError>;
+    /// The leader's work waiting on the helper, for metrics (all zero on a helper).
+    async fn leader_backlog(&self) -> Result<LeaderBacklog, DapError>;
     /// Whether any part of the batch was already collected.
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError>;
 
@@ -524,6 +571,19 @@ pub trait Storage: Send + Sync {
         job: &LeasedJob,
         outcomes: Vec<ReportOutcome>,
     ) -> Result<StepCounts, DapError>;
+    /// Extends the job's lease while its holder still has it (`false` once another driver took
+    /// it over, or the job ended), noting why it waits, if `note`.
+    async fn renew_aggregation_job_lease(
+        &self,
+        job: &LeasedJob,
+        lease_seconds: i64,
+        note: Option<&str>,
+    ) -> Result<bool, DapError>;
+    /// Records the digest of the job's first `AggregationJobInitReq`, and tells whether `digest`
+    /// is that one: a retry must be byte-identical, or the helper would take it for a new job.
+    async fn pin_aggregation_job_request(&self, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, DapError>;
+    /// Gives the job back for another attempt `delay_seconds` from now (if the lease is still
+    /// this driver's).
     async fn retry_aggregation_job(
         &self,
         task: &Task,
@@ -531,8 +591,14 @@ pub trait Storage: Send + Sync {
         delay_seconds: i64,
         error: &str,
     ) -> Result<(), DapError>;
-    /// Gives up on a job: its reports fail.
-    async fn abandon_aggregation_job(&self, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError>;
+    /// Gives up on a job; its reports fail or go back to the pool.
+    async fn abandon_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        error: &str,
+        reports: AbandonedReports,
+    ) -> Result<(), DapError>;
 
     // -- leader: collection --
 
@@ -553,7 +619,10 @@ pub trait Storage: Send + Sync {
         &self,
         limit: usize,
         lease_seconds: i64,
-    ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError>;
+    ) -> Result<Vec<LeasedCollectionJob>, DapError>;
+    /// Extends a collection job's lease while its holder still has it.
+    async fn renew_collection_job_lease(&self, job: &LeasedCollectionJob, lease_seconds: i64)
+        -> Result<bool, DapError>;
     /// Commits the job's batch once it is complete and large enough, marking it collected.
     async fn commit_collection_batch(
         &self,
@@ -561,9 +630,18 @@ pub trait Storage: Send + Sync {
         job: &CollectionJobRow,
         seal: SealShare<'_>,
     ) -> Result<BatchReadiness, DapError>;
-    async fn defer_collection_job(&self, task: &Task, id: &CollectionJobId, delay_seconds: i64)
-        -> Result<(), DapError>;
+    /// Gives the job back for another try `delay_seconds` from now; `error` says why it waits
+    /// on the helper, if it does.
+    async fn defer_collection_job(
+        &self,
+        task: &Task,
+        id: &CollectionJobId,
+        delay_seconds: i64,
+        error: Option<&str>,
+    ) -> Result<(), DapError>;
     /// Ends a job with its encoded `CollectionJobResp`, or the (problem token, detail) failing it.
+    /// A failed job released nothing, so its batch, if committed, is given back: collectable
+    /// again, its privacy budget returned.
     async fn end_collection_job(
         &self,
         task: &Task,
@@ -630,14 +708,21 @@ mod tests {
     #[test]
     fn jobs_are_cut_to_size_and_short_ones_wait() {
         let sizes = JobSizes { min: 3, max: 4, max_delay_seconds: 10, max_jobs_per_pass: 10 };
+        let lens = |jobs: &[CutJob]| jobs.iter().map(|j| j.report_ids.len()).collect::<Vec<_>>();
         let jobs = cut_jobs(&reports(10, 100), &sizes, 105, false);
-        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4]);
+        assert_eq!(lens(&jobs), vec![4, 4]);
         // Once the short remainder has waited long enough, it goes too.
         let jobs = cut_jobs(&reports(10, 100), &sizes, 110, false);
-        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(lens(&jobs), vec![4, 4, 2]);
         // A chunk that fills a batch's last room never waits.
         let jobs = cut_jobs(&reports(2, 100), &sizes, 100, true);
-        assert_eq!(jobs.iter().map(Vec::len).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(lens(&jobs), vec![2]);
+        // Each job knows when its oldest report came.
+        let mut mixed = reports(4, 100);
+        mixed[2].1 = 90;
+        let jobs = cut_jobs(&mixed, &JobSizes { max: 2, ..sizes }, 200, false);
+        assert_eq!(jobs.iter().map(|j| j.oldest_upload_seconds).collect::<Vec<_>>(), vec![100, 90]);
+        assert_eq!(jobs[1].report_ids, vec![vec![2u8], vec![3u8]]);
         let sizes = JobSizes { max_jobs_per_pass: 1, ..sizes };
         assert_eq!(cut_jobs(&reports(10, 0), &sizes, 100, false).len(), 1);
     }

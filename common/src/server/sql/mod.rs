@@ -3,8 +3,10 @@
 //! migrations of `migrations/sqlite` and `migrations/postgres` are embedded. Each protocol step
 //! is one transaction: on SQLite writers take the lock up front (`BEGIN IMMEDIATE`); on
 //! PostgreSQL transactions are `SERIALIZABLE` and a step that loses a serialization race is
-//! run again ([`retrying`]). The role-specific steps live in [`leader`] and [`helper`].
+//! run again ([`retrying`]). The role-specific steps live in [`leader`] (uploads and aggregation),
+//! [`collect`] (the leader's collection jobs) and [`helper`].
 
+mod collect;
 mod helper;
 mod keys;
 mod leader;
@@ -88,6 +90,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../../../migrations/sqlite/0006_partial_report_indexes.sql")),
     (7, include_str!("../../../../migrations/sqlite/0007_report_payloads.sql")),
     (8, include_str!("../../../../migrations/sqlite/0008_reports_settle_with_their_job.sql")),
+    (9, include_str!("../../../../migrations/sqlite/0009_helper_outages.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -100,6 +103,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../../../migrations/postgres/0006_partial_report_indexes.sql")),
     (7, include_str!("../../../../migrations/postgres/0007_report_payloads.sql")),
     (8, include_str!("../../../../migrations/postgres/0008_reports_settle_with_their_job.sql")),
+    (9, include_str!("../../../../migrations/postgres/0009_helper_outages.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {
@@ -999,6 +1003,9 @@ impl Storage for SqlStore {
             .map_err(StoreError::from)?;
         Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
     }
+    async fn leader_backlog(&self) -> Result<LeaderBacklog, DapError> {
+        leader::backlog(self).await
+    }
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError> {
         let mut tx = self.begin_read().await?;
         let overlaps = Self::batch_overlaps_collected_tx(&mut tx, task, batch).await?;
@@ -1036,6 +1043,17 @@ impl Storage for SqlStore {
     ) -> Result<StepCounts, DapError> {
         retrying!(leader::commit_job(self, task, job, outcomes.clone()).await)
     }
+    async fn renew_aggregation_job_lease(
+        &self,
+        job: &LeasedJob,
+        lease_seconds: i64,
+        note: Option<&str>,
+    ) -> Result<bool, DapError> {
+        retrying!(leader::renew_lease(self, job, lease_seconds, note).await)
+    }
+    async fn pin_aggregation_job_request(&self, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, DapError> {
+        retrying!(leader::pin_request(self, job, digest).await)
+    }
     async fn retry_aggregation_job(
         &self,
         task: &Task,
@@ -1045,14 +1063,20 @@ impl Storage for SqlStore {
     ) -> Result<(), DapError> {
         retrying!(leader::retry_job(self, task, job, delay_seconds, error).await)
     }
-    async fn abandon_aggregation_job(&self, task: &Task, job: &LeasedJob, error: &str) -> Result<(), DapError> {
-        retrying!(leader::abandon_job(self, task, job, error).await)
+    async fn abandon_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        error: &str,
+        reports: AbandonedReports,
+    ) -> Result<(), DapError> {
+        retrying!(leader::abandon_job(self, task, job, error, reports).await)
     }
     async fn collection_job_by_digest(&self, task: &Task, digest: &[u8]) -> Result<Option<CollectionJobRow>, DapError> {
-        retrying!(leader::collection_job_by_digest(self, task, digest).await)
+        retrying!(collect::collection_job_by_digest(self, task, digest).await)
     }
     async fn collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<Option<CollectionJobRow>, DapError> {
-        retrying!(leader::collection_job(self, task, id).await)
+        retrying!(collect::collection_job(self, task, id).await)
     }
     async fn insert_collection_job(
         &self,
@@ -1060,20 +1084,27 @@ impl Storage for SqlStore {
         request: &[u8],
         digest: &[u8],
     ) -> Result<CollectionJobId, DapError> {
-        retrying!(leader::insert_collection_job(self, task, request, digest).await)
+        retrying!(collect::insert_collection_job(self, task, request, digest).await)
     }
     async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
-        retrying!(leader::delete_collection_job(self, task, id).await)
+        retrying!(collect::delete_collection_job(self, task, id).await)
     }
     async fn privacy_budget_spent(&self, task: &Task) -> Result<f64, DapError> {
-        retrying!(leader::privacy_budget_spent(self, task).await)
+        retrying!(collect::privacy_budget_spent(self, task).await)
     }
     async fn acquire_collection_jobs(
         &self,
         limit: usize,
         lease_seconds: i64,
-    ) -> Result<Vec<(TaskId, CollectionJobId)>, DapError> {
-        retrying!(leader::acquire_collection_jobs(self, limit, lease_seconds).await)
+    ) -> Result<Vec<LeasedCollectionJob>, DapError> {
+        retrying!(collect::acquire_collection_jobs(self, limit, lease_seconds).await)
+    }
+    async fn renew_collection_job_lease(
+        &self,
+        job: &LeasedCollectionJob,
+        lease_seconds: i64,
+    ) -> Result<bool, DapError> {
+        retrying!(collect::renew_collection_lease(self, job, lease_seconds).await)
     }
     async fn commit_collection_batch(
         &self,
@@ -1081,15 +1112,16 @@ impl Storage for SqlStore {
         job: &CollectionJobRow,
         seal: SealShare<'_>,
     ) -> Result<BatchReadiness, DapError> {
-        retrying!(leader::commit_collection_batch(self, task, job, seal).await)
+        retrying!(collect::commit_collection_batch(self, task, job, seal).await)
     }
     async fn defer_collection_job(
         &self,
         task: &Task,
         id: &CollectionJobId,
         delay_seconds: i64,
+        error: Option<&str>,
     ) -> Result<(), DapError> {
-        retrying!(leader::defer_collection_job(self, task, id, delay_seconds).await)
+        retrying!(collect::defer_collection_job(self, task, id, delay_seconds, error).await)
     }
     async fn end_collection_job(
         &self,
@@ -1097,7 +1129,7 @@ impl Storage for SqlStore {
         id: &CollectionJobId,
         outcome: Result<Vec<u8>, (String, String)>,
     ) -> Result<(), DapError> {
-        retrying!(leader::end_collection_job(self, task, id, outcome.clone()).await)
+        retrying!(collect::end_collection_job(self, task, id, outcome.clone()).await)
     }
 
     async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, DapError> {
