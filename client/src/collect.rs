@@ -271,7 +271,17 @@ impl Collector {
         })
         .await?;
         if !resp.status().is_success() {
-            return Err(http::status_error(resp, &context).await);
+            // A job that failed at once (the leader answers with its problem and its Location):
+            // delete it, or the identical request would name it again instead of starting
+            // afresh. Nothing of its batch was released.
+            let failed = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).map(str::to_string);
+            let err = http::status_error(resp, &context).await;
+            if let Some(job_url) = failed.and_then(|l| http::resolve_location(&self.leader, &l).ok()) {
+                if let Err(d) = self.delete_url(&job_url).await {
+                    tracing::warn!(job = %job_url, error = %d, "could not delete the failed collection job");
+                }
+            }
+            return Err(err);
         }
         let location = resp
             .headers()
@@ -396,9 +406,19 @@ impl Collector {
                 }
                 tokio::time::sleep(w.min(self.options.max_poll_interval)).await;
             }
-            let status = tokio::time::timeout_at(deadline.into(), self.poll_status(&job))
-                .await
-                .map_err(|_| timed_out(Some(&job)))??;
+            let status = match tokio::time::timeout_at(deadline.into(), self.poll_status(&job)).await {
+                Err(_) => return Err(timed_out(Some(&job))),
+                Ok(Err(e @ ClientError::Status { .. })) => {
+                    // The job failed (the leader answers its poll with the problem). Nothing
+                    // of its batch was released, but the identical request names this job until
+                    // it is deleted: delete it, so that asking again starts afresh.
+                    if let Err(d) = self.delete(&job).await {
+                        tracing::warn!(job = %job.url, error = %d, "could not delete the failed collection job");
+                    }
+                    return Err(e);
+                }
+                Ok(other) => other?,
+            };
             match status {
                 PollStatus::Ready(result) => {
                     // Every "next batch" request of a leader-selected task is the same bytes, so
@@ -423,11 +443,14 @@ impl Collector {
 
     /// Abandons a job: `DELETE` on its URL.
     pub async fn delete(&self, job: &CollectionJob) -> Result<()> {
-        let context = format!("DELETE {}", job.url);
-        let resp = http::send_with_retry(&self.retry_policy(), &context, || {
-            self.authorized(self.http.delete(job.url.clone()))
-        })
-        .await?;
+        self.delete_url(&job.url).await
+    }
+
+    async fn delete_url(&self, url: &Url) -> Result<()> {
+        let context = format!("DELETE {url}");
+        let resp =
+            http::send_with_retry(&self.retry_policy(), &context, || self.authorized(self.http.delete(url.clone())))
+                .await?;
         if !resp.status().is_success() {
             return Err(http::status_error(resp, &context).await);
         }

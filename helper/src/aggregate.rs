@@ -1,12 +1,15 @@
 //! The helper's side of the aggregation interaction (DAP-18 "Helper Initialization" and "Helper
-//! Continuation"): aggregation jobs are created, continued, polled and deleted here. Requests
-//! are handled synchronously; each step commits in one transaction, and a repeated request is
-//! answered from the stored response without doing the work twice.
+//! Continuation"): aggregation jobs are created, continued, polled and deleted here. A job's
+//! initialization is handled synchronously while the work queue is short, and asynchronously
+//! (answered at once, polled with `GET`) once it is long ([`crate::queue`]); each step commits in
+//! one transaction, and a repeated request is answered from the stored response without doing
+//! the work twice.
 
+use crate::queue::Admission;
 use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use duet_common::hpke::{open, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
@@ -17,6 +20,7 @@ use duet_common::time::{Duration, Time};
 use duet_common::vdaf::Transition;
 use duet_common::Decode;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 fn job_location(task: &Task, job_id: &AggregationJobId, step: Option<AggregationJobStep>) -> String {
     let base = task.parameters.helper_endpoint.trim_end_matches('/');
@@ -164,27 +168,93 @@ pub async fn init(
         return Err(DapError::invalid_message(tid, "report IDs in the job are not distinct").into());
     }
 
-    let keys: Vec<_> = state.store.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
-    let skew =
-        Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
-    let task_cpu = task.clone();
-    let outcomes = tokio::task::spawn_blocking(move || {
-        req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, skew, vi)).collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
+    // A retried request while the job is worked on in the background: still not ready.
+    if state.store.helper_step_deferred(&task, &job_id, AggregationJobStep(0)).await? {
+        return Ok(deferred_response(StatusCode::OK, &task, &job_id, AggregationJobStep(0)));
+    }
+    let work = InitWork { task: task.clone(), job_id, digest, batch_id, req };
+    match state.queue.admit() {
+        Admission::Full => {
+            duet_common::server::metrics::aggregation_jobs(Role::Helper, "refused_busy", 1);
+            Err(DapError::Unavailable("the aggregation queue is full".into()).into())
+        }
+        Admission::Now(ticket) => {
+            let (status, body) = ticket.run(work.run(&state)).await?;
+            Ok(job_response(status, job_location(&task, &job_id, None), body))
+        }
+        Admission::Deferred(ticket) => {
+            state
+                .store
+                .helper_defer_step(&task, &job_id, AggregationJobStep(0), &digest, &state.owner, DEFERRAL_LEASE_SECONDS)
+                .await?;
+            state.keep_deferrals_alive();
+            duet_common::server::metrics::aggregation_jobs(Role::Helper, "deferred", 1);
+            let background = state.clone();
+            tokio::spawn(async move {
+                let (task, job_id) = (work.task.clone(), work.job_id);
+                if let Err(e) = ticket.run(work.run(&background)).await {
+                    // The leader's next poll finds no job and sends the request again.
+                    tracing::warn!(task_id = %task.id, %job_id, error = %e, "deferred aggregation job failed");
+                    let _ = background.store.helper_drop_deferred(&task, &job_id, AggregationJobStep(0)).await;
+                }
+            });
+            Ok(deferred_response(StatusCode::CREATED, &task, &job_id, AggregationJobStep(0)))
+        }
+    }
+}
 
-    let reports = report_ids.len();
-    let step = HelperStep { job_id, digest, batch_id, step: AggregationJobStep(0), report_ids, outcomes };
-    let Some(body) = state.store.helper_init_job(&task, step).await? else {
-        // A concurrent identical request won the race while we verified.
-        return existing_job(&state.store, &task, &job_id).await?.ok_or_else(|| {
-            DapError::dap(DapProblemType::UnrecognizedAggregationJob, tid, "the job was deleted").into()
-        });
-    };
-    tracing::info!(task_id = %task.id, job_id = %job_id, reports, "aggregation job initialized");
-    record_outcomes(&body);
-    Ok(job_response(StatusCode::CREATED, job_location(&task, &job_id, None), body))
+/// How long a deferred step's record lives unless its process renews it.
+pub(crate) const DEFERRAL_LEASE_SECONDS: i64 = 30;
+
+/// The answer to a request handled in the background: no body, the job's `Location` with the
+/// step to poll, and when to poll.
+fn deferred_response(status: StatusCode, task: &Task, job_id: &AggregationJobId, step: AggregationJobStep) -> Response {
+    let mut resp = status.into_response();
+    if let Ok(v) = HeaderValue::from_str(&job_location(task, job_id, Some(step))) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// A validated initialization request, to verify and commit.
+struct InitWork {
+    task: Arc<Task>,
+    job_id: AggregationJobId,
+    digest: [u8; 32],
+    batch_id: Option<BatchId>,
+    req: AggregationJobInitReq,
+}
+
+impl InitWork {
+    /// Verifies every report and commits the job: the status and the encoded answer.
+    async fn run(self, state: &HelperState) -> Result<(StatusCode, Vec<u8>), DapError> {
+        let InitWork { task, job_id, digest, batch_id, req } = self;
+        let report_ids: Vec<ReportId> =
+            req.verify_inits.iter().map(|v| v.report_share.report_metadata.report_id).collect();
+        let keys: Vec<_> = state.store.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
+        let skew =
+            Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
+        let task_cpu = task.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, skew, vi)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
+
+        let reports = report_ids.len();
+        let step = HelperStep { job_id, digest, batch_id, step: AggregationJobStep(0), report_ids, outcomes };
+        let Some(body) = state.store.helper_init_job(&task, step).await? else {
+            // A concurrent identical request won the race while we verified.
+            let job = state.store.helper_job(&task, &job_id).await?.filter(|j| j.state != "deleted");
+            return job.map(|j| (StatusCode::OK, j.last_response)).ok_or_else(|| {
+                DapError::dap(DapProblemType::UnrecognizedAggregationJob, Some(task.id), "the job was deleted")
+            });
+        };
+        tracing::info!(task_id = %task.id, job_id = %job_id, reports, "aggregation job initialized");
+        record_outcomes(&body);
+        Ok((StatusCode::CREATED, body))
+    }
 }
 
 /// Counts a committed step's reports from its stored answer, which also holds the refusals the
@@ -260,19 +330,43 @@ pub async fn continue_job(
         )
         .into());
     }
-    let states = state.store.helper_kept_states(&task, &job_id).await?;
+    match continue_step(&state, &task, &job, job_id, &req, digest).await {
+        Ok(body) => Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), body)),
+        Err(e) => {
+            // An identical request may have moved the job on while this one worked (its states
+            // consumed, its step taken): this one gets the answer that request stored.
+            match state.store.helper_job(&task, &job_id).await? {
+                Some(now) if now.state != "deleted" && now.step == req.step && now.last_request_digest == digest => {
+                    Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), now.last_response))
+                }
+                _ => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Verifies and commits one continuation step; the encoded `AggregationJobResp`.
+async fn continue_step(
+    state: &HelperState,
+    task: &Arc<Task>,
+    job: &HelperJob,
+    job_id: AggregationJobId,
+    req: &AggregationJobContinueReq,
+    digest: [u8; 32],
+) -> Result<Vec<u8>, DapError> {
+    let tid = Some(task.id);
+    let states = state.store.helper_kept_states(task, &job_id).await?;
     let mut seen = HashSet::new();
     let mut work = Vec::with_capacity(req.verify_continues.len());
     for vc in &req.verify_continues {
         if !seen.insert(vc.report_id) {
-            return Err(DapError::invalid_message(tid, "repeated report ID in continuation").into());
+            return Err(DapError::invalid_message(tid, "repeated report ID in continuation"));
         }
         let Some((time, blob)) = states.get(&vc.report_id) else {
             return Err(DapError::invalid_message(
                 tid,
                 format!("report {} is not awaiting continuation", vc.report_id),
-            )
-            .into());
+            ));
         };
         work.push((vc.report_id, *time, blob.clone(), vc.payload.clone()));
     }
@@ -301,11 +395,11 @@ pub async fn continue_job(
     let report_ids: Vec<ReportId> = req.verify_continues.iter().map(|v| v.report_id).collect();
 
     let step = HelperStep { job_id, digest, batch_id: job.batch_id, step: req.step, report_ids, outcomes };
-    let Some(body) = state.store.helper_continue_job(&task, job.step, step).await? else {
-        return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently").into());
+    let Some(body) = state.store.helper_continue_job(task, job.step, step).await? else {
+        return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently"));
     };
     record_outcomes(&body);
-    Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), body))
+    Ok(body)
 }
 
 #[derive(serde::Deserialize)]
@@ -322,11 +416,18 @@ pub async fn get_job(
 ) -> HttpResult<Response> {
     let task = helper_task(&state, &task_id, &headers).await?;
     let job_id = parse_job_id(&task, &job_id)?;
-    let job = live_job(&state, &task, &job_id).await?;
     let Some(step) = q.step else {
         return Err(
             DapError::invalid_message(Some(task.id), "GET on an aggregation job needs the step parameter").into()
         );
+    };
+    let job = match live_job(&state, &task, &job_id).await {
+        Ok(job) => job,
+        // Still being worked on in the background.
+        Err(e) => match state.store.helper_step_deferred(&task, &job_id, AggregationJobStep(step)).await? {
+            true => return Ok(deferred_response(StatusCode::OK, &task, &job_id, AggregationJobStep(step))),
+            false => return Err(e.into()),
+        },
     };
     if step != job.step.0 {
         return Err(

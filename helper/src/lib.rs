@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod collect;
+pub mod queue;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -19,11 +20,17 @@ pub struct HelperConfig {
     pub tolerable_clock_skew_seconds: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The aggregation work queue's sizes.
+    pub queue: queue::QueueLimits,
 }
 
 impl Default for HelperConfig {
     fn default() -> Self {
-        Self { tolerable_clock_skew_seconds: 300, max_body_bytes: 64 * 1024 * 1024 }
+        Self {
+            tolerable_clock_skew_seconds: 300,
+            max_body_bytes: 64 * 1024 * 1024,
+            queue: queue::QueueLimits::default(),
+        }
     }
 }
 
@@ -31,6 +38,35 @@ impl Default for HelperConfig {
 pub struct HelperState {
     pub store: Store,
     pub config: Arc<HelperConfig>,
+    pub queue: queue::WorkQueue,
+    /// Names this process in the records of the steps it works on in the background.
+    pub owner: [u8; 16],
+    renewing: Arc<std::sync::OnceLock<()>>,
+}
+
+impl HelperState {
+    pub fn new(store: Store, config: HelperConfig) -> Self {
+        let queue = queue::WorkQueue::new(config.queue);
+        Self { store, config: Arc::new(config), queue, owner: rand::random(), renewing: Arc::default() }
+    }
+
+    /// Starts, once, the task that keeps this process's deferred steps alive while it runs: a
+    /// step whose process died is forgotten once its lease lapses, and the leader's identical
+    /// request starts it again.
+    pub(crate) fn keep_deferrals_alive(&self) {
+        self.renewing.get_or_init(|| {
+            let (store, owner) = (self.store.clone(), self.owner);
+            let period = std::time::Duration::from_secs((aggregate::DEFERRAL_LEASE_SECONDS / 3) as u64);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    if let Err(e) = store.helper_renew_deferred(&owner, aggregate::DEFERRAL_LEASE_SECONDS).await {
+                        tracing::warn!(error = %e, "renewing deferred aggregation jobs failed");
+                    }
+                }
+            });
+        });
+    }
 }
 
 /// A resource ID derived from the request (first 16 bytes of SHA-256 over task ID and body) and
@@ -64,7 +100,7 @@ pub(crate) async fn helper_task(
 /// All of the helper's routes.
 pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationToken) -> Router {
     let max_body = config.max_body_bytes;
-    let state = HelperState { store: store.clone(), config: Arc::new(config) };
+    let state = HelperState::new(store.clone(), config);
     let dap = Router::new()
         .route("/tasks/{task_id}/aggregation_jobs", post(aggregate::init))
         .route(

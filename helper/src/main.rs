@@ -7,6 +7,7 @@ use duet_common::auth::AuthenticationToken;
 use duet_common::server::runtime::{
     check_common, migrate, serve, server_main, shutdown_signal, ConnectionFlags, ConnectionLimits, ServiceFlags,
 };
+use duet_helper::queue::QueueLimits;
 use duet_helper::{router, HelperConfig};
 
 #[derive(Parser)]
@@ -65,6 +66,16 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Aggregation jobs verified at once (default: one per CPU).
+    #[arg(long)]
+    aggregation_workers: Option<usize>,
+    /// Aggregation jobs admitted (verifying or waiting) from which on a new one is answered
+    /// asynchronously (default: twice the workers; 0 answers every job asynchronously).
+    #[arg(long)]
+    async_queue_threshold: Option<usize>,
+    /// Aggregation jobs admitted from which on a new one is refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queued_jobs: usize,
     #[command(flatten)]
     connection: ConnectionFlags,
     #[command(flatten)]
@@ -85,17 +96,39 @@ fn main() {
     );
 }
 
+/// The work queue's sizes, checked.
+fn queue_limits(args: &ServeArgs) -> Result<QueueLimits, String> {
+    let defaults = QueueLimits::default();
+    let workers = args.aggregation_workers.unwrap_or(defaults.workers);
+    let limits = QueueLimits {
+        workers,
+        async_threshold: args.async_queue_threshold.unwrap_or(2 * workers),
+        max_queued: args.max_queued_jobs,
+    };
+    if limits.workers == 0 || limits.max_queued == 0 {
+        return Err("aggregation_workers and max_queued_jobs must be at least 1".into());
+    }
+    if limits.async_threshold > limits.max_queued {
+        return Err("async_queue_threshold must not exceed max_queued_jobs".into());
+    }
+    Ok(limits)
+}
+
 async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
     let common =
         check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
+    let queue = queue_limits(&args)?;
     if args.service.check_config {
         print!("{described}");
         println!("duet-helper: configuration OK");
         return Ok(());
     }
     let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
-    let config =
-        HelperConfig { tolerable_clock_skew_seconds: args.clock_skew_seconds, max_body_bytes: args.max_body_bytes };
+    let config = HelperConfig {
+        tolerable_clock_skew_seconds: args.clock_skew_seconds,
+        max_body_bytes: args.max_body_bytes,
+        queue,
+    };
     let tls = common.tls;
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;

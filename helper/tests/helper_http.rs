@@ -22,13 +22,17 @@ struct Harness {
 }
 
 async fn start_helper() -> Harness {
+    start_helper_with(HelperConfig::default()).await
+}
+
+async fn start_helper_with(config: HelperConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("helper.db").display());
     let store = duet_common::server::storage::open(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = AuthenticationToken::new("admin-token").unwrap();
-    let app = router(store, HelperConfig::default(), token.clone());
+    let app = router(store, config, token.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Harness { base: format!("http://{addr}/"), http: reqwest::Client::new(), token, _dir: dir }
 }
@@ -404,4 +408,80 @@ async fn leader_selected_needs_its_batch_id_and_auth_is_enforced() {
         r.verify_resps[0].verify_resp_type,
         VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
     );
+}
+
+#[tokio::test]
+async fn identical_concurrent_continuations_both_get_the_stored_answer() {
+    let h = start_helper().await;
+    let leader = provision(&h, BatchMode::TimeInterval, 1).await;
+    for round in 0..10 {
+        let p = leader.prepare(round % 4, now());
+        let resp = leader
+            .post(&h, "aggregation_jobs", media_type::AGGREGATION_JOB_INIT_REQ, leader.init_req(&[&p], None))
+            .await;
+        assert_eq!(resp.status(), 201);
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let job_id = location.rsplit('/').next().unwrap().to_string();
+        // Prio3 finishes at once, so the step is empty; it still moves the job to step 1, and two
+        // copies of it race each other.
+        let body =
+            AggregationJobContinueReq { step: AggregationJobStep(1), verify_continues: vec![] }.get_encoded().unwrap();
+        let path = format!("aggregation_jobs/{job_id}");
+        let (a, b) = tokio::join!(
+            leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, body.clone()),
+            leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, body.clone()),
+        );
+        assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200), "round {round}");
+        let (a, b) = (a.bytes().await.unwrap(), b.bytes().await.unwrap());
+        assert_eq!(a, b, "round {round}: one answer");
+        assert!(AggregationJobResp::get_decoded(&a).unwrap().verify_resps.is_empty());
+        // A different request for the step just taken is still a step mismatch.
+        let other = AggregationJobContinueReq {
+            step: AggregationJobStep(1),
+            verify_continues: vec![VerifyContinue {
+                report_id: p.verify_init.report_share.report_metadata.report_id,
+                payload: vec![1],
+            }],
+        }
+        .get_encoded()
+        .unwrap();
+        let (status, doc) =
+            problem(leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, other).await).await;
+        assert_eq!((status, doc.type_uri.as_str()), (400, "urn:ietf:params:ppm:dap:error:stepMismatch"));
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_job_is_polled_until_its_answer_is_ready() {
+    // Every job is answered asynchronously.
+    let queue = duet_helper::queue::QueueLimits { workers: 1, async_threshold: 0, max_queued: 4 };
+    let h = start_helper_with(HelperConfig { queue, ..HelperConfig::default() }).await;
+    let leader = provision(&h, BatchMode::TimeInterval, 1).await;
+    let reports: Vec<Prepared> = (0..20).map(|i| leader.prepare(i % 4, now())).collect();
+    let body = leader.init_req(&reports.iter().collect::<Vec<_>>(), None);
+    let resp = leader.post(&h, "aggregation_jobs", media_type::AGGREGATION_JOB_INIT_REQ, body.clone()).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.ends_with("?step=0"), "{location}");
+    assert!(resp.bytes().await.unwrap().is_empty(), "deferred: no body");
+    let (name, value) = leader.agg_token.header(TokenScheme::DapAuthToken);
+    let mut answer = None;
+    for _ in 0..100 {
+        let r = h.http.get(&location).header(name.clone(), value.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let bytes = r.bytes().await.unwrap();
+        if !bytes.is_empty() {
+            answer = Some(bytes);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let answer = AggregationJobResp::get_decoded(&answer.expect("the job finished")).unwrap();
+    assert_eq!(answer.verify_resps.len(), 20);
+    assert!(answer.verify_resps.iter().all(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. })));
+    // The identical request now gets the stored answer at once.
+    let again = leader.post(&h, "aggregation_jobs", media_type::AGGREGATION_JOB_INIT_REQ, body).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(AggregationJobResp::get_decoded(&again.bytes().await.unwrap()).unwrap(), answer);
 }

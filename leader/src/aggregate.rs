@@ -134,8 +134,15 @@ pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapErr
         Driven::Retry { reason, retry_after, error } => {
             // Transient failures never exhaust a job: it waits, for as long as it takes.
             let delay = retry::retry_delay(job.attempts, retry_after, cap);
-            tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, reason = reason.label(),
-                delay_seconds = delay.as_secs_f64(), %error, "aggregation job waits for the helper");
+            // A warning at attempts 1, 2, 4, 8, ...: an outage of hours logs a few dozen lines a
+            // job, not one a second.
+            if job.attempts.is_power_of_two() {
+                tracing::warn!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, reason = reason.label(),
+                    delay_seconds = delay.as_secs_f64(), %error, "aggregation job waits for the helper");
+            } else {
+                tracing::debug!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, reason = reason.label(),
+                    delay_seconds = delay.as_secs_f64(), %error, "aggregation job waits for the helper");
+            }
             state.store.retry_aggregation_job(&task, &job, retry::whole_seconds(delay), &error).await?;
             metrics::helper_retry("aggregation_job", reason.label());
             metrics::aggregation_jobs(Role::Leader, "retried", 1);

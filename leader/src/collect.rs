@@ -13,7 +13,9 @@ use duet_common::hpke::{seal, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::http::{dap_response, parse_task_id, require_media_type, require_token, HttpResult};
+use duet_common::server::http::{
+    dap_response, parse_task_id, require_media_type, require_token, ErrorResponse, HttpResult,
+};
 use duet_common::server::metrics;
 use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, LeasedCollectionJob, Task};
 use duet_common::{Decode, Encode};
@@ -44,9 +46,11 @@ fn job_location(task: &Task, id: &CollectionJobId) -> String {
 fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> HttpResult<Response> {
     let mut resp = match job.state.as_str() {
         "finished" => dap_response(status, media_type::COLLECTION_JOB_RESP, job.response.clone().unwrap_or_default()),
+        // The problem that failed the job, with the job's Location, so that the collector can
+        // delete it and ask again (an identical request names this job until then).
         "failed" => {
             let (kind, detail) = job.error.clone().unwrap_or_default();
-            return Err(stored_failure(task, &kind, detail).into());
+            ErrorResponse(stored_failure(task, &kind, detail)).into_response()
         }
         "pending" => {
             let mut r = status.into_response();
@@ -302,8 +306,10 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
         },
         Err(PeerError::Transient { reason, detail, retry_after }) => {
             let delay = retry::retry_delay(leased.attempts, retry_after, state.config.max_retry_delay);
-            tracing::warn!(task_id = %task.id, collection_job_id = %id, reason = reason.label(), %detail,
-                delay_seconds = delay.as_secs_f64(), "aggregate share request waits for the helper");
+            if leased.attempts.is_power_of_two() {
+                tracing::warn!(task_id = %task.id, collection_job_id = %id, reason = reason.label(), %detail,
+                    delay_seconds = delay.as_secs_f64(), "aggregate share request waits for the helper");
+            }
             metrics::helper_retry("aggregate_share", reason.label());
             return ds.defer_collection_job(&task, &id, retry::whole_seconds(delay), Some(&detail)).await;
         }

@@ -19,3 +19,18 @@ CREATE TABLE leader_job_creation_holds (
     hold_until_seconds INTEGER NOT NULL,
     last_error TEXT
 );
+
+-- Helper: aggregation steps answered asynchronously and not finished yet. A poll finds the step
+-- here while it is being worked on; `owner` is the process working on it, which renews
+-- `lease_expiry_seconds` while it lives, so that a step whose process died is forgotten, and the
+-- leader's identical request starts it again.
+CREATE TABLE helper_deferred_steps (
+    task_id BLOB NOT NULL,
+    job_id BLOB NOT NULL,
+    step INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,
+    owner BLOB NOT NULL,
+    lease_expiry_seconds INTEGER NOT NULL,
+    PRIMARY KEY (task_id, job_id, step)
+);
+CREATE INDEX helper_deferred_steps_owner ON helper_deferred_steps (owner);

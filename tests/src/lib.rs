@@ -4,6 +4,7 @@
 //! loopback.
 
 pub mod inprocess;
+pub mod relay;
 pub mod runner;
 
 use duet_client::admin::{provision_task, AdminClient, NewTask};
@@ -22,11 +23,21 @@ pub struct LeaderOptions {
     pub postgres: bool,
     /// Both servers log at trace level into this, instead of to standard error.
     pub capture_logs: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    /// More flags for the leader (a shorter backoff cap, say).
+    pub leader_args: Vec<String>,
+    /// More flags for the helper (the sizes of its work queue, say).
+    pub helper_args: Vec<String>,
 }
 
 impl Default for LeaderOptions {
     fn default() -> Self {
-        Self { max_job_size: 100, postgres: false, capture_logs: None }
+        Self {
+            max_job_size: 100,
+            postgres: false,
+            capture_logs: None,
+            leader_args: Vec::new(),
+            helper_args: Vec::new(),
+        }
     }
 }
 
@@ -87,7 +98,7 @@ impl Deployment {
         };
         // A small body limit, so that the bad-input suite can try one cheaply.
         // Every deployment serves metrics too, so that recording them runs in every scenario.
-        let helper_args = vec![
+        let mut helper_args = vec![
             "--database".into(),
             helper_db,
             "--max-body-bytes".into(),
@@ -95,7 +106,7 @@ impl Deployment {
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ];
-        let leader_args = vec![
+        let mut leader_args = vec![
             "--database".into(),
             leader_db.clone(),
             "--creator-interval-ms".into(),
@@ -112,6 +123,8 @@ impl Deployment {
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ];
+        leader_args.extend(options.leader_args.iter().cloned());
+        helper_args.extend(options.helper_args.iter().cloned());
         let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
         let helper =
             spawn_logging("duet-helper", &helper_args, &helper_admin, "127.0.0.1:0", options.capture_logs.clone());

@@ -1,14 +1,23 @@
 //! Crashes and outages with real processes: the leader SIGKILLed at a random moment (during
-//! upload, job creation or aggregation, and again during collection) over 20 seeded runs, and the helper
-//! unreachable for a while. After recovery every accepted report is aggregated exactly once.
+//! upload, job creation or aggregation, and again during collection) over 20 seeded runs; the
+//! helper killed for a while; and, through a faulty relay on the path between leader and helper,
+//! a helper that answers 503 for minutes, refuses connections, whose answers are lost, or behind
+//! a slow path that resets connections, on both backends. After recovery every accepted report
+//! is aggregated exactly once and no job is abandoned.
 
+use duet_client::admin::{provision_task, AdminClient, NewTask};
 use duet_client::collect::Collector;
+use duet_client::process::{sibling_binary, Output, ServerProcess};
 use duet_client::upload::Client;
+use duet_common::auth::AuthenticationToken;
 use duet_common::media_type;
-use duet_common::messages::{BatchMode, Report, UploadRequest};
+use duet_common::messages::{BatchMode, Report, TaskId, UploadRequest};
+use duet_common::problem::DapProblemType;
+use duet_common::task::TaskParameters;
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
 use duet_common::Encode;
-use duet_tests::{past_hour, Deployment, LeaderOptions};
+use duet_tests::relay::{Fault, Relay};
+use duet_tests::{metric, ops_get, past_hour, Deployment, LeaderOptions};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
@@ -127,4 +136,413 @@ async fn an_unreachable_helper_is_retried_until_it_returns() {
         0,
     );
     assert_eq!(abandoned, 0, "retried, not abandoned");
+}
+
+/// A fault between leader and helper, during aggregation and again during collection: every
+/// report is counted exactly once, the batch is collectable, no job is abandoned. Prints a row
+/// of the table in the closing note.
+async fn helper_fault(postgres: bool, fault: Fault, during_aggregation: Duration, during_collection: Duration) {
+    const N: u64 = 2000;
+    // Small jobs on the flaky path, so that there are a few hundred requests to reset 5% of.
+    let options = LeaderOptions {
+        max_job_size: if matches!(fault, Fault::Flaky { .. }) { 10 } else { 250 },
+        postgres,
+        // A short cap, so that the jobs notice the helper's return within seconds.
+        leader_args: vec!["--max-retry-delay-seconds".into(), "4".into()],
+        ..LeaderOptions::default()
+    };
+    let d = Deployment::start(options).await;
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), d.helper.addr).await;
+    let vdaf = VdafConfig::Prio3Sum { max_measurement: 255 };
+    let task = d.create_task(vdaf, BatchMode::TimeInterval, 100, None, Some(relay.url())).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let configs = client.hpke_configs().await.unwrap();
+    let time = past_hour();
+    let values: Vec<u64> = (0..N).map(|i| (i * 37) % 256).collect();
+    let expected: u64 = values.iter().sum();
+    let reports: Vec<Report> = values
+        .iter()
+        .map(|v| client.prepare_report_with_configs(&configs, &Measurement::Sum(*v), time).unwrap())
+        .collect();
+    let url = format!("{}tasks/{}/reports", d.leader.url(), task.credentials.task.task_id);
+
+    // Aggregation under the fault: the reports are uploaded, then jobs meet the fault.
+    relay.set(fault).await;
+    for chunk in reports.chunks(100) {
+        assert!(send(&d.http, &url, chunk).await, "{fault:?}: the leader takes uploads while the helper is away");
+    }
+    let started = Instant::now();
+    tokio::time::sleep(during_aggregation).await;
+    let leader_metrics = ops_get(&d.leader, "/metrics").await.1;
+    if fault != Fault::None && !matches!(fault, Fault::Flaky { .. }) {
+        // Nothing got through: every job waits on the helper, none was abandoned.
+        let waiting = metric(&leader_metrics, "duet_jobs_waiting_on_helper", &[("kind", "aggregation")]);
+        assert!(waiting.is_some_and(|w| w >= 1.0), "{fault:?}: jobs wait on the helper ({waiting:?})");
+        let age = metric(&leader_metrics, "duet_oldest_unaggregated_report_age_seconds", &[]).unwrap();
+        assert!(age >= during_aggregation.as_secs_f64() - 2.0, "{fault:?}: the oldest report waits ({age} s)");
+    }
+    let reason = match fault {
+        Fault::Unavailable(_) => Some("server_error"),
+        Fault::Refuse => Some("connect"),
+        Fault::DropAnswers => Some("connection"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        let retries =
+            metric(&leader_metrics, "duet_helper_retries_total", &[("step", "aggregation_job"), ("reason", reason)]);
+        assert!(retries.is_some_and(|r| r >= 2.0), "{fault:?}: retries for {reason}: {retries:?}");
+    }
+    relay.set(Fault::None).await;
+    d.wait_aggregated().await;
+    let aggregation_time = started.elapsed();
+
+    // Collection under the fault.
+    relay.set(fault).await;
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let query = collector.query(Some((time, 3600))).unwrap();
+    let collecting = tokio::spawn(async move { collector.collect(query, Duration::from_secs(600)).await });
+    tokio::time::sleep(during_collection).await;
+    if let Some(reason) = reason {
+        let leader_metrics = ops_get(&d.leader, "/metrics").await.1;
+        let retries =
+            metric(&leader_metrics, "duet_helper_retries_total", &[("step", "aggregate_share"), ("reason", reason)]);
+        assert!(retries.is_some_and(|r| r >= 1.0), "{fault:?}: aggregate share retries for {reason}: {retries:?}");
+        assert!(!collecting.is_finished(), "{fault:?}: no result while the helper is away");
+    }
+    relay.set(Fault::None).await;
+    let result = collecting.await.unwrap().unwrap();
+    assert_eq!((result.report_count, result.result), (N, AggregateResult::Scalar(expected)), "{fault:?}");
+
+    let db = d.leader_db().await;
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::Row::get::<i64, _>(&sqlx::query(sql).fetch_one(&db).await.unwrap(), 0) }
+    };
+    let abandoned = count("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'abandoned'").await;
+    let failed = count("SELECT COUNT(*) FROM client_reports WHERE state = 'failed'").await;
+    assert_eq!((abandoned, failed), (0, 0), "{fault:?}: no job abandoned, no report lost");
+    let c = relay.counts();
+    if matches!(fault, Fault::Flaky { .. }) {
+        // Over 200 requests at 5% each: no reset at all has a chance of 0.95^200, about 4e-5.
+        assert!(c.resets.load(std::sync::atomic::Ordering::Relaxed) >= 1, "connections were reset");
+    }
+    println!(
+        "| {} | {fault:?} | {} s + {} s | {N} | {} | {abandoned} | 503s {}, dropped answers {}, resets {}, aggregated after {:.0} s |",
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        during_aggregation.as_secs(),
+        during_collection.as_secs(),
+        result.report_count,
+        c.unavailable_answers.load(std::sync::atomic::Ordering::Relaxed),
+        c.dropped_answers.load(std::sync::atomic::Ordering::Relaxed),
+        c.resets.load(std::sync::atomic::Ordering::Relaxed),
+        aggregation_time.as_secs_f64(),
+    );
+}
+
+fn flaky() -> Fault {
+    Fault::Flaky { base: Duration::from_millis(100), spread: Duration::ZERO, reset_ratio: 0.05 }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_answering_503_for_minutes_sqlite() {
+    helper_fault(false, Fault::Unavailable(1), Duration::from_secs(90), Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_answering_503_for_minutes_postgres() {
+    helper_fault(true, Fault::Unavailable(1), Duration::from_secs(60), Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_refusing_connections_sqlite() {
+    helper_fault(false, Fault::Refuse, Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_refusing_connections_postgres() {
+    helper_fault(true, Fault::Refuse, Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_whose_answers_are_lost_sqlite() {
+    helper_fault(false, Fault::DropAnswers, Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_whose_answers_are_lost_postgres() {
+    helper_fault(true, Fault::DropAnswers, Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_path_that_resets_connections_sqlite() {
+    helper_fault(false, flaky(), Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_path_that_resets_connections_postgres() {
+    helper_fault(true, flaky(), Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+/// Two hosts made of network namespaces, each joined to this one by a veth pair: the leader's
+/// (`10.N.1.2`, this side `10.N.1.1`) and the helper's (`10.N.2.2`, this side `10.N.2.1`). No
+/// route joins the two hosts: what passes between them goes through a relay on this side.
+struct TwoHosts {
+    id: u32,
+    subnet: u32,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TwoHosts {
+    fn create() -> Self {
+        let id = std::process::id() % 100_000;
+        let subnet = 100 + id % 100;
+        let hosts = Self { id, subnet };
+        for (host, net) in [("l", 1), ("h", 2)] {
+            let ns = hosts.namespace(host);
+            let (outer, inner) = (format!("d{host}{id}a"), format!("d{host}{id}b"));
+            ip(&["netns", "add", &ns]);
+            ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            ip(&["addr", "add", &format!("10.{subnet}.{net}.1/24"), "dev", &outer]);
+            ip(&["link", "set", &outer, "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("10.{subnet}.{net}.2/24"), "dev", &inner]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+
+    fn namespace(&self, host: &str) -> String {
+        format!("duet-{host}-{}", self.id)
+    }
+
+    fn address(&self, host: &str) -> String {
+        format!("10.{}.{}.2", self.subnet, if host == "l" { 1 } else { 2 })
+    }
+
+    /// This side's address on the leader's link.
+    fn near_leader(&self) -> String {
+        format!("10.{}.1.1", self.subnet)
+    }
+
+    /// Takes the helper's link down (`false`) or up again.
+    fn helper_link(&self, up: bool) {
+        ip(&["link", "set", &format!("dh{}a", self.id), if up { "up" } else { "down" }]);
+        if up {
+            // The address's route returns with the link; wait for it to be usable.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// Starts `binary` inside the host's namespace.
+    fn spawn(&self, host: &str, binary: &str, args: &[String], admin: &AuthenticationToken) -> ServerProcess {
+        let mut all = vec!["netns".to_string(), "exec".into(), self.namespace(host)];
+        all.push(sibling_binary(binary).unwrap().display().to_string());
+        all.extend(args.iter().cloned());
+        all.extend(["--listen".to_string(), format!("{}:0", self.address(host))]);
+        let log = std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        ServerProcess::spawn(
+            std::path::Path::new("ip"),
+            &all,
+            &[("DUET_ADMIN_TOKEN", admin.expose()), ("RUST_LOG", &log)],
+            Output::Prefixed(format!("{binary}@{host}")),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for host in ["l", "h"] {
+            // Deleting a namespace deletes its end of the veth pair, and with it this end.
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.namespace(host)]).output();
+        }
+    }
+}
+
+/// Leader and helper on two hosts, the path between them through a relay that delays traffic
+/// by 100 ms ± 20 ms each way and resets 1% of connections, and the helper's link taken down for
+/// 60 s in the middle of the run, while reports arrive and a collection waits: the result is
+/// exact and no job is abandoned.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(duet_netns), ignore = "this machine does not let tests create network namespaces (ip netns add)")]
+async fn two_hosts_through_a_slow_relay_and_a_partition() {
+    const HALF: u64 = 500;
+    let hosts = TwoHosts::create();
+    let dir = tempfile::tempdir().unwrap();
+    let db = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
+    let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
+    let mut helper = hosts.spawn("h", "duet-helper", &["--database".into(), db("helper.db")], &helper_admin);
+    let leader_args = [
+        "--database".into(),
+        db("leader.db"),
+        "--creator-interval-ms".into(),
+        "200".into(),
+        "--driver-interval-ms".into(),
+        "100".into(),
+        "--max-job-size".into(),
+        "100".into(),
+        "--max-retry-delay-seconds".into(),
+        "5".into(),
+        "--helper-timeout-seconds".into(),
+        "20".into(),
+    ];
+    let mut leader = hosts.spawn("l", "duet-leader", &leader_args, &leader_admin);
+    let relay = Relay::start(format!("{}:0", hosts.near_leader()).parse().unwrap(), helper.addr).await;
+    relay
+        .set(Fault::Flaky { base: Duration::from_millis(100), spread: Duration::from_millis(20), reset_ratio: 0.01 })
+        .await;
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let params = TaskParameters {
+        task_id: TaskId::random(),
+        task_info: "two hosts".into(),
+        leader_endpoint: leader.url(),
+        helper_endpoint: relay.url(),
+        time_precision: 3600,
+        min_batch_size: 100,
+        batch_mode: BatchMode::TimeInterval,
+        vdaf: VdafConfig::Prio3Count,
+        task_interval_seconds: None,
+        dp: None,
+    };
+    let task = NewTask::generate(params.clone(), None);
+    let la = AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).unwrap();
+    let ha = AdminClient::new(http.clone(), &helper.url(), helper_admin.clone()).unwrap();
+    provision_task(&la, &task.leader_request, &ha, &task.helper_request).await.unwrap();
+    let client = Client::new(params.clone(), http.clone()).unwrap();
+    let configs = client.hpke_configs().await.unwrap();
+    let time = past_hour();
+    let url = format!("{}tasks/{}/reports", leader.url(), params.task_id);
+    let batch = |n: u64| -> Vec<Report> {
+        (0..n)
+            .map(|i| client.prepare_report_with_configs(&configs, &Measurement::Count(i % 2 == 0), time).unwrap())
+            .collect()
+    };
+    for chunk in batch(HALF).chunks(50) {
+        assert!(send(&http, &url, chunk).await);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The partition: the helper's host is cut off while reports arrive and a collection waits.
+    hosts.helper_link(false);
+    let cut = Instant::now();
+    for chunk in batch(HALF).chunks(50) {
+        assert!(send(&http, &url, chunk).await, "the leader takes uploads during the partition");
+    }
+    let collector = Collector::new(&task.credentials, http.clone()).unwrap();
+    let query = collector.query(Some((time, 3600))).unwrap();
+    let collecting = tokio::spawn(async move { collector.collect(query, Duration::from_secs(600)).await });
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed())).await;
+    assert!(!collecting.is_finished(), "no result while the helper is cut off");
+    hosts.helper_link(true);
+
+    let result = collecting.await.unwrap().unwrap();
+    assert_eq!((result.report_count, result.result), (2 * HALF, AggregateResult::Scalar(HALF)));
+    let abandoned = duet_tests::count_rows(
+        &db("leader.db"),
+        "SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'abandoned'",
+    )
+    .await;
+    assert_eq!(abandoned, 0);
+    let c = relay.counts();
+    println!(
+        "| SQLite, two hosts | relay 100 ms ± 20 ms, 1% resets, 60 s partition | {} | {} | {abandoned} | connections {}, resets {} |",
+        2 * HALF,
+        result.report_count,
+        c.connections.load(std::sync::atomic::Ordering::Relaxed),
+        c.resets.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    leader.terminate(Duration::from_secs(10));
+    helper.terminate(Duration::from_secs(10));
+}
+
+/// Uploads `n` Count reports (every other one true), collects them, and checks the exact result
+/// and that no job was abandoned. Returns the helper's metrics.
+async fn upload_and_collect(d: &Deployment, n: u64) -> String {
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 10, None, None).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let items: Vec<_> = (0..n).map(|i| (Measurement::Count(i % 2 == 0), past_hour())).collect();
+    assert_eq!(client.upload(&items).await.unwrap().accepted, n);
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let result = collector.collect(collector.query(Some((past_hour(), 3600))).unwrap(), Duration::from_secs(300)).await;
+    let result = result.unwrap();
+    assert_eq!((result.report_count, result.result), (n, AggregateResult::Scalar(n.div_ceil(2))));
+    let abandoned = sqlx::Row::get::<i64, _>(
+        &sqlx::query("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'abandoned'")
+            .fetch_one(&d.leader_db().await)
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(abandoned, 0);
+    ops_get(&d.helper, "/metrics").await.1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_answering_asynchronously_is_polled_to_the_end() {
+    for postgres in [false, true] {
+        // A threshold of 0: the helper defers every job, and the leader polls each one.
+        let d = Deployment::start(LeaderOptions {
+            postgres,
+            helper_args: vec!["--async-queue-threshold".into(), "0".into()],
+            ..LeaderOptions::default()
+        })
+        .await;
+        let helper_metrics = upload_and_collect(&d, 1000).await;
+        let deferred =
+            metric(&helper_metrics, "duet_aggregation_jobs_total", &[("role", "helper"), ("outcome", "deferred")]);
+        assert_eq!(deferred, Some(10.0), "postgres {postgres}: each job of 100 reports was deferred");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_with_a_full_queue_turns_jobs_away_until_it_has_room() {
+    // One worker and room for one job: of the leader's four jobs at once, the others get 503.
+    let d = Deployment::start(LeaderOptions {
+        max_job_size: 50,
+        helper_args: ["--aggregation-workers", "1", "--async-queue-threshold", "1", "--max-queued-jobs", "1"]
+            .map(String::from)
+            .to_vec(),
+        leader_args: vec!["--max-retry-delay-seconds".into(), "2".into()],
+        ..LeaderOptions::default()
+    })
+    .await;
+    let helper_metrics = upload_and_collect(&d, 1000).await;
+    let refused =
+        metric(&helper_metrics, "duet_aggregation_jobs_total", &[("role", "helper"), ("outcome", "refused_busy")]);
+    assert!(refused.is_some_and(|r| r >= 1.0), "the queue was full at times: {refused:?}");
+    let leader_metrics = ops_get(&d.leader, "/metrics").await.1;
+    let retries = metric(&leader_metrics, "duet_helper_retries_total", &[("reason", "server_error")]);
+    assert_eq!(retries, refused, "every refusal was retried");
+}
+
+/// A collection the helper refuses for good fails with the helper's problem (never a bare 500),
+/// and its batch stays collectable: once the helper knows the task again, the same query gives
+/// the exact result.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_the_helper_refuses_fails_with_its_problem_and_the_batch_stays_collectable() {
+    for postgres in [false, true] {
+        let d = Deployment::start(LeaderOptions { postgres, ..LeaderOptions::default() }).await;
+        let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 10, None, None).await;
+        let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+        let items: Vec<_> = (0..30).map(|i| (Measurement::Count(i % 3 == 0), past_hour())).collect();
+        assert_eq!(client.upload(&items).await.unwrap().accepted, 30);
+        d.wait_aggregated().await;
+        // The helper forgets the task (its aggregates stay): it refuses the aggregate share.
+        let helper = AdminClient::new(d.http.clone(), &d.helper.url(), d.helper_admin.clone()).unwrap();
+        helper.delete_task(&task.credentials.task.task_id).await.unwrap();
+        let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+        let query = collector.query(Some((past_hour(), 3600))).unwrap();
+        let err = collector.collect(query, Duration::from_secs(60)).await.unwrap_err();
+        assert_eq!(err.dap_problem(), Some(DapProblemType::UnrecognizedTask), "postgres {postgres}: {err}");
+        // The helper knows the task again: the batch was given back, and is collected whole.
+        helper.create_task(&task.helper_request).await.unwrap();
+        let result = collector.collect(query, Duration::from_secs(60)).await.unwrap();
+        assert_eq!((result.report_count, result.result), (30, AggregateResult::Scalar(10)), "postgres {postgres}");
+    }
 }

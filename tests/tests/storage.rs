@@ -383,15 +383,10 @@ async fn a_refused_job_gives_its_reports_back_and_holds_new_jobs() {
         ids.sort_by_key(|i| *i.as_bytes());
         sent.sort_by_key(|i| *i.as_bytes());
         assert_eq!(ids, sent, "{name}: the same reports, none lost");
-        let outcomes = held
-            .iter()
-            .map(|r| ReportOutcome::Aggregated {
-                report_id: r.metadata.report_id,
-                time: r.metadata.time,
-                out_share: output_shares(&task, &r.metadata.report_id, true).0,
-            })
-            .collect();
-        assert_eq!(store.commit_aggregation_job(&task, &again, outcomes).await.unwrap().aggregated, 3, "{name}");
+        assert_eq!(
+            store.commit_aggregation_job(&task, &again, all_aggregated(&task, &held)).await.unwrap().aggregated,
+            3
+        );
         assert_eq!(store.leader_backlog().await.unwrap(), LeaderBacklog::default(), "{name}: nothing waits");
         assert_eq!(
             duet_tests::count_rows(&keep.url(), "SELECT COUNT(*) FROM leader_job_creation_holds").await,
@@ -399,6 +394,17 @@ async fn a_refused_job_gives_its_reports_back_and_holds_new_jobs() {
             "{name}: a finished job lifts the hold"
         );
     }
+}
+
+/// The leader's outcomes of `held` when every report verifies (a Count of 1 each).
+fn all_aggregated(task: &Task, held: &[JobReport]) -> Vec<ReportOutcome> {
+    held.iter()
+        .map(|r| ReportOutcome::Aggregated {
+            report_id: r.metadata.report_id,
+            time: r.metadata.time,
+            out_share: output_shares(task, &r.metadata.report_id, true).0,
+        })
+        .collect()
 }
 
 /// Ends every hold on job creation, as if its time had passed.
@@ -418,18 +424,8 @@ async fn a_failed_collection_gives_its_batch_back() {
             duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
             store.create_aggregation_jobs(&task, &sizes(2)).await.unwrap();
             let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
-            let outcomes = store
-                .aggregation_job_reports(&job)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| ReportOutcome::Aggregated {
-                    report_id: r.metadata.report_id,
-                    time: r.metadata.time,
-                    out_share: output_shares(&task, &r.metadata.report_id, true).0,
-                })
-                .collect();
-            store.commit_aggregation_job(&task, &job, outcomes).await.unwrap();
+            let held = store.aggregation_job_reports(&job).await.unwrap();
+            store.commit_aggregation_job(&task, &job, all_aggregated(&task, &held)).await.unwrap();
             let interval = Interval { start: Time::from_units(1000), duration: Duration::from_units(1) };
             let query = match mode {
                 BatchMode::TimeInterval => Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }),

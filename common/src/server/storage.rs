@@ -670,6 +670,33 @@ pub trait Storage: Send + Sync {
         step: HelperStep,
     ) -> Result<Option<Vec<u8>>, DapError>;
     async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError>;
+    /// Records that `owner` (a process) works on a job's step in the background, until
+    /// `lease_seconds` from now unless renewed.
+    async fn helper_defer_step(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+        step: AggregationJobStep,
+        digest: &[u8; 32],
+        owner: &[u8; 16],
+        lease_seconds: i64,
+    ) -> Result<(), DapError>;
+    /// Whether a live record says the step is being worked on.
+    async fn helper_step_deferred(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+        step: AggregationJobStep,
+    ) -> Result<bool, DapError>;
+    /// Renews every record of `owner`.
+    async fn helper_renew_deferred(&self, owner: &[u8; 16], lease_seconds: i64) -> Result<(), DapError>;
+    /// Drops the record of a step whose background work failed.
+    async fn helper_drop_deferred(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+        step: AggregationJobStep,
+    ) -> Result<(), DapError>;
 
     // -- helper: collection --
 

@@ -179,6 +179,12 @@ pub(super) async fn helper_init_job(
     .bind(now_seconds())
     .execute(&mut *tx)
     .await?;
+    // Done: a poll finds the answer now, not the deferral.
+    sqlx::query("DELETE FROM helper_deferred_steps WHERE task_id = $1 AND job_id = $2 AND step = 0")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(step.job_id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     s.after_commit().await;
     Ok(Some(body))
@@ -326,4 +332,84 @@ pub(super) async fn helper_delete_aggregate_share(
     .execute(s.pool())
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn helper_defer_step(
+    s: &SqlStore,
+    task: &Task,
+    job_id: &AggregationJobId,
+    step: AggregationJobStep,
+    digest: &[u8; 32],
+    owner: &[u8; 16],
+    lease_seconds: i64,
+) -> Result<(), DapError> {
+    let mut tx = s.begin().await?;
+    sqlx::query(
+        "INSERT INTO helper_deferred_steps (task_id, job_id, step, request_digest, owner, lease_expiry_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id, job_id, step) DO UPDATE SET
+           request_digest = excluded.request_digest, owner = excluded.owner,
+           lease_expiry_seconds = excluded.lease_expiry_seconds",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .bind(i64::from(step.0))
+    .bind(digest.as_slice())
+    .bind(owner.as_slice())
+    .bind(now_seconds() + lease_seconds)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn helper_step_deferred(
+    s: &SqlStore,
+    task: &Task,
+    job_id: &AggregationJobId,
+    step: AggregationJobStep,
+) -> Result<bool, DapError> {
+    let row = sqlx::query(
+        "SELECT 1 FROM helper_deferred_steps WHERE task_id = $1 AND job_id = $2 AND step = $3
+           AND lease_expiry_seconds > $4",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job_id.as_bytes().as_slice())
+    .bind(i64::from(step.0))
+    .bind(now_seconds())
+    .fetch_optional(s.pool())
+    .await?;
+    Ok(row.is_some())
+}
+
+pub(super) async fn helper_renew_deferred(s: &SqlStore, owner: &[u8; 16], lease_seconds: i64) -> Result<(), DapError> {
+    let mut tx = s.begin().await?;
+    sqlx::query("UPDATE helper_deferred_steps SET lease_expiry_seconds = $1 WHERE owner = $2")
+        .bind(now_seconds() + lease_seconds)
+        .bind(owner.as_slice())
+        .execute(&mut *tx)
+        .await?;
+    // Records of processes that died are of no use to anyone.
+    sqlx::query("DELETE FROM helper_deferred_steps WHERE lease_expiry_seconds < $1")
+        .bind(now_seconds() - lease_seconds)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn helper_drop_deferred(
+    s: &SqlStore,
+    task: &Task,
+    job_id: &AggregationJobId,
+    step: AggregationJobStep,
+) -> Result<(), DapError> {
+    let mut tx = s.begin().await?;
+    sqlx::query("DELETE FROM helper_deferred_steps WHERE task_id = $1 AND job_id = $2 AND step = $3")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(job_id.as_bytes().as_slice())
+        .bind(i64::from(step.0))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

@@ -1156,6 +1156,36 @@ impl Storage for SqlStore {
     async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
         retrying!(helper::helper_delete_job(self, task, job_id).await)
     }
+    async fn helper_defer_step(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+        step: AggregationJobStep,
+        digest: &[u8; 32],
+        owner: &[u8; 16],
+        lease_seconds: i64,
+    ) -> Result<(), DapError> {
+        retrying!(helper::helper_defer_step(self, task, job_id, step, digest, owner, lease_seconds).await)
+    }
+    async fn helper_step_deferred(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+        step: AggregationJobStep,
+    ) -> Result<bool, DapError> {
+        retrying!(helper::helper_step_deferred(self, task, job_id, step).await)
+    }
+    async fn helper_renew_deferred(&self, owner: &[u8; 16], lease_seconds: i64) -> Result<(), DapError> {
+        retrying!(helper::helper_renew_deferred(self, owner, lease_seconds).await)
+    }
+    async fn helper_drop_deferred(
+        &self,
+        task: &Task,
+        job_id: &AggregationJobId,
+        step: AggregationJobStep,
+    ) -> Result<(), DapError> {
+        retrying!(helper::helper_drop_deferred(self, task, job_id, step).await)
+    }
     async fn helper_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<Option<Vec<u8>>, DapError> {
         retrying!(helper::helper_aggregate_share(self, task, id).await)
     }
