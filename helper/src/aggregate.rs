@@ -5,7 +5,7 @@
 //! one transaction, and a repeated request is answered from the stored response without doing
 //! the work twice.
 
-use crate::queue::Admission;
+use crate::queue::{Admission, Ticket};
 use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -179,7 +179,7 @@ pub async fn init(
             Err(DapError::Unavailable("the aggregation queue is full".into()).into())
         }
         Admission::Now(ticket) => {
-            let (status, body) = ticket.run(work.run(&state)).await?;
+            let (status, body) = work.run(&state, &ticket).await?;
             Ok(job_response(status, job_location(&task, &job_id, None), body))
         }
         Admission::Deferred(ticket) => {
@@ -192,7 +192,7 @@ pub async fn init(
             let background = state.clone();
             tokio::spawn(async move {
                 let (task, job_id) = (work.task.clone(), work.job_id);
-                if let Err(e) = ticket.run(work.run(&background)).await {
+                if let Err(e) = work.run(&background, &ticket).await {
                     // The leader's next poll finds no job and sends the request again.
                     tracing::warn!(task_id = %task.id, %job_id, error = %e, "deferred aggregation job failed");
                     let _ = background.store.helper_drop_deferred(&task, &job_id, AggregationJobStep(0)).await;
@@ -228,7 +228,7 @@ struct InitWork {
 
 impl InitWork {
     /// Verifies every report and commits the job: the status and the encoded answer.
-    async fn run(self, state: &HelperState) -> Result<(StatusCode, Vec<u8>), DapError> {
+    async fn run(self, state: &HelperState, ticket: &Ticket) -> Result<(StatusCode, Vec<u8>), DapError> {
         let InitWork { task, job_id, digest, batch_id, req } = self;
         let report_ids: Vec<ReportId> =
             req.verify_inits.iter().map(|v| v.report_share.report_metadata.report_id).collect();
@@ -236,11 +236,15 @@ impl InitWork {
         let skew =
             Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
         let task_cpu = task.clone();
-        let outcomes = tokio::task::spawn_blocking(move || {
-            req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, skew, vi)).collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
+        // Spawned once a worker is free: spawning starts the work.
+        let verify = async move {
+            tokio::task::spawn_blocking(move || {
+                req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, skew, vi)).collect::<Vec<_>>()
+            })
+            .await
+        };
+        let outcomes =
+            ticket.on_worker(verify).await.map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
 
         let reports = report_ids.len();
         let step = HelperStep { job_id, digest, batch_id, step: AggregationJobStep(0), report_ids, outcomes };

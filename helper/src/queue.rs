@@ -53,8 +53,10 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// Runs `work` once a worker is free.
-    pub async fn run<T>(self, work: impl Future<Output = T>) -> T {
+    /// Runs `work` once a worker is free: the CPU-bound part of a request. (The rest, its
+    /// database commit above all, runs outside, so that the CPUs verify the next request
+    /// meanwhile.)
+    pub async fn on_worker<T>(&self, work: impl Future<Output = T>) -> T {
         let _worker = self.permits.clone().acquire_owned().await;
         work.await
     }
@@ -120,12 +122,16 @@ mod tests {
         for _ in 0..4 {
             let Admission::Now(ticket) = q.admit() else { panic!("room") };
             let (running, most) = (running.clone(), most.clone());
-            tasks.push(tokio::spawn(ticket.run(async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-            })));
+            tasks.push(tokio::spawn(async move {
+                ticket
+                    .on_worker(async {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+            }));
         }
         for t in tasks {
             t.await.unwrap();
