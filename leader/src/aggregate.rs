@@ -202,7 +202,7 @@ async fn exchange(
     let mut noted = false;
     loop {
         match answer {
-            Answer::Ready(bytes) => return Ok((bytes, location)),
+            Answer::Ready { body, location: at } => return Ok((body, at.or(location))),
             Answer::Deferred { poll_url, retry_after } => {
                 if !noted {
                     // Seen by the metrics as a job waiting on the helper.

@@ -356,7 +356,7 @@ async fn request_share(state: &LeaderState, task: &Task, url: Url, body: Vec<u8>
         .await?;
     loop {
         match answer {
-            Answer::Ready(bytes) => return Ok(bytes),
+            Answer::Ready { body, .. } => return Ok(body),
             Answer::Deferred { poll_url, retry_after } => {
                 let wait = retry_after
                     .unwrap_or(std::time::Duration::from_secs(1))

@@ -82,8 +82,8 @@ impl PeerError {
 /// What the helper answered a request with.
 #[derive(Debug)]
 pub enum Answer {
-    /// The resource's representation.
-    Ready(Vec<u8>),
+    /// The resource's representation, and its `Location` if the helper gave one.
+    Ready { body: Vec<u8>, location: Option<Url> },
     /// The helper deferred the request: the resource is to be polled at `poll_url`, after
     /// `retry_after` if the helper said.
     Deferred { poll_url: Url, retry_after: Option<Duration> },
@@ -191,18 +191,15 @@ impl Peer {
             detail: format!("{url}: reading the answer: {e}"),
             retry_after,
         })?;
+        // Resolved against the request's URL.
+        let location = headers.get(LOCATION).and_then(|v| v.to_str().ok()).and_then(|loc| url.join(loc).ok());
         if status.is_success() {
             if bytes.is_empty() {
                 if expect.is_empty() {
-                    return Ok(Answer::Ready(Vec::new()));
+                    return Ok(Answer::Ready { body: Vec::new(), location });
                 }
-                // Deferred: poll the Location (resolved against the request), else the URL itself.
-                let poll_url = headers
-                    .get(LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|loc| url.join(loc).ok())
-                    .unwrap_or_else(|| url.clone());
-                return Ok(Answer::Deferred { poll_url, retry_after });
+                // Deferred: poll the Location, else the URL itself.
+                return Ok(Answer::Deferred { poll_url: location.unwrap_or_else(|| url.clone()), retry_after });
             }
             if !expect.is_empty() && !content_type.as_deref().is_some_and(|ct| media_type::matches(ct, expect)) {
                 return Err(PeerError::Transient {
@@ -211,7 +208,7 @@ impl Peer {
                     retry_after,
                 });
             }
-            return Ok(Answer::Ready(bytes.to_vec()));
+            return Ok(Answer::Ready { body: bytes.to_vec(), location });
         }
         let is_problem = content_type.as_deref().is_some_and(|v| media_type::matches(v, media_type::PROBLEM_JSON));
         let problem: Option<ProblemDocument> = if is_problem { serde_json::from_slice(&bytes).ok() } else { None };

@@ -11,14 +11,18 @@ use duet_client::process::{sibling_binary, Output, ServerProcess};
 use duet_client::upload::Client;
 use duet_common::auth::AuthenticationToken;
 use duet_common::media_type;
-use duet_common::messages::{BatchMode, Report, TaskId, UploadRequest};
+use duet_common::messages::{
+    AggregationJobInitReq, AggregationJobResp, BatchMode, Report, TaskId, UploadRequest, VerifyResp, VerifyRespType,
+};
 use duet_common::problem::DapProblemType;
 use duet_common::task::TaskParameters;
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
-use duet_common::Encode;
+use duet_common::{Decode, Encode};
 use duet_tests::relay::{Fault, Relay};
 use duet_tests::{metric, ops_get, past_hour, Deployment, LeaderOptions};
 use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const REPORTS: usize = 120;
@@ -546,4 +550,133 @@ async fn a_collection_the_helper_refuses_fails_with_its_problem_and_the_batch_st
         let result = collector.collect(query, Duration::from_secs(60)).await.unwrap();
         assert_eq!((result.report_count, result.result), (30, AggregateResult::Scalar(10)), "postgres {postgres}");
     }
+}
+
+/// A helper that does not know the task yet refuses every job (404 `unrecognizedTask`): the jobs
+/// are abandoned, their reports go back to the pool (none fails), new jobs are held back, and
+/// once the helper has the task every report is counted exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_a_helper_refuses_give_their_reports_back_until_it_takes_them() {
+    let d = Deployment::start(LeaderOptions {
+        leader_args: vec!["--max-retry-delay-seconds".into(), "2".into()],
+        ..LeaderOptions::default()
+    })
+    .await;
+    let params = TaskParameters {
+        task_id: TaskId::random(),
+        task_info: "helper provisions late".into(),
+        leader_endpoint: d.leader.url(),
+        helper_endpoint: d.helper.url(),
+        time_precision: 3600,
+        min_batch_size: 10,
+        batch_mode: BatchMode::TimeInterval,
+        vdaf: VdafConfig::Prio3Count,
+        task_interval_seconds: None,
+        dp: None,
+    };
+    let task = NewTask::generate(params.clone(), None);
+    let leader = AdminClient::new(d.http.clone(), &d.leader.url(), d.leader_admin.clone()).unwrap();
+    leader.create_task(&task.leader_request).await.unwrap();
+    let client = Client::new(params, d.http.clone()).unwrap();
+    let items: Vec<_> = (0..200).map(|i| (Measurement::Count(i % 4 == 0), past_hour())).collect();
+    assert_eq!(client.upload(&items).await.unwrap().accepted, 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let db = d.leader_db().await;
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::Row::get::<i64, _>(&sqlx::query(sql).fetch_one(&db).await.unwrap(), 0) }
+    };
+    assert!(count("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'abandoned'").await >= 1);
+    assert_eq!(count("SELECT COUNT(*) FROM client_reports WHERE state = 'failed'").await, 0, "none lost");
+    assert_eq!(count("SELECT COUNT(*) FROM leader_job_creation_holds").await, 1, "new jobs are held back");
+
+    let helper = AdminClient::new(d.http.clone(), &d.helper.url(), d.helper_admin.clone()).unwrap();
+    helper.create_task(&task.helper_request).await.unwrap();
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let result = collector.collect(collector.query(Some((past_hour(), 3600))).unwrap(), Duration::from_secs(120)).await;
+    let result = result.unwrap();
+    assert_eq!((result.report_count, result.result), (200, AggregateResult::Scalar(50)));
+    assert_eq!(count("SELECT COUNT(*) FROM client_reports WHERE state = 'failed'").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM leader_job_creation_holds").await, 0, "the hold is lifted");
+}
+
+/// A helper that answers what the leader cannot follow: `finish` right after initialization,
+/// or its reports in another order. It may have aggregated them, so the job is abandoned and its
+/// reports fail (DAP-18 "Leader Initialization"), and the helper is told to delete the job.
+#[derive(Clone, Default)]
+struct WrongHelper {
+    helper: String,
+    answers: Arc<AtomicUsize>,
+    deletes: Arc<AtomicUsize>,
+}
+
+async fn wrong_helper(
+    axum::extract::State(w): axum::extract::State<WrongHelper>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path() == "/hpke_config" {
+        let resp = reqwest::get(format!("{}hpke_config", w.helper)).await.unwrap();
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        return ([("content-type", ct)], resp.bytes().await.unwrap().to_vec()).into_response();
+    }
+    if method == axum::http::Method::DELETE {
+        w.deletes.fetch_add(1, Ordering::SeqCst);
+        return axum::http::StatusCode::OK.into_response();
+    }
+    let req = AggregationJobInitReq::get_decoded(&body).unwrap();
+    let mut verify_resps: Vec<VerifyResp> = req
+        .verify_inits
+        .iter()
+        .map(|vi| VerifyResp {
+            report_id: vi.report_share.report_metadata.report_id,
+            verify_resp_type: VerifyRespType::Continue { payload: vec![0; 8] },
+        })
+        .collect();
+    if w.answers.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        verify_resps.reverse();
+    } else {
+        verify_resps[0].verify_resp_type = VerifyRespType::Finish;
+    }
+    let body = AggregationJobResp { verify_resps }.get_encoded().unwrap();
+    let location = format!("{}/wrong-job", uri.path());
+    (
+        axum::http::StatusCode::CREATED,
+        [("content-type", media_type::AGGREGATION_JOB_RESP.to_string()), ("location", location)],
+        body,
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_the_leader_cannot_follow_abandon_the_job_and_delete_it_at_the_helper() {
+    let d = Deployment::start(LeaderOptions { max_job_size: 10, ..LeaderOptions::default() }).await;
+    let wrong = WrongHelper { helper: d.helper.url(), ..WrongHelper::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(wrong_helper).with_state(wrong.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 10, None, Some(url)).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let items: Vec<_> = (0..40).map(|_| (Measurement::Count(true), past_hour())).collect();
+    assert_eq!(client.upload(&items).await.unwrap().accepted, 40);
+    d.wait_aggregated().await;
+    let db = d.leader_db().await;
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::Row::get::<i64, _>(&sqlx::query(sql).fetch_one(&db).await.unwrap(), 0) }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'abandoned'").await, 4);
+    assert_eq!(count("SELECT COUNT(*) FROM client_reports WHERE state = 'failed'").await, 40, "none aggregated twice");
+    assert_eq!(wrong.answers.load(Ordering::SeqCst), 4, "each job sent once: an invalid answer is not retried");
+    // The deletions are sent right after each abandonment.
+    for _ in 0..50 {
+        if wrong.deletes.load(Ordering::SeqCst) == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wrong.deletes.load(Ordering::SeqCst), 4, "the helper is told to delete each abandoned job");
 }
