@@ -239,6 +239,23 @@ impl Deployment {
     }
 }
 
+/// The parameters of a Prio3Count time-interval task (one-hour precision, `min_batch_size` 10)
+/// between two endpoints, for tests that provision a task themselves.
+pub fn count_task(task_info: &str, leader_endpoint: String, helper_endpoint: String) -> TaskParameters {
+    TaskParameters {
+        task_id: TaskId::random(),
+        task_info: task_info.into(),
+        leader_endpoint,
+        helper_endpoint,
+        time_precision: 3600,
+        min_batch_size: 10,
+        batch_mode: BatchMode::TimeInterval,
+        vdaf: VdafConfig::Prio3Count,
+        task_interval_seconds: None,
+        dp: None,
+    }
+}
+
 /// A metric in a Prometheus text exposition: the sum of the series whose labels include all of
 /// `labels`; `None` when no such series exists.
 pub use duet_client::bench::metric_sum as metric;

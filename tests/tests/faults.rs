@@ -12,14 +12,14 @@ use duet_client::upload::Client;
 use duet_common::auth::AuthenticationToken;
 use duet_common::media_type;
 use duet_common::messages::{
-    AggregationJobInitReq, AggregationJobResp, BatchMode, Report, TaskId, UploadRequest, VerifyResp, VerifyRespType,
+    AggregationJobInitReq, AggregationJobResp, BatchMode, Report, UploadRequest, VerifyResp, VerifyRespType,
 };
 use duet_common::problem::DapProblemType;
 use duet_common::task::TaskParameters;
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
 use duet_common::{Decode, Encode};
 use duet_tests::relay::{Fault, Relay};
-use duet_tests::{metric, ops_get, past_hour, Deployment, LeaderOptions};
+use duet_tests::{count_task, metric, ops_get, past_hour, Deployment, LeaderOptions};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -403,18 +403,7 @@ async fn two_hosts_through_a_slow_relay_and_a_partition() {
         .await;
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-    let params = TaskParameters {
-        task_id: TaskId::random(),
-        task_info: "two hosts".into(),
-        leader_endpoint: leader.url(),
-        helper_endpoint: relay.url(),
-        time_precision: 3600,
-        min_batch_size: 100,
-        batch_mode: BatchMode::TimeInterval,
-        vdaf: VdafConfig::Prio3Count,
-        task_interval_seconds: None,
-        dp: None,
-    };
+    let params = TaskParameters { min_batch_size: 100, ..count_task("two hosts", leader.url(), relay.url()) };
     let task = NewTask::generate(params.clone(), None);
     let la = AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).unwrap();
     let ha = AdminClient::new(http.clone(), &helper.url(), helper_admin.clone()).unwrap();
@@ -562,18 +551,7 @@ async fn jobs_a_helper_refuses_give_their_reports_back_until_it_takes_them() {
         ..LeaderOptions::default()
     })
     .await;
-    let params = TaskParameters {
-        task_id: TaskId::random(),
-        task_info: "helper provisions late".into(),
-        leader_endpoint: d.leader.url(),
-        helper_endpoint: d.helper.url(),
-        time_precision: 3600,
-        min_batch_size: 10,
-        batch_mode: BatchMode::TimeInterval,
-        vdaf: VdafConfig::Prio3Count,
-        task_interval_seconds: None,
-        dp: None,
-    };
+    let params = count_task("helper provisions late", d.leader.url(), d.helper.url());
     let task = NewTask::generate(params.clone(), None);
     let leader = AdminClient::new(d.http.clone(), &d.leader.url(), d.leader_admin.clone()).unwrap();
     leader.create_task(&task.leader_request).await.unwrap();

@@ -6,10 +6,8 @@ use duet_client::admin::{provision_task, AdminClient, NewTask};
 use duet_client::collect::Collector;
 use duet_client::upload::Client;
 use duet_common::auth::AuthenticationToken;
-use duet_common::messages::{BatchMode, TaskId};
-use duet_common::task::TaskParameters;
-use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
-use duet_tests::{past_hour, postgres_admin_url, spawn, CuttableProxy, PgDatabase};
+use duet_common::vdaf::{AggregateResult, Measurement};
+use duet_tests::{count_task, past_hour, postgres_admin_url, spawn, CuttableProxy, PgDatabase};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,18 +30,7 @@ async fn a_database_outage_answers_503_and_recovers() {
     let mut leader = spawn("duet-leader", &leader_args, &leader_admin, "127.0.0.1:0");
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-    let params = TaskParameters {
-        task_id: TaskId::random(),
-        task_info: "outage".into(),
-        leader_endpoint: leader.url(),
-        helper_endpoint: helper.url(),
-        time_precision: 3600,
-        min_batch_size: 10,
-        batch_mode: BatchMode::TimeInterval,
-        vdaf: VdafConfig::Prio3Count,
-        task_interval_seconds: None,
-        dp: None,
-    };
+    let params = count_task("outage", leader.url(), helper.url());
     let task = NewTask::generate(params.clone(), None);
     let la = AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).unwrap();
     let ha = AdminClient::new(http.clone(), &helper.url(), helper_admin.clone()).unwrap();
