@@ -427,11 +427,12 @@ pub async fn get_job(
     };
     let job = match live_job(&state, &task, &job_id).await {
         Ok(job) => job,
-        // Still being worked on in the background.
-        Err(e) => match state.store.helper_step_deferred(&task, &job_id, AggregationJobStep(step)).await? {
-            true => return Ok(deferred_response(StatusCode::OK, &task, &job_id, AggregationJobStep(step))),
-            false => return Err(e.into()),
-        },
+        // Still being worked on in the background; or finished between the two reads (the
+        // commit stores the job and drops the deferral at once), so the job is read again.
+        Err(_) if state.store.helper_step_deferred(&task, &job_id, AggregationJobStep(step)).await? => {
+            return Ok(deferred_response(StatusCode::OK, &task, &job_id, AggregationJobStep(step)));
+        }
+        Err(_) => live_job(&state, &task, &job_id).await?,
     };
     if step != job.step.0 {
         return Err(
