@@ -277,9 +277,7 @@ impl Collector {
             let failed = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).map(str::to_string);
             let err = http::status_error(resp, &context).await;
             if let Some(job_url) = failed.and_then(|l| http::resolve_location(&self.leader, &l).ok()) {
-                if let Err(d) = self.delete_url(&job_url).await {
-                    tracing::warn!(job = %job_url, error = %d, "could not delete the failed collection job");
-                }
+                self.discard_failed(&job_url).await;
             }
             return Err(err);
         }
@@ -412,9 +410,7 @@ impl Collector {
                     // The job failed (the leader answers its poll with the problem). Nothing
                     // of its batch was released, but the identical request names this job until
                     // it is deleted: delete it, so that asking again starts afresh.
-                    if let Err(d) = self.delete(&job).await {
-                        tracing::warn!(job = %job.url, error = %d, "could not delete the failed collection job");
-                    }
+                    self.discard_failed(&job.url).await;
                     return Err(e);
                 }
                 Ok(other) => other?,
@@ -444,6 +440,14 @@ impl Collector {
     /// Abandons a job: `DELETE` on its URL.
     pub async fn delete(&self, job: &CollectionJob) -> Result<()> {
         self.delete_url(&job.url).await
+    }
+
+    /// Deletes a failed job, so that the identical request starts afresh (best effort: the
+    /// failure is what the caller reports).
+    async fn discard_failed(&self, url: &Url) {
+        if let Err(e) = self.delete_url(url).await {
+            tracing::warn!(job = %url, error = %e, "could not delete the failed collection job");
+        }
     }
 
     async fn delete_url(&self, url: &Url) -> Result<()> {

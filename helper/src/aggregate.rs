@@ -250,10 +250,7 @@ impl InitWork {
         let step = HelperStep { job_id, digest, batch_id, step: AggregationJobStep(0), report_ids, outcomes };
         let Some(body) = state.store.helper_init_job(&task, step).await? else {
             // A concurrent identical request won the race while we verified.
-            let job = state.store.helper_job(&task, &job_id).await?.filter(|j| j.state != "deleted");
-            return job.map(|j| (StatusCode::OK, j.last_response)).ok_or_else(|| {
-                DapError::dap(DapProblemType::UnrecognizedAggregationJob, Some(task.id), "the job was deleted")
-            });
+            return live_job(state, &task, &job_id).await.map(|j| (StatusCode::OK, j.last_response));
         };
         tracing::info!(task_id = %task.id, job_id = %job_id, reports, "aggregation job initialized");
         record_outcomes(&body);
@@ -339,8 +336,8 @@ pub async fn continue_job(
         Err(e) => {
             // An identical request may have moved the job on while this one worked (its states
             // consumed, its step taken): this one gets the answer that request stored.
-            match state.store.helper_job(&task, &job_id).await? {
-                Some(now) if now.state != "deleted" && now.step == req.step && now.last_request_digest == digest => {
+            match live_job(&state, &task, &job_id).await {
+                Ok(now) if now.step == req.step && now.last_request_digest == digest => {
                     Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), now.last_response))
                 }
                 _ => Err(e.into()),

@@ -6,17 +6,17 @@
 //! ready, is waited for as long as it takes, the identical request sent again each time; a
 //! helper that refuses the job, or answers what the leader cannot follow, has it abandoned.
 
-use crate::peer::{endpoint_url, Answer, PeerError, RetryReason};
+use crate::peer::{endpoint_url, PeerError, RetryReason};
 use crate::{retry, LeaderState};
 use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
-use duet_common::problem::{DapError, DapProblemType};
+use duet_common::problem::DapError;
 use duet_common::server::metrics;
 use duet_common::server::storage::{AbandonedReports, JobReport, LeasedJob, ReportOutcome, StepCounts, Task};
 use duet_common::vdaf::{Transition, VerifyState};
 use duet_common::{Decode, Encode};
-use reqwest::{Method, Url};
+use reqwest::Url;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,11 +81,12 @@ enum Driven {
         retry_after: Option<Duration>,
         error: String,
     },
-    /// The job cannot go on (DAP-18 says when the leader must abandon it). `helper_job` is the
-    /// helper's resource, to delete, when the helper created one.
+    /// The job cannot go on (DAP-18 says when the leader must abandon it). Its reports go back
+    /// to the pool when the helper cannot have aggregated them, else they fail. `helper_job` is
+    /// the helper's resource, to delete, when the helper created one.
     Abandon {
         error: String,
-        reports: AbandonedReports,
+        back_to_pool: bool,
         helper_job: Option<Url>,
     },
 }
@@ -98,11 +99,9 @@ impl Driven {
             }
             // The helper refused the request: it created no job, so it aggregated none of the
             // reports, which may go into a new job.
-            PeerError::Rejected { .. } => Driven::Abandon {
-                error: e.to_string(),
-                reports: AbandonedReports::BackToPool { max_hold_seconds: 0 },
-                helper_job: None,
-            },
+            PeerError::Rejected { .. } => {
+                Driven::Abandon { error: e.to_string(), back_to_pool: true, helper_job: None }
+            }
         }
     }
 }
@@ -147,15 +146,13 @@ pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapErr
             metrics::helper_retry("aggregation_job", reason.label());
             metrics::aggregation_jobs(Role::Leader, "retried", 1);
         }
-        Driven::Abandon { error, reports, helper_job } => {
-            let reports = match reports {
-                AbandonedReports::BackToPool { .. } => {
-                    AbandonedReports::BackToPool { max_hold_seconds: retry::whole_seconds(cap) }
-                }
-                fail => fail,
+        Driven::Abandon { error, back_to_pool, helper_job } => {
+            let reports = match back_to_pool {
+                true => AbandonedReports::BackToPool { max_hold_seconds: retry::whole_seconds(cap) },
+                false => AbandonedReports::Fail,
             };
             tracing::error!(task_id = %task.id, job_id = %job.job_id, attempt = job.attempts, %error,
-                back_to_pool = matches!(reports, AbandonedReports::BackToPool { .. }), "aggregation job abandoned");
+                back_to_pool, "aggregation job abandoned");
             state.store.abandon_aggregation_job(&task, &job, &error, reports).await?;
             metrics::aggregation_jobs(Role::Leader, "abandoned", 1);
             if let Some(url) = helper_job {
@@ -185,61 +182,13 @@ async fn delete_helper_job(state: &LeaderState, task: &Task, job: &LeasedJob, mu
     }
 }
 
-/// Sends the job's request and, if the helper defers it, polls the job until its answer is
-/// ready, as long as that takes (the lease is renewed meanwhile, and no attempt is counted).
-/// Returns the answer and the job's URL at the helper.
-async fn exchange(
-    state: &LeaderState,
-    task: &Task,
-    job: &LeasedJob,
-    url: Url,
-    media: &'static str,
-    body: Vec<u8>,
-) -> Result<(Vec<u8>, Option<Url>), PeerError> {
-    let token = &task.aggregator_auth_token;
-    let mut answer = state.peer.send(Method::POST, url, token, media, body, media_type::AGGREGATION_JOB_RESP).await?;
-    let mut location = None;
-    let mut noted = false;
-    loop {
-        match answer {
-            Answer::Ready { body, location: at } => return Ok((body, at.or(location))),
-            Answer::Deferred { poll_url, retry_after } => {
-                if !noted {
-                    // Seen by the metrics as a job waiting on the helper.
-                    let _ = state
-                        .store
-                        .renew_aggregation_job_lease(job, state.config.lease_seconds, Some("deferred by the helper"))
-                        .await;
-                    noted = true;
-                }
-                let wait = retry_after
-                    .unwrap_or(Duration::from_secs(1))
-                    .clamp(Duration::from_millis(100), state.config.max_retry_delay);
-                tokio::time::sleep(wait).await;
-                location = Some(poll_url.clone());
-                answer = match state.peer.poll(poll_url, token, media_type::AGGREGATION_JOB_RESP).await {
-                    // The helper lost the deferred work: the identical request starts it again.
-                    Err(PeerError::Rejected {
-                        problem: Some(DapProblemType::UnrecognizedAggregationJob),
-                        detail,
-                        ..
-                    }) => {
-                        return Err(PeerError::Transient { reason: RetryReason::Deferred, detail, retry_after: None })
-                    }
-                    other => other?,
-                };
-            }
-        }
-    }
-}
-
 async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Result<Driven, DapError> {
     if job.step != 0 {
         // Prio3 verifies in one round trip, so a job never rests between steps; a stored later
         // step means a VDAF this driver does not know.
         return Ok(Driven::Abandon {
             error: format!("job stopped at step {}", job.step),
-            reports: AbandonedReports::Fail,
+            back_to_pool: false,
             helper_job: None,
         });
     }
@@ -291,13 +240,32 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
                 error: "the job's request can no longer be built as first sent (was an HPKE key it needs deleted?); \
                         the helper may hold some of its reports"
                     .into(),
-                reports: AbandonedReports::Fail,
+                back_to_pool: false,
                 helper_job: None,
             });
         }
         let url = endpoint_url(&task.parameters.helper_endpoint, &format!("tasks/{}/aggregation_jobs", task.id))
             .map_err(DapError::Internal)?;
-        let (resp, location) = match exchange(state, task, job, url, media_type::AGGREGATION_JOB_INIT_REQ, body).await {
+        // While the helper works on a deferred job, the lease is renewed (`under_lease`) and the
+        // job is noted as waiting on the helper, for the metrics.
+        let noted = || async {
+            let note = Some("deferred by the helper");
+            let _ = state.store.renew_aggregation_job_lease(job, state.config.lease_seconds, note).await;
+        };
+        let token = &task.aggregator_auth_token;
+        let (resp, location) = match state
+            .peer
+            .fetch(
+                url,
+                token,
+                media_type::AGGREGATION_JOB_INIT_REQ,
+                body,
+                media_type::AGGREGATION_JOB_RESP,
+                state.config.max_retry_delay,
+                noted,
+            )
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Ok(Driven::retry(e)),
         };
@@ -306,7 +274,7 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
         // aggregated again.
         let invalid = |why: String| Driven::Abandon {
             error: format!("the helper's answer is invalid: {why}"),
-            reports: AbandonedReports::Fail,
+            back_to_pool: false,
             helper_job: location.clone(),
         };
         let resp = match AggregationJobResp::get_decoded(&resp) {

@@ -4,7 +4,7 @@
 //! a helper that is away, for as long as it takes) and answers with both encrypted shares. A job
 //! the helper fails gives its batch back, collectable again.
 
-use crate::peer::{endpoint_url, Answer, PeerError};
+use crate::peer::{endpoint_url, PeerError};
 use crate::{retry, LeaderState};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -19,7 +19,7 @@ use duet_common::server::http::{
 use duet_common::server::metrics;
 use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, LeasedCollectionJob, Task};
 use duet_common::{Decode, Encode};
-use reqwest::{Method, Url};
+
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -292,12 +292,21 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
         .map_err(DapError::Internal)?;
     let lease = std::time::Duration::from_secs(state.config.lease_seconds as u64);
     let renew = || state.store.renew_collection_job_lease(&leased, state.config.lease_seconds);
-    let Some(answer) = retry::under_lease(request_share(state, &task, url, body), lease, renew).await else {
+    let request = state.peer.fetch(
+        url,
+        &task.aggregator_auth_token,
+        media_type::AGGREGATE_SHARE_REQ,
+        body,
+        media_type::AGGREGATE_SHARE,
+        state.config.max_retry_delay,
+        || async {},
+    );
+    let Some(answer) = retry::under_lease(request, lease, renew).await else {
         tracing::warn!(task_id = %task.id, collection_job_id = %id, "lost the lease of the collection job; another driver has it");
         return Ok(());
     };
     let helper_share = match answer {
-        Ok(bytes) => match AggregateShare::get_decoded(&bytes) {
+        Ok((bytes, _)) => match AggregateShare::get_decoded(&bytes) {
             Ok(share) => share.encrypted_aggregate_share,
             Err(e) => {
                 let detail = format!("the helper's AggregateShare is malformed: {e}");
@@ -345,25 +354,4 @@ async fn fail(
     tracing::error!(task_id = %task.id, collection_job_id = %id, problem = %kind, %detail, "collection job failed");
     metrics::collection_job("failed");
     state.store.end_collection_job(task, id, Err((kind, detail))).await
-}
-
-/// Requests the helper's aggregate share and, if it defers, polls it until it is ready.
-async fn request_share(state: &LeaderState, task: &Task, url: Url, body: Vec<u8>) -> Result<Vec<u8>, PeerError> {
-    let token = &task.aggregator_auth_token;
-    let mut answer = state
-        .peer
-        .send(Method::POST, url, token, media_type::AGGREGATE_SHARE_REQ, body, media_type::AGGREGATE_SHARE)
-        .await?;
-    loop {
-        match answer {
-            Answer::Ready { body, .. } => return Ok(body),
-            Answer::Deferred { poll_url, retry_after } => {
-                let wait = retry_after
-                    .unwrap_or(std::time::Duration::from_secs(1))
-                    .clamp(std::time::Duration::from_millis(100), state.config.max_retry_delay);
-                tokio::time::sleep(wait).await;
-                answer = state.peer.poll(poll_url, token, media_type::AGGREGATE_SHARE).await?;
-            }
-        }
-    }
 }

@@ -142,7 +142,7 @@ impl Peer {
 
     /// Sends `body` (of `media`) to `url` with `method`. The answer is the resource (of media
     /// type `expect`), or the helper's deferral.
-    pub async fn send(
+    async fn send(
         &self,
         method: Method,
         url: Url,
@@ -156,8 +156,55 @@ impl Peer {
         self.exchange(&url, request, expect).await
     }
 
+    /// POSTs `body` (of `media`) to `url` and, if the helper defers it, polls the resource
+    /// (paced by its `Retry-After`, between 100 ms and `max_wait`) until it is ready, as long
+    /// as that takes; `on_deferred` runs once, at the first deferral. Returns the resource (of
+    /// media type `expect`) and its URL, if the helper named it. A poll that finds the job gone
+    /// (the helper lost the deferred work) is transient: the identical request starts it again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch<F, Fut>(
+        &self,
+        url: Url,
+        token: &AuthenticationToken,
+        media: &'static str,
+        body: Vec<u8>,
+        expect: &'static str,
+        max_wait: Duration,
+        on_deferred: F,
+    ) -> Result<(Vec<u8>, Option<Url>), PeerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut answer = self.send(Method::POST, url, token, media, body, expect).await?;
+        let mut on_deferred = Some(on_deferred);
+        let mut location = None;
+        loop {
+            match answer {
+                Answer::Ready { body, location: at } => return Ok((body, at.or(location))),
+                Answer::Deferred { poll_url, retry_after } => {
+                    if let Some(f) = on_deferred.take() {
+                        f().await;
+                    }
+                    let wait =
+                        retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), max_wait);
+                    tokio::time::sleep(wait).await;
+                    location = Some(poll_url.clone());
+                    answer = match self.poll(poll_url, token, expect).await {
+                        Err(PeerError::Rejected {
+                            problem: Some(DapProblemType::UnrecognizedAggregationJob),
+                            detail,
+                            ..
+                        }) => return Err(PeerError::transient(RetryReason::Deferred, detail)),
+                        other => other?,
+                    };
+                }
+            }
+        }
+    }
+
     /// Polls a deferred resource (a `GET`).
-    pub async fn poll(&self, url: Url, token: &AuthenticationToken, expect: &'static str) -> Result<Answer, PeerError> {
+    async fn poll(&self, url: Url, token: &AuthenticationToken, expect: &'static str) -> Result<Answer, PeerError> {
         let (name, value) = token.header(self.scheme);
         let request = self.http.get(url.clone()).header(name, value);
         self.exchange(&url, request, expect).await

@@ -184,4 +184,24 @@ impl SqlStore {
         q.bind(now_seconds()).execute(&mut **tx).await.map_err(StoreError::from)?;
         Ok(())
     }
+
+    /// Undoes [`SqlStore::mark_collected`] for a batch of which nothing was released.
+    pub async fn unmark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<(), DapError> {
+        let q = match batch {
+            Batch::TimeInterval(i) => {
+                let end = i.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
+                sqlx::query("DELETE FROM collected_batches WHERE task_id = $1 AND batch_start = $2 AND batch_end = $3")
+                    .bind(task.id.as_bytes().as_slice())
+                    .bind(i.start.units() as i64)
+                    .bind(end.units() as i64)
+            }
+            Batch::LeaderSelected(id) => {
+                sqlx::query("DELETE FROM collected_batches WHERE task_id = $1 AND batch_id = $2")
+                    .bind(task.id.as_bytes().as_slice())
+                    .bind(id.as_bytes().as_slice())
+            }
+        };
+        q.execute(&mut **tx).await.map_err(StoreError::from)?;
+        Ok(())
+    }
 }

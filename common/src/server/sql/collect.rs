@@ -459,75 +459,56 @@ pub(super) async fn end_collection_job(
 ) -> Result<(), DapError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
-    let (state, response, error) = match outcome {
-        Ok(resp) => ("finished", Some(resp), None),
-        Err(e) => ("failed", None, Some(e)),
-    };
-    if error.is_some() {
-        let row = sqlx::query(&format!(
-            "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2
-               AND state = 'pending'"
-        ))
-        .bind(tid)
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        if let Some(job) = row.as_ref().map(collection_row).transpose()? {
-            if job.batch_committed {
+    let update = match outcome {
+        Ok(resp) => sqlx::query(
+            "UPDATE collection_jobs SET state = 'finished', response = $1, lease_expiry_seconds = 0
+             WHERE task_id = $2 AND collection_job_id = $3 AND state = 'pending'",
+        )
+        .bind(resp),
+        Err((kind, detail)) => {
+            let row = sqlx::query(&format!(
+                "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2
+                   AND state = 'pending'"
+            ))
+            .bind(tid)
+            .bind(id.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            if let Some(job) = row.as_ref().map(collection_row).transpose()?.filter(|j| j.batch_committed) {
                 release_batch(&mut tx, task, &job).await?;
             }
+            sqlx::query(
+                "UPDATE collection_jobs SET state = 'failed', error_type = $1, error_detail = $2, lease_expiry_seconds = 0,
+                   batch_committed = 0, leader_encrypted_agg_share = NULL
+                 WHERE task_id = $3 AND collection_job_id = $4 AND state = 'pending'",
+            )
+            .bind(kind)
+            .bind(detail)
         }
-    }
-    sqlx::query(
-        "UPDATE collection_jobs SET state = $1, response = $2, error_type = $3, error_detail = $4, lease_expiry_seconds = 0,
-           batch_committed = CASE WHEN $5 = 1 THEN 0 ELSE batch_committed END,
-           leader_encrypted_agg_share = CASE WHEN $6 = 1 THEN NULL ELSE leader_encrypted_agg_share END
-         WHERE task_id = $7 AND collection_job_id = $8 AND state = 'pending'",
-    )
-    .bind(state)
-    .bind(response)
-    .bind(error.as_ref().map(|e| e.0.clone()))
-    .bind(error.as_ref().map(|e| e.1.clone()))
-    .bind(i64::from(error.is_some()))
-    .bind(i64::from(error.is_some()))
-    .bind(tid)
-    .bind(id.as_bytes().as_slice())
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    };
+    update.bind(tid).bind(id.as_bytes().as_slice()).execute(&mut *tx).await.map_err(StoreError::from)?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())
 }
 
-/// Undoes a committed batch's collection mark (the collector received nothing of it).
+/// Gives back a committed batch of which the collector received nothing: no longer collected,
+/// and a leader-selected batch open again.
 async fn release_batch(tx: &mut Tx<'_>, task: &Task, job: &CollectionJobRow) -> Result<(), DapError> {
-    let tid = task.id.as_bytes().as_slice();
     match (&job.request.query, job.batch_id) {
         (Query::TimeInterval(q), _) => {
-            let end = q.batch_interval.end().ok_or_else(|| internal("interval overflow"))?;
-            sqlx::query("DELETE FROM collected_batches WHERE task_id = $1 AND batch_start = $2 AND batch_end = $3")
-                .bind(tid)
-                .bind(q.batch_interval.start.units() as i64)
-                .bind(end.units() as i64)
+            SqlStore::unmark_collected(tx, task, &Batch::TimeInterval(q.batch_interval)).await
+        }
+        (Query::LeaderSelected(_), Some(batch_id)) => {
+            SqlStore::unmark_collected(tx, task, &Batch::LeaderSelected(batch_id)).await?;
+            sqlx::query("UPDATE leader_batches SET state = 'open' WHERE task_id = $1 AND batch_id = $2")
+                .bind(task.id.as_bytes().as_slice())
+                .bind(batch_id.as_bytes().as_slice())
                 .execute(&mut **tx)
                 .await
                 .map_err(StoreError::from)?;
+            Ok(())
         }
-        (Query::LeaderSelected(_), Some(batch_id)) => {
-            for sql in [
-                "DELETE FROM collected_batches WHERE task_id = $1 AND batch_id = $2",
-                "UPDATE leader_batches SET state = 'open' WHERE task_id = $1 AND batch_id = $2",
-            ] {
-                sqlx::query(sql)
-                    .bind(tid)
-                    .bind(batch_id.as_bytes().as_slice())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(StoreError::from)?;
-            }
-        }
-        (Query::LeaderSelected(_), None) => return Err(internal("committed leader-selected job without its batch")),
+        (Query::LeaderSelected(_), None) => Err(internal("committed leader-selected job without its batch")),
     }
-    Ok(())
 }

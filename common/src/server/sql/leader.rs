@@ -1,5 +1,6 @@
-//! The leader's protocol steps on SQLite: report upload, job creation, job leasing and
-//! commitment, and collection jobs, each one transaction.
+//! The leader's protocol steps on SQL: report upload, job creation, job leasing (renewal,
+//! retries, abandonment) and commitment, each one transaction. Collection jobs are in
+//! [`super::collect`].
 
 use super::{id_of, placeholder_list, Backend, SqlStore, Tx};
 use crate::messages::*;
