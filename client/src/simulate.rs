@@ -37,6 +37,8 @@ pub fn random_measurement(config: &VdafConfig, rng: &mut impl Rng) -> Measuremen
             }
             Measurement::MultihotCountVec(bits)
         }
+        #[cfg(feature = "test-vdaf")]
+        VdafConfig::Dummy { .. } => Measurement::Dummy(rng.random()),
     }
 }
 
@@ -44,21 +46,29 @@ pub fn random_measurement(config: &VdafConfig, rng: &mut impl Rng) -> Measuremen
 pub fn clear_aggregate(config: &VdafConfig, measurements: &[Measurement]) -> AggregateResult {
     let vector_len = match *config {
         VdafConfig::Prio3Count | VdafConfig::Prio3Sum { .. } => None,
+        #[cfg(feature = "test-vdaf")]
+        VdafConfig::Dummy { .. } => None,
         VdafConfig::Prio3SumVec { length, .. }
         | VdafConfig::Prio3Histogram { length, .. }
         | VdafConfig::Prio3MultihotCountVec { length, .. } => Some(length as usize),
     };
     match vector_len {
-        None => AggregateResult::Scalar(
-            measurements
+        None => {
+            let sum: u64 = measurements
                 .iter()
                 .map(|m| match m {
                     Measurement::Count(b) => u64::from(*b),
                     Measurement::Sum(v) => *v,
+                    #[cfg(feature = "test-vdaf")]
+                    Measurement::Dummy(v) => u64::from(*v),
                     _ => 0,
                 })
-                .sum(),
-        ),
+                .sum();
+            // The test VDAF adds modulo 256.
+            #[cfg(feature = "test-vdaf")]
+            let sum = if matches!(config, VdafConfig::Dummy { .. }) { sum % 256 } else { sum };
+            AggregateResult::Scalar(sum)
+        }
         Some(len) => {
             let mut out = vec![0u128; len];
             for m in measurements {

@@ -89,6 +89,8 @@ pub fn check_measurement(config: &VdafConfig, measurement: &Measurement) -> Resu
     };
     match (config, measurement) {
         (VdafConfig::Prio3Count, Measurement::Count(_)) => Ok(()),
+        #[cfg(feature = "test-vdaf")]
+        (VdafConfig::Dummy { .. }, Measurement::Dummy(_)) => Ok(()),
         (VdafConfig::Prio3Sum { max_measurement }, Measurement::Sum(v)) if v > max_measurement => {
             bad(format!("{v} is above the task's max_measurement {max_measurement}"))
         }
@@ -767,6 +769,8 @@ mod tests {
                 VdafConfig::Prio3Histogram { .. } => M::Histogram(3),
                 VdafConfig::Prio3SumVec { .. } => M::SumVec(vec![3, 0]),
                 VdafConfig::Prio3MultihotCountVec { .. } => M::MultihotCountVec(vec![false, true, false]),
+                #[cfg(feature = "test-vdaf")]
+                VdafConfig::Dummy { .. } => M::Dummy(1),
             };
             assert!(check_measurement(&config, &ok).is_ok(), "{config}");
             let err = client.upload(&[(ok, 0), (bad, 0)]).await.unwrap_err();

@@ -79,6 +79,8 @@ impl VdafObject {
             VdafConfig::Prio3MultihotCountVec { .. } => {
                 return Err(bad("Prio3MultihotCountVec has no interop VDAF object"))
             }
+            #[cfg(feature = "test-vdaf")]
+            VdafConfig::Dummy { .. } => return Err(bad("the test VDAF has no interop VDAF object")),
         })
     }
 }

@@ -26,6 +26,10 @@ pub enum Fault {
     /// Forwards requests to the helper, which handles them, but drops its answers: the
     /// connection closes once the answer has begun.
     DropAnswers,
+    /// As `DropAnswers`, for the requests whose request line contains the string only (for
+    /// instance `"POST /tasks/"` with `"/aggregation_jobs/"`: continuation steps); the others
+    /// pass. The relay reads HTTP/1.1 messages of a `Content-Length` here.
+    DropAnswersTo(&'static str),
     /// Delays each message one way by `base` plus up to `spread` either way, and resets the
     /// connection of `reset_ratio` of the requests, before or after the helper handled them.
     Flaky { base: Duration, spread: Duration, reset_ratio: f64 },
@@ -193,9 +197,59 @@ async fn handle(inbound: TcpStream, target: SocketAddr, fault: Fault, counts: &R
                 let _ = cw.shutdown().await;
             }
         }
+        Fault::DropAnswersTo(pattern) => {
+            let Ok(outbound) = TcpStream::connect(target).await else { return };
+            drop_matching_answers(inbound, outbound, pattern, counts).await;
+        }
         Fault::Flaky { base, spread, reset_ratio } => {
             let Ok(outbound) = TcpStream::connect(target).await else { return };
             delayed_relay(inbound, outbound, base, spread, reset_ratio, counts).await;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 message (a head, then a body of its `Content-Length`) from `stream`,
+/// `buf` holding what was read past the last one.
+async fn read_message<R: AsyncReadExt + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    while buf.len() < head_end + length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(buf.drain(..head_end + length).collect())
+}
+
+/// Forwards requests one at a time; the helper's answer to a request whose request line
+/// contains `pattern` is dropped (the connection closes), after the helper handled it.
+async fn drop_matching_answers(mut inbound: TcpStream, mut outbound: TcpStream, pattern: &str, counts: &RelayCounts) {
+    let (mut from_leader, mut from_helper) = (Vec::new(), Vec::new());
+    while let Some(request) = read_message(&mut inbound, &mut from_leader).await {
+        let line_end = request.iter().position(|b| *b == b'\r').unwrap_or(request.len());
+        let matches = String::from_utf8_lossy(&request[..line_end]).contains(pattern);
+        if outbound.write_all(&request).await.is_err() {
+            return;
+        }
+        let Some(answer) = read_message(&mut outbound, &mut from_helper).await else { return };
+        if matches {
+            counts.dropped_answers.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if inbound.write_all(&answer).await.is_err() {
+            return;
         }
     }
 }

@@ -290,6 +290,8 @@ pub struct LeasedJob {
     pub job_id: AggregationJobId,
     pub batch_id: Option<BatchId>,
     pub step: u16,
+    /// The helper's aggregation job (its `Location`), once a multi-round job moved past step 0.
+    pub helper_job: Option<String>,
     /// This attempt's number, from 1.
     pub attempts: u32,
     /// Names this lease: only its holder renews it, retries the job or gives it up.
@@ -334,6 +336,25 @@ pub struct JobReport {
     pub public_share: Vec<u8>,
     pub leader_share: HpkeCiphertext,
     pub helper_share: HpkeCiphertext,
+}
+
+/// The leader's state of a report between two requests of a multi-round job.
+#[derive(Clone, Debug)]
+pub enum LeaderVerifyState {
+    /// `Continued`: more rounds to run.
+    Continued(VerifyState),
+    /// `FinishedWithOutbound`: the leader's output share, committed once the helper finishes.
+    FinishedWithOutbound(OutputShare),
+}
+
+/// A report being verified with the helper, between two requests of its job.
+#[derive(Clone, Debug)]
+pub struct VerifyingReport {
+    pub report_id: ReportId,
+    pub time: Time,
+    pub state: LeaderVerifyState,
+    /// The payload of the report's `VerifyContinue` in the job's next request.
+    pub outbound: Vec<u8>,
 }
 
 /// One report's outcome in a leader's aggregation job.
@@ -571,6 +592,20 @@ pub trait Storage: Send + Sync {
         job: &LeasedJob,
         outcomes: Vec<ReportOutcome>,
     ) -> Result<StepCounts, DapError>;
+    /// Moves a job on to its next step (DAP-18 "Leader Continuation") in one transaction:
+    /// `rejected` reports fail, `pending` become the job's kept states, the helper's job URL is
+    /// kept, and the next step's request is pinned anew when first sent. False if the lease is
+    /// no longer this driver's (nothing is changed then).
+    async fn advance_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        helper_job: &str,
+        rejected: &[(ReportId, ReportError)],
+        pending: &[VerifyingReport],
+    ) -> Result<bool, DapError>;
+    /// The reports of a job resting between two steps, in the order of its requests.
+    async fn pending_reports(&self, task: &Task, job: &LeasedJob) -> Result<Vec<VerifyingReport>, DapError>;
     /// Extends the job's lease while its holder still has it (`false` once another driver took
     /// it over, or the job ended), noting why it waits, if `note`.
     async fn renew_aggregation_job_lease(

@@ -37,6 +37,10 @@ pub enum VdafConfig {
     Prio3Histogram { length: u32, chunk_length: u32 },
     /// `struct { uint32 length; uint32 chunk_length; uint64 max_weight; } Prio3MultihotCountVecConfig`.
     Prio3MultihotCountVec { length: u32, chunk_length: u32, max_weight: u64 },
+    /// Test builds only (feature `test-vdaf`): prio's dummy VDAF of `rounds` rounds, codepoint
+    /// `0xFFFF0000`, configuration `struct { uint32 rounds; }`.
+    #[cfg(feature = "test-vdaf")]
+    Dummy { rounds: u32 },
 }
 
 impl VdafConfig {
@@ -47,6 +51,8 @@ impl VdafConfig {
             VdafConfig::Prio3SumVec { .. } => vdaf_type::PRIO3_SUM_VEC,
             VdafConfig::Prio3Histogram { .. } => vdaf_type::PRIO3_HISTOGRAM,
             VdafConfig::Prio3MultihotCountVec { .. } => vdaf_type::PRIO3_MULTIHOT_COUNT_VEC,
+            #[cfg(feature = "test-vdaf")]
+            VdafConfig::Dummy { .. } => super::DUMMY_VDAF_TYPE,
         }
     }
 
@@ -67,6 +73,8 @@ impl VdafConfig {
             VdafConfig::Prio3MultihotCountVec { length, chunk_length, max_weight } => {
                 length.encode(&mut b).and_then(|_| chunk_length.encode(&mut b)).and_then(|_| max_weight.encode(&mut b))
             }
+            #[cfg(feature = "test-vdaf")]
+            VdafConfig::Dummy { rounds } => rounds.encode(&mut b),
         };
         b
     }
@@ -90,6 +98,8 @@ impl VdafConfig {
                 chunk_length: u32::decode(&mut c)?,
                 max_weight: u64::decode(&mut c)?,
             },
+            #[cfg(feature = "test-vdaf")]
+            super::DUMMY_VDAF_TYPE => VdafConfig::Dummy { rounds: u32::decode(&mut c)? },
             other => {
                 return Err(CodecError::Other(format!("unsupported VDAF type {other:#010x}").into()));
             }
@@ -132,6 +142,8 @@ impl fmt::Display for VdafConfig {
                 f,
                 "Prio3MultihotCountVec(length={length}, chunk_length={chunk_length}, max_weight={max_weight})"
             ),
+            #[cfg(feature = "test-vdaf")]
+            VdafConfig::Dummy { rounds } => write!(f, "Dummy(rounds={rounds})"),
         }
     }
 }
@@ -184,6 +196,9 @@ pub enum Measurement {
     Histogram(usize),
     /// Prio3MultihotCountVec: `length` booleans, at most `max_weight` of them true.
     MultihotCountVec(Vec<bool>),
+    /// The test VDAF: a byte, summed modulo 256.
+    #[cfg(feature = "test-vdaf")]
+    Dummy(u8),
 }
 
 impl Measurement {
@@ -220,6 +235,8 @@ impl Measurement {
                     })
                     .collect::<Result<_, _>>()?,
             ),
+            #[cfg(feature = "test-vdaf")]
+            VdafConfig::Dummy { .. } => Measurement::Dummy(text.parse().map_err(|_| bad())?),
         })
     }
 }

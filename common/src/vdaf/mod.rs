@@ -16,6 +16,10 @@ use prio::vdaf::xof::XofTurboShake128;
 use prio::vdaf::{Aggregatable, Aggregator, Client, Collector, VdafError};
 use std::fmt;
 pub mod config;
+#[cfg(feature = "test-vdaf")]
+mod dummy;
+#[cfg(feature = "test-vdaf")]
+pub use dummy::DUMMY_VDAF_TYPE;
 
 pub use config::*;
 
@@ -52,12 +56,14 @@ impl VdafFailure {
 }
 
 macro_rules! field_enum {
-    ($(#[$doc:meta])* $name:ident, $inner:ident $(, $extra:tt)?) => {
+    ($(#[$doc:meta])* $name:ident, $inner:ident $(, $extra:tt)?; $dummy:ty) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq)]
         pub enum $name {
             F64($inner<Field64 $(, $extra)?>),
             F128($inner<Field128 $(, $extra)?>),
+            #[cfg(feature = "test-vdaf")]
+            Dummy($dummy),
         }
 
         impl fmt::Debug for $name {
@@ -71,12 +77,16 @@ macro_rules! field_enum {
                 match self {
                     $name::F64(x) => x.encode(bytes),
                     $name::F128(x) => x.encode(bytes),
+                    #[cfg(feature = "test-vdaf")]
+                    $name::Dummy(x) => x.encode(bytes),
                 }
             }
             fn encoded_len(&self) -> Option<usize> {
                 match self {
                     $name::F64(x) => x.encoded_len(),
                     $name::F128(x) => x.encoded_len(),
+                    #[cfg(feature = "test-vdaf")]
+                    $name::Dummy(x) => x.encoded_len(),
                 }
             }
         }
@@ -86,15 +96,15 @@ macro_rules! field_enum {
 use prio::vdaf::{AggregateShare as PrioAggregateShare, OutputShare as PrioOutputShare};
 field_enum!(
     /// One aggregator's output share of one report.
-    OutputShare, PrioOutputShare
+    OutputShare, PrioOutputShare; prio::vdaf::dummy::OutputShare
 );
 field_enum!(
     /// A running or final aggregate share.
-    AggregateShare, PrioAggregateShare
+    AggregateShare, PrioAggregateShare; prio::vdaf::dummy::AggregateShare
 );
 field_enum!(
     /// An aggregator's verification state between steps; encodes for storage.
-    VerifyState, Prio3VerifyState, 32
+    VerifyState, Prio3VerifyState, 32; prio::vdaf::dummy::VerifierState
 );
 
 impl AggregateShare {
@@ -103,6 +113,8 @@ impl AggregateShare {
         match (self, out) {
             (AggregateShare::F64(a), OutputShare::F64(o)) => Ok(a.accumulate(o)?),
             (AggregateShare::F128(a), OutputShare::F128(o)) => Ok(a.accumulate(o)?),
+            #[cfg(feature = "test-vdaf")]
+            (AggregateShare::Dummy(a), OutputShare::Dummy(o)) => Ok(a.accumulate(o)?),
             _ => Err(VdafFailure::StateMismatch),
         }
     }
@@ -112,6 +124,8 @@ impl AggregateShare {
         match (self, other) {
             (AggregateShare::F64(a), AggregateShare::F64(o)) => Ok(a.merge(o)?),
             (AggregateShare::F128(a), AggregateShare::F128(o)) => Ok(a.merge(o)?),
+            #[cfg(feature = "test-vdaf")]
+            (AggregateShare::Dummy(a), AggregateShare::Dummy(o)) => Ok(a.merge(o)?),
             _ => Err(VdafFailure::StateMismatch),
         }
     }
@@ -174,17 +188,22 @@ enum Instance {
     SumVec(Prio3SumVec),
     Histogram(Prio3Histogram),
     MultihotCountVec(Prio3MultihotCountVec),
+    #[cfg(feature = "test-vdaf")]
+    Dummy(prio::vdaf::dummy::Vdaf),
 }
 
-/// Runs `$body` with `$v` bound to the concrete Prio3 instance.
+/// Runs `$body` with `$v` bound to the concrete Prio3 instance, or `$dummy` with `$d` bound to
+/// the test build's multi-round VDAF.
 macro_rules! with_instance {
-    ($self:expr, $v:ident => $body:expr) => {
+    ($self:expr, $v:ident => $body:expr, $d:ident => $dummy:expr) => {
         match &$self.instance {
             Instance::Count($v) => $body,
             Instance::Sum($v) => $body,
             Instance::SumVec($v) => $body,
             Instance::Histogram($v) => $body,
             Instance::MultihotCountVec($v) => $body,
+            #[cfg(feature = "test-vdaf")]
+            Instance::Dummy($d) => $dummy,
         }
     };
 }
@@ -309,6 +328,14 @@ where
     Ok(T::Field::wrap_agg(a))
 }
 
+fn decode_out_g<T: Type>(v: &P3<T>, bytes: &[u8]) -> Result<OutputShare, VdafFailure>
+where
+    T::Field: FieldWrap,
+{
+    let o = PrioOutputShare::<T::Field>::get_decoded_with_param(&(v, &()), bytes)?;
+    Ok(T::Field::wrap_out(o))
+}
+
 fn agg_init_g<T: Type>(v: &P3<T>) -> AggregateShare
 where
     T::Field: FieldWrap,
@@ -350,6 +377,8 @@ impl Vdaf {
                         .map_err(bad)?,
                 )
             }
+            #[cfg(feature = "test-vdaf")]
+            VdafConfig::Dummy { rounds } => Instance::Dummy(dummy::new(rounds)?),
         };
         Ok(Self { config: config.clone(), instance })
     }
@@ -372,6 +401,8 @@ impl Vdaf {
             (Instance::SumVec(v), Measurement::SumVec(m)) => encode_shard(v.shard(ctx, m, nonce)?),
             (Instance::Histogram(v), Measurement::Histogram(m)) => encode_shard(v.shard(ctx, m, nonce)?),
             (Instance::MultihotCountVec(v), Measurement::MultihotCountVec(m)) => encode_shard(v.shard(ctx, m, nonce)?),
+            #[cfg(feature = "test-vdaf")]
+            (Instance::Dummy(v), Measurement::Dummy(m)) => encode_shard(prio::vdaf::Client::shard(v, ctx, m, nonce)?),
             _ => Err(wrong()),
         }
     }
@@ -385,7 +416,8 @@ impl Vdaf {
         public_share: &[u8],
         input_share: &[u8],
     ) -> Result<(VerifyState, Vec<u8>), VdafFailure> {
-        with_instance!(self, v => leader_init_g(v, key, ctx, nonce, public_share, input_share))
+        with_instance!(self, v => leader_init_g(v, key, ctx, nonce, public_share, input_share),
+            d => dummy::leader_init(d, ctx, nonce, input_share))
     }
 
     /// `ping_pong_helper_init` on the leader's first message.
@@ -398,22 +430,31 @@ impl Vdaf {
         input_share: &[u8],
         inbound: &[u8],
     ) -> Result<Transition, VdafFailure> {
-        with_instance!(self, v => helper_init_g(v, key, ctx, nonce, public_share, input_share, inbound))
+        with_instance!(self, v => helper_init_g(v, key, ctx, nonce, public_share, input_share, inbound),
+            d => dummy::helper_init(d, ctx, nonce, input_share, inbound))
     }
 
     /// `ping_pong_leader_continued` on the helper's message.
     pub fn leader_continued(&self, ctx: &[u8], state: VerifyState, inbound: &[u8]) -> Result<Transition, VdafFailure> {
-        with_instance!(self, v => continued_g(v, true, ctx, state, inbound))
+        with_instance!(self, v => continued_g(v, true, ctx, state, inbound),
+            d => dummy::continued(d, true, ctx, state, inbound))
     }
 
     /// `ping_pong_helper_continued` on the leader's message.
     pub fn helper_continued(&self, ctx: &[u8], state: VerifyState, inbound: &[u8]) -> Result<Transition, VdafFailure> {
-        with_instance!(self, v => continued_g(v, false, ctx, state, inbound))
+        with_instance!(self, v => continued_g(v, false, ctx, state, inbound),
+            d => dummy::continued(d, false, ctx, state, inbound))
     }
 
     /// Decodes a stored verification state of the aggregator with index `agg_id` (0 = leader).
     pub fn decode_verify_state(&self, agg_id: usize, bytes: &[u8]) -> Result<VerifyState, VdafFailure> {
-        with_instance!(self, v => decode_state_g(v, agg_id, bytes))
+        with_instance!(self, v => decode_state_g(v, agg_id, bytes), _d => dummy::decode_state(bytes))
+    }
+
+    /// Decodes a stored output share (the leader keeps one between steps when it finishes
+    /// before the helper does).
+    pub fn decode_output_share(&self, bytes: &[u8]) -> Result<OutputShare, VdafFailure> {
+        with_instance!(self, v => decode_out_g(v, bytes), _d => dummy::decode_output_share(bytes))
     }
 
     /// Whether an encoded aggregation parameter is valid: Prio3 accepts only the empty one.
@@ -423,7 +464,7 @@ impl Vdaf {
 
     /// `Vdaf.agg_init`: an empty aggregate share.
     pub fn aggregate_init(&self) -> AggregateShare {
-        with_instance!(self, v => agg_init_g(v))
+        with_instance!(self, v => agg_init_g(v), _d => dummy::aggregate_init())
     }
 
     /// Adds `dp`'s noise to an aggregate share of `num_measurements` reports, with prio's
@@ -470,7 +511,7 @@ impl Vdaf {
 
     /// Decodes a stored or received aggregate share.
     pub fn decode_aggregate_share(&self, bytes: &[u8]) -> Result<AggregateShare, VdafFailure> {
-        with_instance!(self, v => decode_agg_g(v, bytes))
+        with_instance!(self, v => decode_agg_g(v, bytes), _d => dummy::decode_aggregate_share(bytes))
     }
 
     /// Combines the leader's and helper's aggregate shares into the result.
@@ -488,6 +529,8 @@ impl Vdaf {
             Instance::SumVec(v) => AggregateResult::Vector(unshard_g(v, shares, n)?),
             Instance::Histogram(v) => AggregateResult::Vector(unshard_g(v, shares, n)?),
             Instance::MultihotCountVec(v) => AggregateResult::Vector(unshard_g(v, shares, n)?),
+            #[cfg(feature = "test-vdaf")]
+            Instance::Dummy(v) => AggregateResult::Scalar(dummy::unshard(v, shares, n)?),
         })
     }
 }

@@ -6,6 +6,7 @@
 mod bad_input;
 mod bench;
 mod cli;
+mod continuation;
 mod demo;
 mod deploy;
 mod faults;

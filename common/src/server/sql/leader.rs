@@ -287,7 +287,7 @@ pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64)
     // Replicas lease disjoint jobs: rows another replica is leasing right now are skipped.
     let mut tx = s.begin_claiming().await?;
     let sql = format!(
-        "SELECT task_id, job_id, batch_id, step, attempts FROM leader_aggregation_jobs
+        "SELECT task_id, job_id, batch_id, step, attempts, helper_job_url FROM leader_aggregation_jobs
          WHERE state = 'active' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
          ORDER BY created_at_seconds, job_id LIMIT $3{}",
         s.skip_locked()
@@ -302,6 +302,7 @@ pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64)
             batch_id: r.get::<Option<Vec<u8>>, _>(2).map(|b| id_of(b, "batch ID")).transpose()?,
             step: r.get::<i64, _>(3) as u16,
             attempts: r.get::<i64, _>(4) as u32 + 1,
+            helper_job: r.get(5),
             lease_token: rand::random(),
         };
         sqlx::query(
@@ -425,20 +426,8 @@ pub(super) async fn commit_job(
         }
     }
     drop_payloads(&mut tx, task, job).await?;
-    for (error, ids) in &failed {
-        for chunk in s.statement_chunks(ids, 1) {
-            let sql = format!(
-                "UPDATE client_reports SET state = 'failed', report_error = $1
-                 WHERE task_id = $2 AND job_id = $3 AND state = 'in_job' AND report_id IN ({})",
-                placeholder_list(4, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(i64::from(*error)).bind(tid).bind(job.job_id.as_bytes().as_slice());
-            for id in chunk {
-                q = q.bind(id.as_bytes().as_slice());
-            }
-            counts.failed += q.execute(&mut *tx).await.map_err(StoreError::from)?.rows_affected();
-        }
-    }
+    counts.failed += fail_reports(s, &mut tx, task, job, &failed).await?;
+    forget_pending(&mut tx, task, job).await?;
     for (bucket, values) in &sums.0 {
         SqlStore::add_to_bucket(&mut tx, task, bucket, s.bucket_shard(), values).await?;
     }
@@ -451,6 +440,145 @@ pub(super) async fn commit_job(
     tx.commit().await.map_err(StoreError::from)?;
     s.after_commit().await;
     Ok(counts)
+}
+
+/// Marks the job's reports in `failed` (by report error) failed; how many were.
+async fn fail_reports(
+    s: &SqlStore,
+    tx: &mut Tx<'_>,
+    task: &Task,
+    job: &LeasedJob,
+    failed: &std::collections::BTreeMap<u8, Vec<ReportId>>,
+) -> Result<u64, DapError> {
+    let mut n = 0;
+    for (error, ids) in failed {
+        for chunk in s.statement_chunks(ids, 1) {
+            let sql = format!(
+                "UPDATE client_reports SET state = 'failed', report_error = $1
+                 WHERE task_id = $2 AND job_id = $3 AND state = 'in_job' AND report_id IN ({})",
+                placeholder_list(4, chunk.len())
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(i64::from(*error))
+                .bind(task.id.as_bytes().as_slice())
+                .bind(job.job_id.as_bytes().as_slice());
+            for id in chunk {
+                q = q.bind(id.as_bytes().as_slice());
+            }
+            n += q.execute(&mut **tx).await.map_err(StoreError::from)?.rows_affected();
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes what a multi-round job kept between its steps.
+async fn forget_pending(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
+    execute_for_job(tx, "DELETE FROM leader_report_verifications WHERE task_id = $1 AND job_id = $2", task, job).await
+}
+
+/// Moves a job on to its next step; see [`Storage::advance_aggregation_job`].
+pub(super) async fn advance_job(
+    s: &SqlStore,
+    task: &Task,
+    job: &LeasedJob,
+    helper_job: &str,
+    rejected: &[(ReportId, ReportError)],
+    pending: &[VerifyingReport],
+) -> Result<bool, DapError> {
+    let mut tx = s.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE leader_aggregation_jobs SET step = step + 1, request_digest = NULL, helper_job_url = $1
+         WHERE task_id = $2 AND job_id = $3 AND lease_token = $4 AND state = 'active' AND step = $5",
+    )
+    .bind(helper_job)
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .bind(job.lease_token.as_slice())
+    .bind(i64::from(job.step))
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    if moved.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if job.step == 0 {
+        // The first request is never sent again: the reports' shares are no longer needed.
+        drop_payloads(&mut tx, task, job).await?;
+    }
+    let mut failed: std::collections::BTreeMap<u8, Vec<ReportId>> = std::collections::BTreeMap::new();
+    for (id, error) in rejected {
+        failed.entry(*error as u8).or_default().push(*id);
+    }
+    fail_reports(s, &mut tx, task, job, &failed).await?;
+    forget_pending(&mut tx, task, job).await?;
+    let encoded = pending
+        .iter()
+        .map(|p| {
+            let (finished, state) = match &p.state {
+                LeaderVerifyState::Continued(v) => (0i64, v.get_encoded()),
+                LeaderVerifyState::FinishedWithOutbound(o) => (1i64, o.get_encoded()),
+            };
+            Ok((p, finished, state.map_err(|e| DapError::Internal(e.to_string()))?))
+        })
+        .collect::<Result<Vec<_>, DapError>>()?;
+    let mut ord = 0i64;
+    for chunk in s.statement_chunks(&encoded, 8) {
+        let sql = format!(
+            "INSERT INTO leader_report_verifications
+               (task_id, job_id, ord, report_id, report_time, finished, state, outbound) VALUES {}",
+            s.value_rows(chunk.len(), 8, "")
+        );
+        let mut q = sqlx::query(&sql);
+        for (p, finished, state) in chunk {
+            q = q
+                .bind(task.id.as_bytes().as_slice())
+                .bind(job.job_id.as_bytes().as_slice())
+                .bind(ord)
+                .bind(p.report_id.as_bytes().as_slice())
+                .bind(p.time.units() as i64)
+                .bind(*finished)
+                .bind(state.as_slice())
+                .bind(p.outbound.as_slice());
+            ord += 1;
+        }
+        q.execute(&mut *tx).await.map_err(StoreError::from)?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    s.after_commit().await;
+    Ok(true)
+}
+
+/// The reports of a job resting between two steps, in the order of its requests.
+pub(super) async fn pending_reports(
+    s: &SqlStore,
+    task: &Task,
+    job: &LeasedJob,
+) -> Result<Vec<VerifyingReport>, DapError> {
+    let rows = sqlx::query(
+        "SELECT report_id, report_time, finished, state, outbound FROM leader_report_verifications
+         WHERE task_id = $1 AND job_id = $2 ORDER BY ord",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(job.job_id.as_bytes().as_slice())
+    .fetch_all(s.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let corrupt = |_| DapError::Internal("stored verification state is corrupt".into());
+    rows.into_iter()
+        .map(|r| {
+            let bytes: Vec<u8> = r.get(3);
+            let state = match r.get::<i64, _>(2) {
+                0 => LeaderVerifyState::Continued(task.vdaf.decode_verify_state(0, &bytes).map_err(corrupt)?),
+                _ => LeaderVerifyState::FinishedWithOutbound(task.vdaf.decode_output_share(&bytes).map_err(corrupt)?),
+            };
+            Ok(VerifyingReport {
+                report_id: id_of(r.get(0), "report ID")?,
+                time: crate::time::Time::from_units(r.get::<i64, _>(1) as u64),
+                state,
+                outbound: r.get(4),
+            })
+        })
+        .collect()
 }
 
 /// Deletes the payloads of the job's reports (the rows stay, for replay checks). Before any of
@@ -587,6 +715,7 @@ pub(super) async fn abandon_job(
     if !settle_job(&mut tx, task, job, "abandoned", Some(error)).await? {
         return Ok(());
     }
+    forget_pending(&mut tx, task, job).await?;
     match reports {
         AbandonedReports::Fail => {
             drop_payloads(&mut tx, task, job).await?;

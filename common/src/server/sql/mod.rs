@@ -90,6 +90,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../../../migrations/sqlite/0007_report_payloads.sql")),
     (8, include_str!("../../../../migrations/sqlite/0008_reports_settle_with_their_job.sql")),
     (9, include_str!("../../../../migrations/sqlite/0009_helper_outages.sql")),
+    (10, include_str!("../../../../migrations/sqlite/0010_leader_continuation.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -103,6 +104,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../../../migrations/postgres/0007_report_payloads.sql")),
     (8, include_str!("../../../../migrations/postgres/0008_reports_settle_with_their_job.sql")),
     (9, include_str!("../../../../migrations/postgres/0009_helper_outages.sql")),
+    (10, include_str!("../../../../migrations/postgres/0010_leader_continuation.sql")),
 ];
 
 fn internal(e: impl std::fmt::Display) -> DapError {

@@ -98,6 +98,19 @@ impl Storage for SqlStore {
     ) -> Result<StepCounts, DapError> {
         retrying!(leader::commit_job(self, task, job, outcomes.clone()).await)
     }
+    async fn advance_aggregation_job(
+        &self,
+        task: &Task,
+        job: &LeasedJob,
+        helper_job: &str,
+        rejected: &[(ReportId, ReportError)],
+        pending: &[VerifyingReport],
+    ) -> Result<bool, DapError> {
+        retrying!(leader::advance_job(self, task, job, helper_job, rejected, pending).await)
+    }
+    async fn pending_reports(&self, task: &Task, job: &LeasedJob) -> Result<Vec<VerifyingReport>, DapError> {
+        retrying!(leader::pending_reports(self, task, job).await)
+    }
     async fn renew_aggregation_job_lease(
         &self,
         job: &LeasedJob,
