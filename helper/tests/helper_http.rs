@@ -49,6 +49,10 @@ struct Leader {
 }
 
 async fn provision(h: &Harness, batch_mode: BatchMode, min_batch_size: u64) -> Leader {
+    provision_vdaf(h, batch_mode, min_batch_size, VdafConfig::Prio3Histogram { length: 4, chunk_length: 2 }).await
+}
+
+async fn provision_vdaf(h: &Harness, batch_mode: BatchMode, min_batch_size: u64, vdaf: VdafConfig) -> Leader {
     let task_id = TaskId::random();
     let params = TaskParameters {
         task_id,
@@ -58,7 +62,7 @@ async fn provision(h: &Harness, batch_mode: BatchMode, min_batch_size: u64) -> L
         time_precision: 3600,
         min_batch_size,
         batch_mode,
-        vdaf: VdafConfig::Prio3Histogram { length: 4, chunk_length: 2 },
+        vdaf,
         task_interval_seconds: None,
         dp: None,
     };
@@ -100,9 +104,13 @@ struct Prepared {
 
 impl Leader {
     fn prepare(&self, bucket: usize, time: Time) -> Prepared {
+        self.prepare_measurement(&Measurement::Histogram(bucket), time)
+    }
+
+    fn prepare_measurement(&self, measurement: &Measurement, time: Time) -> Prepared {
         let report_id = ReportId::random();
         let ctx = vdaf_context(&self.task_id);
-        let (public, [ls, hs]) = self.vdaf.shard(&ctx, &Measurement::Histogram(bucket), report_id.as_bytes()).unwrap();
+        let (public, [ls, hs]) = self.vdaf.shard(&ctx, measurement, report_id.as_bytes()).unwrap();
         let metadata = ReportMetadata { report_id, time, public_extensions: vec![] };
         let aad = InputShareAad::encode_parts(&self.task_id, &self.config_encoded, &metadata, &public).unwrap();
         let plain = PlaintextInputShare { private_extensions: vec![], payload: hs }.get_encoded().unwrap();
@@ -448,6 +456,55 @@ async fn identical_concurrent_continuations_both_get_the_stored_answer() {
         let (status, doc) =
             problem(leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, other).await).await;
         assert_eq!((status, doc.type_uri.as_str()), (400, "urn:ietf:params:ppm:dap:error:stepMismatch"));
+    }
+}
+
+#[tokio::test]
+async fn identical_concurrent_continuations_of_a_multi_round_job_both_get_the_stored_answer() {
+    let h = start_helper().await;
+    // Four rounds: the helper continues after initialisation and after step 1, finishing at 2.
+    let leader = provision_vdaf(&h, BatchMode::TimeInterval, 1, VdafConfig::Dummy { rounds: 4 }).await;
+    let ctx = vdaf_context(&leader.task_id);
+    for round in 0..5u8 {
+        let reports: Vec<Prepared> =
+            (0..6).map(|i| leader.prepare_measurement(&Measurement::Dummy(round * 10 + i), now())).collect();
+        let body = leader.init_req(&reports.iter().collect::<Vec<_>>(), None);
+        let resp = leader.post(&h, "aggregation_jobs", media_type::AGGREGATION_JOB_INIT_REQ, body).await;
+        assert_eq!(resp.status(), 201);
+        let job_id = resp.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+        let init = AggregationJobResp::get_decoded(&resp.bytes().await.unwrap()).unwrap();
+        let verify_continues: Vec<VerifyContinue> = reports
+            .iter()
+            .zip(&init.verify_resps)
+            .map(|(p, r)| {
+                let VerifyRespType::Continue { payload } = &r.verify_resp_type else { panic!("{r:?}") };
+                let Transition::Continued { outbound, .. } =
+                    leader.vdaf.leader_continued(&ctx, p.leader_state.clone(), payload).unwrap()
+                else {
+                    panic!("the leader continues")
+                };
+                VerifyContinue { report_id: r.report_id, payload: outbound }
+            })
+            .collect();
+        let body = AggregationJobContinueReq { step: AggregationJobStep(1), verify_continues }.get_encoded().unwrap();
+        let path = format!("aggregation_jobs/{job_id}");
+        let (a, b) = tokio::join!(
+            leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, body.clone()),
+            leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, body.clone()),
+        );
+        assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200), "round {round}");
+        let (a, b) = (a.bytes().await.unwrap(), b.bytes().await.unwrap());
+        assert_eq!(a, b, "round {round}: one answer");
+        let answer = AggregationJobResp::get_decoded(&a).unwrap();
+        assert_eq!(answer.verify_resps.len(), 6);
+        assert!(
+            answer.verify_resps.iter().all(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. })),
+            "every report goes on to step 2"
+        );
+        // The same request once more, later: the stored answer again.
+        let again = leader.post(&h, &path, media_type::AGGREGATION_JOB_CONTINUE_REQ, body).await;
+        assert_eq!(again.status(), 200);
+        assert_eq!(again.bytes().await.unwrap(), a, "round {round}: the stored answer");
     }
 }
 
