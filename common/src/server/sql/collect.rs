@@ -223,7 +223,7 @@ pub(super) async fn renew_collection_lease(
     job: &LeasedCollectionJob,
     lease_seconds: i64,
 ) -> Result<bool, DapError> {
-    let mut tx = s.begin().await?;
+    let mut tx = s.begin_claiming().await?;
     let done = sqlx::query(
         "UPDATE collection_jobs SET lease_expiry_seconds = $1
          WHERE task_id = $2 AND collection_job_id = $3 AND lease_token = $4 AND state = 'pending'",
@@ -431,7 +431,7 @@ pub(super) async fn defer_collection_job(
     delay_seconds: i64,
     error: Option<&str>,
 ) -> Result<(), DapError> {
-    let mut tx = s.begin().await?;
+    let mut tx = s.begin_claiming().await?;
     sqlx::query(
         "UPDATE collection_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1,
            last_error = COALESCE($2, last_error) WHERE task_id = $3 AND collection_job_id = $4",

@@ -634,7 +634,7 @@ pub(super) async fn renew_lease(
     lease_seconds: i64,
     note: Option<&str>,
 ) -> Result<bool, DapError> {
-    let mut tx = s.begin().await?;
+    let mut tx = s.begin_claiming().await?;
     let done = sqlx::query(
         "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = $1, last_error = COALESCE($2, last_error)
          WHERE task_id = $3 AND job_id = $4 AND lease_token = $5 AND state = 'active'",
@@ -653,7 +653,7 @@ pub(super) async fn renew_lease(
 
 /// Records the first request's digest; whether `digest` is it.
 pub(super) async fn pin_request(s: &SqlStore, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, DapError> {
-    let mut tx = s.begin().await?;
+    let mut tx = s.begin_claiming().await?;
     sqlx::query(
         "UPDATE leader_aggregation_jobs SET request_digest = $1
          WHERE task_id = $2 AND job_id = $3 AND request_digest IS NULL",
@@ -684,7 +684,7 @@ pub(super) async fn retry_job(
     delay_seconds: i64,
     error: &str,
 ) -> Result<(), DapError> {
-    let mut tx = s.begin().await?;
+    let mut tx = s.begin_claiming().await?;
     sqlx::query(
         "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1, last_error = $2
          WHERE task_id = $3 AND job_id = $4 AND lease_token = $5 AND state = 'active'",

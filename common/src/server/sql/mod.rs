@@ -653,7 +653,11 @@ impl SqlStore {
 
     /// A transaction for steps that claim work (job creation, leasing) and lock what they
     /// claim: on PostgreSQL at READ COMMITTED with row and advisory locks, so that replicas
-    /// take disjoint work instead of aborting each other; on SQLite as [`Self::begin`].
+    /// take disjoint work instead of aborting each other; on SQLite as [`Self::begin`]. Also for
+    /// the single-row updates of a lease's holder (renew, pin, retry later): READ COMMITTED
+    /// re-checks the row's condition under its lock, and unlike SERIALIZABLE never aborts them
+    /// in a race with the scans of other steps. (Under load such an abort, ten times in a row,
+    /// left a job leased to no one until its lease lapsed.)
     pub async fn begin_claiming(&self) -> Result<Tx<'static>, StoreError> {
         match self.backend {
             Backend::Sqlite => self.begin().await,
