@@ -7,8 +7,8 @@ pub mod inprocess;
 pub mod relay;
 pub mod runner;
 
+use duet_cli::process::{sibling_binary, Output, ServerProcess};
 use duet_client::admin::{provision_task, AdminClient, NewTask};
-use duet_client::process::{sibling_binary, Output, ServerProcess};
 use duet_common::auth::AuthenticationToken;
 use duet_common::messages::{BatchMode, TaskId};
 use duet_common::task::TaskParameters;
@@ -258,7 +258,7 @@ pub fn count_task(task_info: &str, leader_endpoint: String, helper_endpoint: Str
 
 /// A metric in a Prometheus text exposition: the sum of the series whose labels include all of
 /// `labels`; `None` when no such series exists.
-pub use duet_client::bench::metric_sum as metric;
+pub use duet_cli::bench::metric_sum as metric;
 
 /// Counts the leader's reports still waiting for their outcome: without a job, or in a job still
 /// active (a report that did not fail keeps the state `in_job` once its job is finished).

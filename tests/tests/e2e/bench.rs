@@ -3,7 +3,7 @@
 //! figure present. Speed is not asserted here (a timed test on a shared machine would be
 //! flaky); the figures are for people, from `duet bench` itself.
 
-use duet_client::process::sibling_binary;
+use duet_cli::process::sibling_binary;
 
 /// How many databases the bench may have left behind.
 async fn bench_databases() -> i64 {

@@ -2,7 +2,7 @@
 //! `task create` provisions both aggregators, `upload` sends reports, `collect` prints the
 //! result with its privacy statement (as text and as JSON).
 
-use duet_client::process::sibling_binary;
+use duet_cli::process::sibling_binary;
 use duet_tests::{past_hour, Deployment, LeaderOptions};
 use std::process::{Command, Output};
 

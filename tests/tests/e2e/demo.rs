@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn the_demo_collects_the_true_histogram() {
-    let duet = duet_client::process::sibling_binary("duet").unwrap();
+    let duet = duet_cli::process::sibling_binary("duet").unwrap();
     let out = Command::new(duet).args(["demo", "--reports", "500", "--buckets", "6"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -5,9 +5,9 @@
 //! a slow path that resets connections, on both backends. After recovery every accepted report
 //! is aggregated exactly once and no job is abandoned.
 
+use duet_cli::process::{sibling_binary, Output, ServerProcess};
 use duet_client::admin::{provision_task, AdminClient, NewTask};
 use duet_client::collect::Collector;
-use duet_client::process::{sibling_binary, Output, ServerProcess};
 use duet_client::upload::Client;
 use duet_common::auth::AuthenticationToken;
 use duet_common::media_type;

@@ -1,7 +1,7 @@
 //! The interop test API: duet's four roles started as separate processes exactly as an interop
 //! runner starts them, driven by the runner of `duet_tests::runner` over HTTP alone.
 
-use duet_client::process::{sibling_binary, Output, ServerProcess};
+use duet_cli::process::{sibling_binary, Output, ServerProcess};
 use duet_tests::runner::{run_all, Roles, Runner};
 use duet_tests::{Balancer, PgDatabase};
 use std::time::Duration;

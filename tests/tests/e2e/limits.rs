@@ -1,7 +1,7 @@
 //! Connection limits with a real server: a client that never finishes its headers is cut off,
 //! and connections beyond the limit are closed on arrival while the server keeps serving.
 
-use duet_client::process::{sibling_binary, Output, ServerProcess};
+use duet_cli::process::{sibling_binary, Output, ServerProcess};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

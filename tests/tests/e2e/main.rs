@@ -11,6 +11,7 @@ mod demo;
 mod deploy;
 mod faults;
 mod interop;
+mod layout;
 mod limits;
 mod migrations;
 mod operations;

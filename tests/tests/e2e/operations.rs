@@ -4,8 +4,8 @@
 //! the metrics scraped after the run, health and readiness, settings from a configuration file,
 //! and JSON logs.
 
+use duet_cli::process::{sibling_binary, Output, ServerProcess};
 use duet_client::collect::Collector;
-use duet_client::process::{sibling_binary, Output, ServerProcess};
 use duet_client::upload::{Client, HpkeConfigs};
 use duet_common::auth::AuthenticationToken;
 use duet_common::keys::{HpkeKeyInfo, HpkeKeyList};

@@ -2,8 +2,8 @@
 //! epsilon budget the leader enforces, batch thresholds on both aggregators, overlapping queries
 //! refused, and every result carrying its guarantee. Each refusal releases nothing.
 
+use duet_cli::process::sibling_binary;
 use duet_client::collect::Collector;
-use duet_client::process::sibling_binary;
 use duet_client::upload::Client;
 use duet_common::dp::{DpConfig, DpMechanism};
 use duet_common::messages::*;

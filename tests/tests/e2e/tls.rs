@@ -84,7 +84,7 @@ async fn leader_helper_client_and_collector_over_tls() {
     // The CLI trusts the CA through DUET_CA_FILE.
     let creds = path("collector.json");
     std::fs::write(&creds, serde_json::to_vec(&task.credentials).unwrap()).unwrap();
-    let out = std::process::Command::new(duet_client::process::sibling_binary("duet").unwrap())
+    let out = std::process::Command::new(duet_cli::process::sibling_binary("duet").unwrap())
         .args(["collect", "--credentials", &creds, "--interval-start", &past_hour().to_string()])
         .args(["--interval-duration", "3600", "--json"])
         .env("DUET_CA_FILE", path("ca.pem"))

@@ -3,13 +3,13 @@
 //! through their admin APIs, uploads simulated reports as clients would, collects the histogram
 //! as the collector, and shows it beside the histogram computed in the clear.
 
-use crate::admin::{provision_task, AdminClient, NewTask};
-use crate::collect::Collector;
-use crate::format::privacy_line;
 use crate::process::{sibling_binary, Output, ServerProcess};
-use crate::simulate::{clear_aggregate, default_chunk_length, random_measurement};
-use crate::timefmt::rfc3339;
-use crate::upload::{Client, ClientOptions};
+use duet_client::admin::{provision_task, AdminClient, NewTask};
+use duet_client::collect::Collector;
+use duet_client::format::privacy_line;
+use duet_client::simulate::{clear_aggregate, default_chunk_length, random_measurement};
+use duet_client::timefmt::rfc3339;
+use duet_client::upload::{Client, ClientOptions};
 use duet_common::auth::AuthenticationToken;
 use duet_common::messages::{BatchMode, TaskId};
 use duet_common::task::TaskParameters;
@@ -105,7 +105,7 @@ async fn run_with(
         .await
         .map_err(|e| e.to_string())?;
 
-    let now = crate::timefmt::now_seconds();
+    let now = duet_client::timefmt::now_seconds();
     // Every report in the current time unit, so that one batch interval holds them all.
     let report_time = now - now % precision;
     let mut rng = rand::rng();

@@ -110,8 +110,8 @@ async fn run(command: Command) -> CliResult {
         Command::Demo(args) => demo(args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench(args).await,
-        Command::InteropClient(args) => serve_interop(args, duet_client::interop::client_router()).await,
-        Command::InteropCollector(args) => serve_interop(args, duet_client::interop::collector_router()).await,
+        Command::InteropClient(args) => serve_interop(args, duet_cli::interop::client_router()).await,
+        Command::InteropCollector(args) => serve_interop(args, duet_cli::interop::collector_router()).await,
     }
 }
 
@@ -345,13 +345,13 @@ async fn serve_interop(args: InteropArgs, app: axum::Router) -> CliResult {
 }
 
 async fn demo(args: DemoArgs) -> CliResult {
-    let options = duet_client::demo::DemoOptions {
+    let options = duet_cli::demo::DemoOptions {
         reports: args.reports,
         buckets: args.buckets,
         min_batch_size: args.min_batch_size,
         server_logs: args.server_logs,
     };
-    let text = duet_client::demo::run(&options).await.map_err(CliError::server)?;
+    let text = duet_cli::demo::run(&options).await.map_err(CliError::server)?;
     print_stdout(&text)
 }
 
@@ -464,7 +464,7 @@ async fn collect(args: CollectArgs) -> CliResult {
 
 #[cfg(feature = "bench")]
 async fn bench(args: BenchArgs) -> CliResult {
-    use duet_client::bench::{run, BenchBackend, BenchOptions};
+    use duet_cli::bench::{run, BenchBackend, BenchOptions};
     let defaults = BenchOptions::default();
     let mut backends: Vec<BenchBackend> = args
         .backends

@@ -12,10 +12,10 @@
 //! The phases are kept apart so that each figure measures one thing: the leader runs with its
 //! job creator asleep while reports are uploaded, and is restarted with it awake to aggregate.
 
-use crate::collect::Collector;
 use crate::process::{sibling_binary, Output, ServerProcess};
-use crate::simulate::{clear_aggregate, random_measurement};
-use crate::upload::{Client, HpkeConfigs};
+use duet_client::collect::Collector;
+use duet_client::simulate::{clear_aggregate, random_measurement};
+use duet_client::upload::{Client, HpkeConfigs};
 use duet_common::auth::AuthenticationToken;
 use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
@@ -211,7 +211,7 @@ pub fn floor_single_core(vdaf: &VdafConfig) -> Result<f64, String> {
     let verify_key = VerifyKey::random();
     let ctx = vdaf_context(&params.task_id);
     let mut rng = rand::rng();
-    let now = crate::timefmt::now_seconds();
+    let now = duet_client::timefmt::now_seconds();
     let sample = |n: usize, rng: &mut rand::rngs::ThreadRng| -> Result<Vec<Report>, String> {
         (0..n)
             .map(|_| client.prepare_report_with_configs(&configs, &random_measurement(vdaf, rng), now))
@@ -427,19 +427,19 @@ async fn run_with_databases(
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().map_err(|e| e.to_string())?;
     let params = bench_params(vdaf.clone(), leader.url(), helper.url());
-    let task = crate::admin::NewTask::generate(params.clone(), None);
-    let la =
-        crate::admin::AdminClient::new(http.clone(), &leader.url(), leader_admin.clone()).map_err(|e| e.to_string())?;
-    let ha =
-        crate::admin::AdminClient::new(http.clone(), &helper.url(), helper_admin.clone()).map_err(|e| e.to_string())?;
-    crate::admin::provision_task(&la, &task.leader_request, &ha, &task.helper_request)
+    let task = duet_client::admin::NewTask::generate(params.clone(), None);
+    let la = duet_client::admin::AdminClient::new(http.clone(), &leader.url(), leader_admin.clone())
+        .map_err(|e| e.to_string())?;
+    let ha = duet_client::admin::AdminClient::new(http.clone(), &helper.url(), helper_admin.clone())
+        .map_err(|e| e.to_string())?;
+    duet_client::admin::provision_task(&la, &task.leader_request, &ha, &task.helper_request)
         .await
         .map_err(|e| e.to_string())?;
 
     // The clients' work, done beforehand on every core.
     let client = Client::new(params.clone(), http.clone()).map_err(|e| e.to_string())?;
     let configs = client.hpke_configs().await.map_err(|e| e.to_string())?;
-    let now = crate::timefmt::now_seconds();
+    let now = duet_client::timefmt::now_seconds();
     let report_time = now - now % 3600;
     let started = Instant::now();
     let (bodies, measurements) = prepare(&client, &configs, vdaf, options, report_time)?;

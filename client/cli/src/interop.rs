@@ -3,12 +3,12 @@
 //! `/internal/test/*`, so that duet's client and collector can be paired with any
 //! implementation's aggregators. Test-only: never expose these servers.
 
-use crate::collect::{leader_selected_query, CollectionJob, Collector, CollectorOptions, PollStatus};
-use crate::upload::Client;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use duet_client::collect::{leader_selected_query, CollectionJob, Collector, CollectorOptions, PollStatus};
+use duet_client::upload::Client;
 use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::hpke::HpkeKeypair;
 use duet_common::interop::{self, VdafObject};
@@ -119,7 +119,7 @@ async fn upload(State(s): State<ClientState>, body: axum::body::Bytes) -> Json<V
             },
         }
     };
-    let time = req.time.unwrap_or_else(crate::timefmt::now_seconds);
+    let time = req.time.unwrap_or_else(duet_client::timefmt::now_seconds);
     match client.upload(&[(measurement, time)]).await {
         Ok(outcome) if outcome.rejected.is_empty() => ok(json!({})),
         Ok(outcome) => {
