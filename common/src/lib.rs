@@ -4,6 +4,7 @@
 //! admin API's JSON for HPKE keys ([`keys`]).
 
 pub mod auth;
+pub mod clock;
 mod codec;
 pub mod dp;
 pub mod hpke;

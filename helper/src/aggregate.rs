@@ -39,9 +39,7 @@ fn job_response(status: StatusCode, location: String, body: Vec<u8>) -> Response
 }
 
 /// Checks what a report must satisfy before verification (DAP-18 "Input Share Validation").
-fn validate_time(task: &Task, time: Time, skew: Duration) -> Option<ReportError> {
-    let precision = task.configuration.time_precision;
-    let now = Time::now(precision);
+fn validate_time(task: &Task, time: Time, now: Time, skew: Duration) -> Option<ReportError> {
     if now.checked_add(skew).is_some_and(|limit| time > limit) {
         return Some(ReportError::ReportTooEarly);
     }
@@ -57,9 +55,15 @@ fn validate_time(task: &Task, time: Time, skew: Duration) -> Option<ReportError>
 }
 
 /// Decrypts and checks one report share, then runs `ping_pong_helper_init`.
-fn init_report(task: &Task, keys: &[duet_common::hpke::HpkeKeypair], skew: Duration, vi: &VerifyInit) -> Outcome {
+fn init_report(
+    task: &Task,
+    keys: &[duet_common::hpke::HpkeKeypair],
+    now: Time,
+    skew: Duration,
+    vi: &VerifyInit,
+) -> Outcome {
     let meta = &vi.report_share.report_metadata;
-    if let Some(e) = validate_time(task, meta.time, skew) {
+    if let Some(e) = validate_time(task, meta.time, now, skew) {
         return Outcome::Reject(e);
     }
     let ct = &vi.report_share.encrypted_input_share;
@@ -235,11 +239,12 @@ impl InitWork {
         let keys: Vec<_> = state.store.hpke_keypairs().await?.into_iter().map(|(k, _)| k).collect();
         let skew =
             Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
+        let now = Time::from_seconds(state.store.clock().now_seconds(), task.configuration.time_precision);
         let task_cpu = task.clone();
         // Spawned once a worker is free: spawning starts the work.
         let verify = async move {
             tokio::task::spawn_blocking(move || {
-                req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, skew, vi)).collect::<Vec<_>>()
+                req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, now, skew, vi)).collect::<Vec<_>>()
             })
             .await
         };

@@ -25,10 +25,10 @@ fn precheck(
     task: &Task,
     report: &EncodedReport<'_>,
     known_configs: &HashSet<HpkeConfigId>,
+    now: Time,
     skew: Duration,
 ) -> Option<ReportError> {
     let meta = &report.report_metadata;
-    let now = Time::now(task.configuration.time_precision);
     if now.checked_add(skew).is_some_and(|limit| meta.time > limit) {
         return Some(ReportError::ReportTooEarly);
     }
@@ -67,11 +67,12 @@ pub async fn upload(
     let skew =
         Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
 
+    let now = Time::from_seconds(state.store.clock().now_seconds(), task.configuration.time_precision);
     // Stateless checks first; the survivors go to storage in one transaction.
     let mut errors: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut to_store = Vec::new();
     for report in &reports {
-        let error = precheck(&task, report, &known, skew);
+        let error = precheck(&task, report, &known, now, skew);
         if error.is_none() {
             to_store.push(report);
         }

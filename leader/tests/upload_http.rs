@@ -1,7 +1,9 @@
 //! The leader's upload endpoint over real HTTP on loopback: accepted reports are stored, and
 //! replays, reports from the future, stale HPKE configs and bad requests get the spec's answers.
+//! The leader reads the time from a test clock, which the test moves.
 
 use duet_common::auth::{AuthenticationToken, TokenScheme};
+use duet_common::clock::{Clock, TestClock};
 use duet_common::hpke::{seal, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::*;
@@ -16,7 +18,9 @@ use duet_leader::{router, LeaderConfig, LeaderState};
 async fn upload_accepts_stores_and_rejects_per_report() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("leader.db").display());
-    let store = duet_common::server::storage::open(&url).await.unwrap();
+    // 2026-01-01T00:00:00Z, standing still until the test moves it.
+    let clock = TestClock::at(1_767_225_600);
+    let store = duet_common::server::storage::open_with_clock(&url, std::sync::Arc::new(clock.clone())).await.unwrap();
     // A second connection, to check what the leader stored.
     let db = sqlx::SqlitePool::connect(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -77,7 +81,7 @@ async fn upload_accepts_stores_and_rejects_per_report() {
             public_share: public,
         }
     };
-    let now = Time::now(precision);
+    let now = Time::from_seconds(clock.now_seconds(), precision);
     let good: Vec<Report> = (0..5).map(|_| make(now, &leader_config)).collect();
     let post = |body: Vec<u8>, media: &'static str| {
         http.post(format!("{base}tasks/{}/reports", params.task_id)).header("content-type", media).body(body).send()
@@ -135,4 +139,13 @@ async fn upload_accepts_stores_and_rejects_per_report() {
     assert_eq!(doc.type_uri, "urn:ietf:params:ppm:dap:error:unrecognizedTask");
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_reports").fetch_one(&db).await.unwrap();
     assert_eq!(stored, 6);
+    // An hour later by the leader's clock, the report from the future (an hour ahead) is on time.
+    clock.advance(3600);
+    let resp =
+        post(UploadRequest { reports: vec![future] }.get_encoded().unwrap(), media_type::UPLOAD_REQ).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    assert!(body.is_empty(), "accepted now: {:?}", UploadErrors::get_decoded(&body));
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_reports").fetch_one(&db).await.unwrap();
+    assert_eq!(stored, 7);
 }

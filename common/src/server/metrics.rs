@@ -207,7 +207,7 @@ async fn render(State(s): State<OpsState>) -> Response {
         Ok(b) => {
             gauge!("duet_jobs_waiting_on_helper", "kind" => "aggregation").set(b.aggregation_jobs_waiting as f64);
             gauge!("duet_jobs_waiting_on_helper", "kind" => "collection").set(b.collection_jobs_waiting as f64);
-            let now = super::storage::now_seconds();
+            let now = s.store.now_seconds();
             let age = b.oldest_unaggregated_upload_seconds.map_or(0, |t| (now - t).max(0));
             gauge!("duet_oldest_unaggregated_report_age_seconds").set(age as f64);
         }

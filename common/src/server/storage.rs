@@ -74,10 +74,6 @@ impl From<sqlx::Error> for DapError {
     }
 }
 
-pub fn now_seconds() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 /// A provisioned task with everything derived from it, ready for request handling.
 pub struct Task {
     pub id: TaskId,
@@ -525,6 +521,15 @@ pub struct PoolStatus {
 pub trait Storage: Send + Sync {
     // -- both roles --
 
+    /// The clock behind every time decision of the server holding this store (its handlers
+    /// read it here too), so that tests can move time.
+    fn clock(&self) -> &crate::clock::SharedClock;
+
+    /// Now, by [`Self::clock`], in seconds since the Unix epoch.
+    fn now_seconds(&self) -> i64 {
+        self.clock().now_seconds() as i64
+    }
+
     /// Provisions a task; the identical task again is a no-op, a different one under the same
     /// ID a conflict.
     async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError>;
@@ -756,7 +761,12 @@ pub type Store = Arc<dyn Storage>;
 /// Opens the storage a database URL names (`sqlite:...` or `postgres://...`), applying
 /// migrations.
 pub async fn open(url: &str) -> Result<Store, StoreError> {
-    Ok(Arc::new(super::sql::SqlStore::open(url).await?))
+    open_with_clock(url, crate::clock::system()).await
+}
+
+/// [`open`], with the time read from `clock`.
+pub async fn open_with_clock(url: &str, clock: crate::clock::SharedClock) -> Result<Store, StoreError> {
+    Ok(Arc::new(super::sql::SqlStore::open(url).await?.with_clock(clock)))
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ impl SqlStore {
         Ok(row.is_some())
     }
 
-    pub async fn mark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<(), DapError> {
+    pub async fn mark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch, now: i64) -> Result<(), DapError> {
         let q = sqlx::query(
             "INSERT INTO collected_batches (task_id, batch_start, batch_end, batch_id, collected_at_seconds)
              VALUES ($1, $2, $3, $4, $5)",
@@ -181,7 +181,7 @@ impl SqlStore {
             }
             Batch::LeaderSelected(id) => q.bind(None::<i64>).bind(None::<i64>).bind(Some(id.as_bytes().to_vec())),
         };
-        q.bind(now_seconds()).execute(&mut **tx).await.map_err(StoreError::from)?;
+        q.bind(now).execute(&mut **tx).await.map_err(StoreError::from)?;
         Ok(())
     }
 

@@ -119,7 +119,7 @@ pub(super) async fn insert_collection_job(
     .bind(id.as_bytes().as_slice())
     .bind(request)
     .bind(digest)
-    .bind(now_seconds())
+    .bind(s.now_seconds())
     .bind(epsilon)
     .execute(&mut *tx)
     .await
@@ -181,7 +181,7 @@ pub(super) async fn acquire_collection_jobs(
     limit: usize,
     lease_seconds: i64,
 ) -> Result<Vec<LeasedCollectionJob>, DapError> {
-    let now = now_seconds();
+    let now = s.now_seconds();
     let mut tx = s.begin_claiming().await?;
     let sql = format!(
         "SELECT task_id, collection_job_id, attempts FROM collection_jobs
@@ -228,7 +228,7 @@ pub(super) async fn renew_collection_lease(
         "UPDATE collection_jobs SET lease_expiry_seconds = $1
          WHERE task_id = $2 AND collection_job_id = $3 AND lease_token = $4 AND state = 'pending'",
     )
-    .bind(now_seconds() + lease_seconds)
+    .bind(s.now_seconds() + lease_seconds)
     .bind(job.task_id.as_bytes().as_slice())
     .bind(job.id.as_bytes().as_slice())
     .bind(job.lease_token.as_slice())
@@ -328,7 +328,7 @@ pub(super) async fn commit_collection_batch(
         return Ok(BatchReadiness::Wait(format!("the batch holds {count} reports, fewer than min_batch_size {min}")));
     };
     let sealed = seal(&values)?;
-    SqlStore::mark_collected(&mut tx, task, &batch).await?;
+    SqlStore::mark_collected(&mut tx, task, &batch, s.now_seconds()).await?;
     // From here on the job's tries are requests to the helper: they count from the start.
     sqlx::query(
         "UPDATE collection_jobs SET batch_committed = 1, report_count = $1, checksum = $2, result_interval = $3,
@@ -436,7 +436,7 @@ pub(super) async fn defer_collection_job(
         "UPDATE collection_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1,
            last_error = COALESCE($2, last_error) WHERE task_id = $3 AND collection_job_id = $4",
     )
-    .bind(now_seconds() + delay_seconds)
+    .bind(s.now_seconds() + delay_seconds)
     .bind(error)
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())

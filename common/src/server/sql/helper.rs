@@ -176,7 +176,7 @@ pub(super) async fn helper_init_job(
     .bind(&body)
     .bind(step.batch_id.map(|b| b.as_bytes().to_vec()))
     .bind(if continuing { "active" } else { "finished" })
-    .bind(now_seconds())
+    .bind(s.now_seconds())
     .execute(&mut *tx)
     .await?;
     // Done: a poll finds the answer now, not the deferral.
@@ -302,7 +302,7 @@ pub(super) async fn helper_release_aggregate_share(
     }
     let values = SqlStore::batch_values(&mut tx, task, batch).await?;
     let response = build(values.as_ref())?;
-    SqlStore::mark_collected(&mut tx, task, batch).await?;
+    SqlStore::mark_collected(&mut tx, task, batch, s.now_seconds()).await?;
     sqlx::query(
         "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
          VALUES ($1, $2, $3, $4, 'finished', $5)",
@@ -311,7 +311,7 @@ pub(super) async fn helper_release_aggregate_share(
     .bind(id.as_bytes().as_slice())
     .bind(digest.as_slice())
     .bind(&response)
-    .bind(now_seconds())
+    .bind(s.now_seconds())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -355,7 +355,7 @@ pub(super) async fn helper_defer_step(
     .bind(i64::from(step.0))
     .bind(digest.as_slice())
     .bind(owner.as_slice())
-    .bind(now_seconds() + lease_seconds)
+    .bind(s.now_seconds() + lease_seconds)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -375,7 +375,7 @@ pub(super) async fn helper_step_deferred(
     .bind(task.id.as_bytes().as_slice())
     .bind(job_id.as_bytes().as_slice())
     .bind(i64::from(step.0))
-    .bind(now_seconds())
+    .bind(s.now_seconds())
     .fetch_optional(s.pool())
     .await?;
     Ok(row.is_some())
@@ -384,13 +384,13 @@ pub(super) async fn helper_step_deferred(
 pub(super) async fn helper_renew_deferred(s: &SqlStore, owner: &[u8; 16], lease_seconds: i64) -> Result<(), DapError> {
     let mut tx = s.begin().await?;
     sqlx::query("UPDATE helper_deferred_steps SET lease_expiry_seconds = $1 WHERE owner = $2")
-        .bind(now_seconds() + lease_seconds)
+        .bind(s.now_seconds() + lease_seconds)
         .bind(owner.as_slice())
         .execute(&mut *tx)
         .await?;
     // Records of processes that died are of no use to anyone.
     sqlx::query("DELETE FROM helper_deferred_steps WHERE lease_expiry_seconds < $1")
-        .bind(now_seconds() - lease_seconds)
+        .bind(s.now_seconds() - lease_seconds)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -7,7 +7,7 @@ use crate::hpke::{HpkeKeypair, HpkePrivateKey};
 use crate::messages::{HpkeConfig, HpkeConfigId};
 use crate::problem::DapError;
 use crate::server::storage::{
-    first_free_config_id, now_seconds, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS,
+    first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS,
 };
 use crate::{Decode, Encode};
 use sqlx::any::AnyRow;
@@ -52,7 +52,7 @@ impl SqlStore {
         let id = first_free_config_id(&taken)
             .ok_or_else(|| DapError::Conflict("all 256 HPKE config IDs are taken and none is active".into()))?;
         let kp = HpkeKeypair::generate_default(id);
-        let now = now_seconds();
+        let now = self.now_seconds();
         sqlx::query(&format!(
             "INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT DO NOTHING"
         ))
@@ -106,7 +106,7 @@ impl SqlStore {
         if taken.is_some() {
             return Err(DapError::Conflict(format!("HPKE config ID {id} is taken")));
         }
-        let now = now_seconds();
+        let now = self.now_seconds();
         sqlx::query(&format!("INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, $4)"))
             .bind(id)
             .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
@@ -159,7 +159,7 @@ impl SqlStore {
                 )))
             }
         }
-        let now = now_seconds();
+        let now = self.now_seconds();
         sqlx::query("UPDATE hpke_keys SET state = $1, state_changed_at_seconds = $2 WHERE config_id = $3")
             .bind(state.db())
             .bind(now)
@@ -182,7 +182,7 @@ impl SqlStore {
                 return Err(DapError::Conflict(format!("HPKE key {} is active; retire it first", id.0)));
             }
             HpkeKeyState::Retired if !force => {
-                let age = now_seconds() - rec.state_changed_at_seconds;
+                let age = self.now_seconds() - rec.state_changed_at_seconds;
                 if age < RETIRED_KEY_GRACE_SECONDS {
                     return Err(DapError::Conflict(format!(
                         "HPKE key {} was retired {age} s ago; clients may still encrypt to it from a cached \

@@ -20,7 +20,7 @@ pub(super) async fn put_reports(
     let mut tx = s.begin().await?;
     let mut out: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut collected_cache = std::collections::HashMap::new();
-    let now = now_seconds();
+    let now = s.now_seconds();
     let mut to_insert: Vec<&EncodedReport<'_>> = Vec::with_capacity(reports.len());
     let mut seen = std::collections::HashSet::with_capacity(reports.len());
     for report in reports {
@@ -158,7 +158,7 @@ pub(super) async fn put_reports(
 /// jobs created.
 pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
     s.refresh_statistics("client_reports").await;
-    let now = now_seconds();
+    let now = s.now_seconds();
     let tid = task.id.as_bytes().as_slice();
     // One creator per task at a time: replicas would otherwise fight over the same reports.
     let mut tx = s.begin_claiming().await?;
@@ -283,7 +283,7 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
 /// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver
 /// died) is runnable again.
 pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
-    let now = now_seconds();
+    let now = s.now_seconds();
     // Replicas lease disjoint jobs: rows another replica is leasing right now are skipped.
     let mut tx = s.begin_claiming().await?;
     let sql = format!(
@@ -639,7 +639,7 @@ pub(super) async fn renew_lease(
         "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = $1, last_error = COALESCE($2, last_error)
          WHERE task_id = $3 AND job_id = $4 AND lease_token = $5 AND state = 'active'",
     )
-    .bind(now_seconds() + lease_seconds)
+    .bind(s.now_seconds() + lease_seconds)
     .bind(note)
     .bind(job.task_id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
@@ -689,7 +689,7 @@ pub(super) async fn retry_job(
         "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1, last_error = $2
          WHERE task_id = $3 AND job_id = $4 AND lease_token = $5 AND state = 'active'",
     )
-    .bind(now_seconds() + delay_seconds)
+    .bind(s.now_seconds() + delay_seconds)
     .bind(error)
     .bind(task.id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())
@@ -751,7 +751,7 @@ pub(super) async fn abandon_job(
             )
             .bind(tid)
             .bind(refusals)
-            .bind(now_seconds() + hold)
+            .bind(s.now_seconds() + hold)
             .bind(error)
             .execute(&mut *tx)
             .await

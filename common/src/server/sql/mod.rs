@@ -16,6 +16,7 @@ mod leader;
 mod tasks;
 
 use super::storage::*;
+use crate::clock::SharedClock;
 use crate::messages::*;
 use crate::problem::DapError;
 use sqlx::any::AnyPoolOptions;
@@ -212,6 +213,8 @@ pub struct SqlStore {
     writer: Option<AnyPool>,
     /// SQLite: taken by every write transaction of this process, in turn ([`Self::begin`]).
     write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Behind every time this store writes or compares (leases, retries, key ages).
+    clock: SharedClock,
 }
 
 /// SQLite's write-ahead log, which the leader checkpoints itself ([`SqlStore::after_commit`]).
@@ -322,7 +325,19 @@ impl SqlStore {
             statistics_checked_ms: Arc::default(),
             wal,
             write_gate: Arc::default(),
+            clock: crate::clock::system(),
         })
+    }
+
+    /// The same store reading the time from `clock` (tests move time this way).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the store's clock, in seconds since the Unix epoch.
+    pub fn now_seconds(&self) -> i64 {
+        self.clock.now_seconds() as i64
     }
 
     /// A pool of up to `max` connections, each SQLite one set up with a page cache of
@@ -603,7 +618,7 @@ impl SqlStore {
                 sqlx::raw_sql(sql).execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO duet_migrations (version, applied_at_seconds) VALUES ($1, $2)")
                     .bind(version)
-                    .bind(now_seconds())
+                    .bind(self.now_seconds())
                     .execute(&mut *tx)
                     .await?;
                 tracing::info!(version, "applied database migration");

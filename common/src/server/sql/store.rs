@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 #[async_trait::async_trait]
 impl Storage for SqlStore {
+    fn clock(&self) -> &crate::clock::SharedClock {
+        &self.clock
+    }
     async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
         retrying!(self.put_task_inner(role, req).await)
     }

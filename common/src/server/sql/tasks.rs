@@ -42,7 +42,7 @@ impl SqlStore {
             .bind(task.collector_auth_token.as_ref().map(|t| t.expose().to_string()))
             .bind(task.collector_hpke_config.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
             .bind(task.max_batch_size.map(|m| m as i64))
-            .bind(now_seconds())
+            .bind(self.now_seconds())
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
