@@ -10,10 +10,10 @@ use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use duet_common::hpke::{open, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
+use duet_common::server::checks;
 use duet_common::server::http::{dap_response, require_media_type, HttpResult};
 use duet_common::server::storage::{HelperJob, HelperOutcome as Outcome, HelperStep, Store, Task};
 use duet_common::time::{Duration, Time};
@@ -38,23 +38,8 @@ fn job_response(status: StatusCode, location: String, body: Vec<u8>) -> Response
     resp
 }
 
-/// Checks what a report must satisfy before verification (DAP-18 "Input Share Validation").
-fn validate_time(task: &Task, time: Time, now: Time, skew: Duration) -> Option<ReportError> {
-    if now.checked_add(skew).is_some_and(|limit| time > limit) {
-        return Some(ReportError::ReportTooEarly);
-    }
-    if let Some(interval) = task.configuration.task_interval() {
-        if time < interval.start {
-            return Some(ReportError::TaskNotStarted);
-        }
-        if !interval.contains(time) {
-            return Some(ReportError::TaskExpired);
-        }
-    }
-    None
-}
-
-/// Decrypts and checks one report share, then runs `ping_pong_helper_init`.
+/// Decrypts and checks one report share (`duet_common::server::checks`), then runs
+/// `ping_pong_helper_init`.
 fn init_report(
     task: &Task,
     keys: &[duet_common::hpke::HpkeKeypair],
@@ -63,30 +48,19 @@ fn init_report(
     vi: &VerifyInit,
 ) -> Outcome {
     let meta = &vi.report_share.report_metadata;
-    if let Some(e) = validate_time(task, meta.time, now, skew) {
+    if let Err(e) = checks::check_report_time(task.configuration.task_interval(), meta.time, now, skew) {
         return Outcome::Reject(e);
     }
-    let ct = &vi.report_share.encrypted_input_share;
-    // The spec asks for hpke_decrypt_error both for an unknown config ID and a failed open.
-    let Some(kp) = keys.iter().find(|k| k.config().id == ct.config_id) else {
-        return Outcome::Reject(ReportError::HpkeDecryptError);
+    let cx = checks::ShareContext {
+        task_id: &task.id,
+        configuration_encoded: &task.configuration_encoded,
+        role: Role::Helper,
     };
-    let aad =
-        match InputShareAad::encode_parts(&task.id, &task.configuration_encoded, meta, &vi.report_share.public_share) {
-            Ok(aad) => aad,
-            Err(_) => return Outcome::Reject(ReportError::InvalidMessage),
-        };
-    let Ok(plain) = open(kp, &HpkeApplicationInfo::InputShare { recipient: Role::Helper }, ct, &aad) else {
-        return Outcome::Reject(ReportError::HpkeDecryptError);
+    let rs = &vi.report_share;
+    let share = match checks::open_input_share(&cx, keys, meta, &rs.public_share, &rs.encrypted_input_share) {
+        Ok(share) => share,
+        Err(e) => return Outcome::Reject(e),
     };
-    let Ok(share) = PlaintextInputShare::get_decoded(&plain) else {
-        return Outcome::Reject(ReportError::InvalidMessage);
-    };
-    // duet recognises no report extensions yet: any is unrecognised, hence invalid_message;
-    // so are unsorted or repeated ones.
-    if !meta.public_extensions.is_empty() || !share.private_extensions.is_empty() {
-        return Outcome::Reject(ReportError::InvalidMessage);
-    }
     let ctx = task.vdaf_context();
     match task.vdaf.helper_init(
         &task.verify_key,

@@ -9,10 +9,11 @@
 
 use crate::peer::{endpoint_url, PeerError, RetryReason};
 use crate::{retry, LeaderState};
-use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
+use duet_common::hpke::HpkeKeypair;
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
+use duet_common::server::checks;
 use duet_common::server::metrics;
 use duet_common::server::storage::{
     AbandonedReports, JobReport, LeaderVerifyState, LeasedJob, ReportOutcome, StepCounts, Task, VerifyingReport,
@@ -46,17 +47,12 @@ pub async fn create_jobs(state: &LeaderState) -> Result<usize, DapError> {
 /// Opens the leader's input share and starts verification (DAP-18 "Leader Initialization").
 fn start_report(task: &Task, keys: &[HpkeKeypair], report: &JobReport) -> Result<(VerifyState, Vec<u8>), ReportError> {
     let meta = &report.metadata;
-    let ct = &report.leader_share;
-    let kp = keys.iter().find(|k| k.config().id == ct.config_id).ok_or(ReportError::HpkeUnknownConfigId)?;
-    let aad = InputShareAad::encode_parts(&task.id, &task.configuration_encoded, meta, &report.public_share)
-        .map_err(|_| ReportError::InvalidMessage)?;
-    let plain = open(kp, &HpkeApplicationInfo::InputShare { recipient: Role::Leader }, ct, &aad)
-        .map_err(|_| ReportError::HpkeDecryptError)?;
-    let share = PlaintextInputShare::get_decoded(&plain).map_err(|_| ReportError::InvalidMessage)?;
-    // duet recognises no report extensions, so any makes the report invalid (as at upload).
-    if !share.private_extensions.is_empty() || !meta.public_extensions.is_empty() {
-        return Err(ReportError::InvalidMessage);
-    }
+    let cx = checks::ShareContext {
+        task_id: &task.id,
+        configuration_encoded: &task.configuration_encoded,
+        role: Role::Leader,
+    };
+    let share = checks::open_input_share(&cx, keys, meta, &report.public_share, &report.leader_share)?;
     task.vdaf
         .leader_init(
             &task.verify_key,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
+use duet_common::server::checks;
 use duet_common::server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
 use duet_common::server::storage::{Store, Task};
 use duet_common::time::{Duration, Time};
@@ -20,7 +21,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
-/// The checks that need no storage: time, task interval, HPKE config, extensions.
+/// The checks that need no storage: time, task interval, HPKE config, extensions (the shared
+/// ones in `duet_common::server::checks`).
 fn precheck(
     task: &Task,
     report: &EncodedReport<'_>,
@@ -29,20 +31,12 @@ fn precheck(
     skew: Duration,
 ) -> Option<ReportError> {
     let meta = &report.report_metadata;
-    if now.checked_add(skew).is_some_and(|limit| meta.time > limit) {
-        return Some(ReportError::ReportTooEarly);
-    }
-    if task.configuration.task_interval().is_some_and(|i| !i.contains(meta.time)) {
-        return Some(ReportError::ReportDropped);
-    }
-    if !known_configs.contains(&report.leader_config_id) {
-        return Some(ReportError::OutdatedConfig);
-    }
-    // duet recognises no report extensions: any public one makes the report unusable.
-    if !meta.public_extensions.is_empty() {
-        return Some(ReportError::InvalidMessage);
-    }
-    None
+    checks::check_upload_time(task.configuration.task_interval(), meta.time, now, skew).err().or_else(|| {
+        if !known_configs.contains(&report.leader_config_id) {
+            return Some(ReportError::OutdatedConfig);
+        }
+        checks::check_public_extensions(meta).err()
+    })
 }
 
 /// `POST {leader}/tasks/{task-id}/reports`.

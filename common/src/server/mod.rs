@@ -5,6 +5,7 @@
 //! readiness ([`metrics`]).
 
 pub mod admin;
+pub mod checks;
 pub mod config;
 pub mod hpke_config;
 pub mod http;

@@ -13,6 +13,7 @@ mod collect;
 mod helper;
 mod keys;
 mod leader;
+mod leases;
 mod tasks;
 
 use super::storage::*;

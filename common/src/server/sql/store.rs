@@ -1,7 +1,8 @@
 //! The [`Storage`] trait on SQL: each method runs its step's transaction (in [`super::leader`],
-//! [`super::collect`], [`super::helper`] and the rest), again when it lost a serialization race.
+//! [`super::leases`], [`super::collect`], [`super::helper`] and the rest), again when it lost a
+//! serialization race.
 
-use super::{collect, helper, leader, Backend, SqlStore};
+use super::{collect, helper, leader, leases, Backend, SqlStore};
 use crate::hpke::HpkeKeypair;
 use crate::messages::*;
 use crate::problem::DapError;
@@ -88,7 +89,7 @@ impl Storage for SqlStore {
         retrying!(leader::create_jobs(self, task, sizes).await)
     }
     async fn acquire_aggregation_jobs(&self, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
-        retrying!(leader::acquire_jobs(self, limit, lease_seconds).await)
+        retrying!(leases::acquire_jobs(self, limit, lease_seconds).await)
     }
     async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
         retrying!(leader::job_reports(self, job).await)
@@ -109,10 +110,10 @@ impl Storage for SqlStore {
         rejected: &[(ReportId, ReportError)],
         pending: &[VerifyingReport],
     ) -> Result<bool, DapError> {
-        retrying!(leader::advance_job(self, task, job, helper_job, rejected, pending).await)
+        retrying!(leases::advance_job(self, task, job, helper_job, rejected, pending).await)
     }
     async fn pending_reports(&self, task: &Task, job: &LeasedJob) -> Result<Vec<VerifyingReport>, DapError> {
-        retrying!(leader::pending_reports(self, task, job).await)
+        retrying!(leases::pending_reports(self, task, job).await)
     }
     async fn renew_aggregation_job_lease(
         &self,
@@ -120,10 +121,10 @@ impl Storage for SqlStore {
         lease_seconds: i64,
         note: Option<&str>,
     ) -> Result<bool, DapError> {
-        retrying!(leader::renew_lease(self, job, lease_seconds, note).await)
+        retrying!(leases::renew_lease(self, job, lease_seconds, note).await)
     }
     async fn pin_aggregation_job_request(&self, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, DapError> {
-        retrying!(leader::pin_request(self, job, digest).await)
+        retrying!(leases::pin_request(self, job, digest).await)
     }
     async fn retry_aggregation_job(
         &self,
@@ -132,7 +133,7 @@ impl Storage for SqlStore {
         delay_seconds: i64,
         error: &str,
     ) -> Result<(), DapError> {
-        retrying!(leader::retry_job(self, task, job, delay_seconds, error).await)
+        retrying!(leases::retry_job(self, task, job, delay_seconds, error).await)
     }
     async fn abandon_aggregation_job(
         &self,
@@ -141,7 +142,7 @@ impl Storage for SqlStore {
         error: &str,
         reports: AbandonedReports,
     ) -> Result<(), DapError> {
-        retrying!(leader::abandon_job(self, task, job, error, reports).await)
+        retrying!(leases::abandon_job(self, task, job, error, reports).await)
     }
     async fn collection_job_by_digest(&self, task: &Task, digest: &[u8]) -> Result<Option<CollectionJobRow>, DapError> {
         retrying!(collect::collection_job_by_digest(self, task, digest).await)
