@@ -15,7 +15,7 @@ use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::checks;
 use duet_common::server::http::{dap_response, require_media_type, HttpResult};
-use duet_common::server::storage::{HelperJob, HelperOutcome as Outcome, HelperStep, Store, Task};
+use duet_common::server::storage::{HelperJob, HelperJobState, HelperOutcome as Outcome, HelperStep, Store, Task};
 use duet_common::time::{Duration, Time};
 use duet_common::vdaf::Transition;
 use duet_common::Decode;
@@ -260,7 +260,7 @@ async fn existing_job(store: &Store, task: &Task, job_id: &AggregationJobId) -> 
     Ok(store
         .helper_job(task, job_id)
         .await?
-        .filter(|j| j.state != "deleted")
+        .filter(|j| j.state != HelperJobState::Deleted)
         .map(|job| job_response(StatusCode::OK, job_location(task, job_id, None), job.last_response)))
 }
 
@@ -271,7 +271,7 @@ fn parse_job_id(task: &Task, s: &str) -> Result<AggregationJobId, DapError> {
 }
 
 async fn live_job(state: &HelperState, task: &Task, job_id: &AggregationJobId) -> Result<HelperJob, DapError> {
-    state.store.helper_job(task, job_id).await?.filter(|j| j.state != "deleted").ok_or_else(|| {
+    state.store.helper_job(task, job_id).await?.filter(|j| j.state != HelperJobState::Deleted).ok_or_else(|| {
         DapError::dap(DapProblemType::UnrecognizedAggregationJob, Some(task.id), format!("no aggregation job {job_id}"))
     })
 }

@@ -17,7 +17,9 @@ use duet_common::server::http::{
     dap_response, parse_task_id, require_media_type, require_token, ErrorResponse, HttpResult,
 };
 use duet_common::server::metrics;
-use duet_common::server::storage::{Batch, BatchReadiness, BucketValues, CollectionJobRow, LeasedCollectionJob, Task};
+use duet_common::server::storage::{
+    Batch, BatchReadiness, BucketValues, CollectionJobRow, CollectionJobState, JobFailure, LeasedCollectionJob, Task,
+};
 use duet_common::{Decode, Encode};
 
 use sha2::{Digest, Sha256};
@@ -44,34 +46,28 @@ fn job_location(task: &Task, id: &CollectionJobId) -> String {
 
 /// A collection job's current representation: the result, "not ready yet", or its failure.
 fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> HttpResult<Response> {
-    let mut resp = match job.state.as_str() {
-        "finished" => dap_response(status, media_type::COLLECTION_JOB_RESP, job.response.clone().unwrap_or_default()),
+    let mut resp = match job.state {
+        CollectionJobState::Finished => {
+            dap_response(status, media_type::COLLECTION_JOB_RESP, job.response.clone().unwrap_or_default())
+        }
         // The problem that failed the job, with the job's Location, so that the collector can
         // delete it and ask again (an identical request names this job until then).
-        "failed" => {
-            let (kind, detail) = job.error.clone().unwrap_or_default();
-            ErrorResponse(stored_failure(task, &kind, detail)).into_response()
+        CollectionJobState::Failed => {
+            // Every failure that is not a DAP problem comes from the helper's side.
+            let failure = job.error.clone().unwrap_or(JobFailure { problem: None, detail: String::new() });
+            ErrorResponse(failure.to_dap_error(task.id)).into_response()
         }
-        "pending" => {
+        CollectionJobState::Pending => {
             let mut r = status.into_response();
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(POLL_SECONDS));
             r
         }
-        _ => return Err(DapError::NotFound(format!("no collection job {}", job.id)).into()),
+        CollectionJobState::Deleted => return Err(DapError::NotFound(format!("no collection job {}", job.id)).into()),
     };
     if let Ok(v) = HeaderValue::from_str(&job_location(task, &job.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
-}
-
-/// The problem a failed job answers with, from what was stored: its DAP problem type, else
-/// duet's `helperFailed` (every failure that is not a DAP one comes from the helper's side).
-fn stored_failure(task: &Task, kind: &str, detail: String) -> DapError {
-    match DapProblemType::ALL.into_iter().find(|k| k.token() == kind) {
-        Some(kind) => DapError::dap(kind, Some(task.id), detail),
-        None => DapError::HelperFailed { task_id: Some(task.id), detail },
-    }
 }
 
 /// For a task with differential privacy, tells the collector what its budget stands at
@@ -183,7 +179,7 @@ async fn settle_briefly(
     loop {
         let ended = state.collection_done.notified();
         let job = state.store.collection_job(task, id).await?;
-        let pending = job.as_ref().is_some_and(|j| j.state == "pending");
+        let pending = job.as_ref().is_some_and(|j| j.state == CollectionJobState::Pending);
         if !pending || tokio::time::Instant::now() >= deadline {
             return Ok(job);
         }
@@ -243,7 +239,7 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
     let Some(mut job) = state.store.collection_job(&task, &id).await? else {
         return Ok(());
     };
-    if job.state != "pending" {
+    if job.state != CollectionJobState::Pending {
         return Ok(());
     }
     let ds = &state.store;
@@ -256,10 +252,10 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
                 return ds.defer_collection_job(&task, &id, 1, None).await;
             }
             BatchReadiness::Refuse(err) => {
-                let kind = err.kind().map(|k| k.token().to_string()).unwrap_or_default();
                 tracing::info!(task_id = %task.id, collection_job_id = %id, error = %err, "collection job failed");
                 metrics::collection_job("failed");
-                return ds.end_collection_job(&task, &id, Err((kind, err.to_string()))).await;
+                let failure = JobFailure { problem: err.kind(), detail: err.to_string() };
+                return ds.end_collection_job(&task, &id, Err(failure)).await;
             }
             BatchReadiness::Committed { .. } => {
                 job = ds
@@ -310,7 +306,7 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
             Ok(share) => share.encrypted_aggregate_share,
             Err(e) => {
                 let detail = format!("the helper's AggregateShare is malformed: {e}");
-                return fail(state, &task, &id, String::new(), detail).await;
+                return fail(state, &task, &id, JobFailure { problem: None, detail }).await;
             }
         },
         Err(PeerError::Transient { reason, detail, retry_after }) => {
@@ -323,8 +319,8 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
             return ds.defer_collection_job(&task, &id, retry::whole_seconds(delay), Some(&detail)).await;
         }
         Err(PeerError::Rejected { problem, detail, .. }) => {
-            let kind = problem.map(|p| p.token().to_string()).unwrap_or_default();
-            return fail(state, &task, &id, kind, format!("the helper refused the aggregate share: {detail}")).await;
+            let detail = format!("the helper refused the aggregate share: {detail}");
+            return fail(state, &task, &id, JobFailure { problem, detail }).await;
         }
     };
     let resp = CollectionJobResp {
@@ -344,14 +340,9 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
 /// Fails the job with the problem the helper caused (DAP-18: "the Leader MUST fail the
 /// collection job with the error that caused the failure"). Nothing of the batch was released,
 /// so it stays collectable.
-async fn fail(
-    state: &LeaderState,
-    task: &Task,
-    id: &CollectionJobId,
-    kind: String,
-    detail: String,
-) -> Result<(), DapError> {
-    tracing::error!(task_id = %task.id, collection_job_id = %id, problem = %kind, %detail, "collection job failed");
+async fn fail(state: &LeaderState, task: &Task, id: &CollectionJobId, failure: JobFailure) -> Result<(), DapError> {
+    let (problem, detail) = failure.to_db();
+    tracing::error!(task_id = %task.id, collection_job_id = %id, problem, detail, "collection job failed");
     metrics::collection_job("failed");
-    state.store.end_collection_job(task, id, Err((kind, detail))).await
+    state.store.end_collection_job(task, id, Err(failure)).await
 }

@@ -5,7 +5,7 @@
 //! record the same names and an operator finds the whole list in one place. Until
 //! [`install`] runs, recording is a no-op (in-process tests, servers without the listener).
 
-use super::storage::Store;
+use super::storage::{LeaderJobState, Store};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -192,13 +192,13 @@ async fn render(State(s): State<OpsState>) -> Response {
     match s.store.aggregation_job_counts().await {
         Ok(counts) => {
             // A state with no job has no row, yet must read 0 rather than its last count.
-            for state in ["active", "finished", "abandoned"] {
+            for state in LeaderJobState::ALL {
                 if !counts.iter().any(|(s, _)| s == state) {
-                    gauge!("duet_aggregation_jobs", "state" => state).set(0.0);
+                    gauge!("duet_aggregation_jobs", "state" => state.db()).set(0.0);
                 }
             }
             for (state, n) in counts {
-                gauge!("duet_aggregation_jobs", "state" => state).set(n as f64);
+                gauge!("duet_aggregation_jobs", "state" => state.db()).set(n as f64);
             }
         }
         Err(e) => tracing::warn!(error = %e, "reading job counts for /metrics failed"),

@@ -213,7 +213,7 @@ async fn leader_time_interval_upload_aggregate_collect() {
         );
         store.end_collection_job(&task, &cj, Ok(vec![7, 7])).await.unwrap();
         let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-        assert_eq!((row.state.as_str(), row.response), ("finished", Some(vec![7, 7])));
+        assert_eq!((row.state, row.response), (CollectionJobState::Finished, Some(vec![7, 7])));
         assert!(store.delete_collection_job(&task, &cj).await.unwrap());
         assert!(store.collection_job_by_digest(&task, &digest).await.unwrap().is_none());
     }
@@ -447,13 +447,15 @@ async fn a_failed_collection_gives_its_batch_back() {
             assert_eq!(mine, vec![(first, 1)], "{name}: the commit starts the count of helper requests");
             // The helper refuses the aggregate share: the job fails with its problem, and the
             // batch is collectable again.
-            store
-                .end_collection_job(&task, &first, Err(("batchMismatch".into(), "counts differ".into())))
-                .await
-                .unwrap();
+            let mismatch = JobFailure {
+                problem: Some(duet_common::problem::DapProblemType::BatchMismatch),
+                detail: "counts differ".into(),
+            };
+            store.end_collection_job(&task, &first, Err(mismatch.clone())).await.unwrap();
             let row = store.collection_job(&task, &first).await.unwrap().unwrap();
-            assert_eq!(row.state, "failed", "{name}");
-            assert_eq!(row.error, Some(("batchMismatch".into(), "counts differ".into())));
+            assert_eq!(row.state, CollectionJobState::Failed, "{name}");
+            assert_eq!(row.error.as_ref(), Some(&mismatch));
+            assert_eq!(row.error.map(|e| e.to_db().0.to_string()).as_deref(), Some("batchMismatch"));
             assert!(!row.batch_committed && row.leader_encrypted_agg_share.is_none(), "{name}: nothing kept");
             assert!(!store.batch_overlaps_collected(&task, &batch).await.unwrap(), "{name} {mode:?}: given back");
             // A new collection (the failed job deleted first) commits the same batch.
@@ -495,7 +497,7 @@ async fn helper_jobs_check_replays_and_aggregate_shares_release_once() {
         let body = store.helper_init_job(&task, step(job1, &ids, 1)).await.unwrap().expect("created");
         assert!(store.helper_init_job(&task, step(job1, &ids, 1)).await.unwrap().is_none(), "{name}: exists");
         let stored = store.helper_job(&task, &job1).await.unwrap().unwrap();
-        assert_eq!((stored.last_response, stored.state.as_str()), (body, "finished"));
+        assert_eq!((stored.last_response, stored.state), (body, HelperJobState::Finished));
         // The same reports in another job are replays.
         let job2 = AggregationJobId::random();
         let body2 = store.helper_init_job(&task, step(job2, &ids[..1], 2)).await.unwrap().unwrap();

@@ -19,7 +19,8 @@ fn collection_row(r: &sqlx::any::AnyRow) -> Result<CollectionJobRow, DapError> {
         id: id_of(r.get(0), "collection job ID")?,
         request: CollectionJobReq::get_decoded(&r.get::<Vec<u8>, _>(1)).map_err(corrupt)?,
         batch_id: r.get::<Option<Vec<u8>>, _>(2).map(|b| id_of(b, "batch ID")).transpose()?,
-        state: r.get(3),
+        state: CollectionJobState::from_db(&r.get::<String, _>(3))
+            .ok_or(DapError::Internal("stored collection job has an unknown state".into()))?,
         batch_committed: r.get::<i64, _>(4) != 0,
         report_count: r.get::<Option<i64>, _>(5).map(|c| c as u64),
         checksum: r
@@ -37,7 +38,9 @@ fn collection_row(r: &sqlx::any::AnyRow) -> Result<CollectionJobRow, DapError> {
             .transpose()
             .map_err(corrupt)?,
         response: r.get(9),
-        error: r.get::<Option<String>, _>(10).map(|t| (t, r.get::<Option<String>, _>(11).unwrap_or_default())),
+        error: r
+            .get::<Option<String>, _>(10)
+            .map(|t| JobFailure::from_db(&t, r.get::<Option<String>, _>(11).unwrap_or_default())),
         attempts: r.get::<i64, _>(12) as u32,
     })
 }
@@ -269,7 +272,7 @@ pub(super) async fn commit_collection_batch(
             .fetch_optional(&mut *tx)
             .await?;
     match current {
-        Some(r) if r.get::<String, _>(0) == "pending" && r.get::<i64, _>(1) == 0 => {}
+        Some(r) if r.get::<String, _>(0) == CollectionJobState::Pending.db() && r.get::<i64, _>(1) == 0 => {}
         _ => return Ok(BatchReadiness::Wait("the job moved on meanwhile".into())),
     }
     let batch = match (&job.request.query, batch_id) {
@@ -455,7 +458,7 @@ pub(super) async fn end_collection_job(
     s: &SqlStore,
     task: &Task,
     id: &CollectionJobId,
-    outcome: Result<Vec<u8>, (String, String)>,
+    outcome: Result<Vec<u8>, JobFailure>,
 ) -> Result<(), DapError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
@@ -465,7 +468,8 @@ pub(super) async fn end_collection_job(
              WHERE task_id = $2 AND collection_job_id = $3 AND state = 'pending'",
         )
         .bind(resp),
-        Err((kind, detail)) => {
+        Err(failure) => {
+            let (kind, detail) = failure.to_db();
             let row = sqlx::query(&format!(
                 "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2
                    AND state = 'pending'"
@@ -484,7 +488,7 @@ pub(super) async fn end_collection_job(
                  WHERE task_id = $3 AND collection_job_id = $4 AND state = 'pending'",
             )
             .bind(kind)
-            .bind(detail)
+            .bind(detail.to_string())
         }
     };
     update.bind(tid).bind(id.as_bytes().as_slice()).execute(&mut *tx).await.map_err(StoreError::from)?;

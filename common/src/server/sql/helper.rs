@@ -138,7 +138,8 @@ pub(super) async fn helper_job(
             last_request_digest: r.get(1),
             last_response: r.get(2),
             batch_id: r.get::<Option<Vec<u8>>, _>(3).map(|b| id_of(b, "batch ID")).transpose()?,
-            state: r.get(4),
+            state: HelperJobState::from_db(&r.get::<String, _>(4))
+                .ok_or(DapError::Internal("stored aggregation job has an unknown state".into()))?,
         })
     })
     .transpose()
@@ -175,7 +176,7 @@ pub(super) async fn helper_init_job(
     .bind(step.digest.as_slice())
     .bind(&body)
     .bind(step.batch_id.map(|b| b.as_bytes().to_vec()))
-    .bind(if continuing { "active" } else { "finished" })
+    .bind(if continuing { HelperJobState::Active } else { HelperJobState::Finished }.db())
     .bind(s.now_seconds())
     .execute(&mut *tx)
     .await?;
@@ -230,7 +231,7 @@ pub(super) async fn helper_continue_job(
     .bind(step.step.0 as i64)
     .bind(step.digest.as_slice())
     .bind(&body)
-    .bind(if continuing { "active" } else { "finished" })
+    .bind(if continuing { HelperJobState::Active } else { HelperJobState::Finished }.db())
     .bind(task.id.as_bytes().as_slice())
     .bind(step.job_id.as_bytes().as_slice())
     .bind(from.0 as i64)

@@ -333,7 +333,7 @@ pub(super) async fn commit_job(
     // Only one commit per job: a driver whose lease lapsed while it worked, and whose job
     // another driver then finished, commits nothing. On PostgreSQL the update also holds the
     // job's row until this commit ends, so that two drivers committing at once take turns.
-    if !settle_job(&mut tx, task, job, "finished", None).await? {
+    if !settle_job(&mut tx, task, job, LeaderJobState::Finished, None).await? {
         tracing::warn!(task_id = %task.id, job_id = %job.job_id, "job already settled by another driver");
         return Ok(StepCounts::default());
     }
@@ -463,14 +463,14 @@ pub(super) async fn settle_job(
     tx: &mut Tx<'_>,
     task: &Task,
     job: &LeasedJob,
-    state: &str,
+    state: LeaderJobState,
     error: Option<&str>,
 ) -> Result<bool, DapError> {
     let done = sqlx::query(
         "UPDATE leader_aggregation_jobs SET state = $1, last_error = $2, lease_expiry_seconds = 0
          WHERE task_id = $3 AND job_id = $4 AND state = 'active'",
     )
-    .bind(state)
+    .bind(state.db())
     .bind(error)
     .bind(task.id.as_bytes().as_slice())
     .bind(job.job_id.as_bytes().as_slice())

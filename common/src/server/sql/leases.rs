@@ -242,7 +242,7 @@ pub(super) async fn abandon_job(
 ) -> Result<(), DapError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
-    if !settle_job(&mut tx, task, job, "abandoned", Some(error)).await? {
+    if !settle_job(&mut tx, task, job, LeaderJobState::Abandoned, Some(error)).await? {
         return Ok(());
     }
     forget_pending(&mut tx, task, job).await?;

@@ -55,12 +55,18 @@ impl Storage for SqlStore {
             max: self.pool.options().get_max_connections(),
         }
     }
-    async fn aggregation_job_counts(&self) -> Result<Vec<(String, i64)>, DapError> {
+    async fn aggregation_job_counts(&self) -> Result<Vec<(LeaderJobState, i64)>, DapError> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM leader_aggregation_jobs GROUP BY state")
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::from)?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
+        rows.iter()
+            .map(|r| {
+                let state = LeaderJobState::from_db(&r.get::<String, _>(0))
+                    .ok_or(DapError::Internal("stored aggregation job has an unknown state".into()))?;
+                Ok((state, r.get::<i64, _>(1)))
+            })
+            .collect()
     }
     async fn leader_backlog(&self) -> Result<LeaderBacklog, DapError> {
         leader::backlog(self).await
@@ -199,7 +205,7 @@ impl Storage for SqlStore {
         &self,
         task: &Task,
         id: &CollectionJobId,
-        outcome: Result<Vec<u8>, (String, String)>,
+        outcome: Result<Vec<u8>, JobFailure>,
     ) -> Result<(), DapError> {
         retrying!(collect::end_collection_job(self, task, id, outcome.clone()).await)
     }
