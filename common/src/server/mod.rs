@@ -13,4 +13,5 @@ pub mod interop;
 pub mod metrics;
 pub mod runtime;
 pub mod sql;
+pub mod states;
 pub mod storage;
