@@ -249,13 +249,13 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
         match ds.commit_collection_batch(&task, &job, &|v| seal_leader_share(&task, &req, v)).await? {
             BatchReadiness::Wait(why) => {
                 tracing::debug!(task_id = %task.id, collection_job_id = %id, %why, "collection job waits");
-                return ds.defer_collection_job(&task, &id, 1, None).await;
+                return ds.defer_collection_job(&task, &id, 1, None).await.map_err(DapError::from);
             }
             BatchReadiness::Refuse(err) => {
                 tracing::info!(task_id = %task.id, collection_job_id = %id, error = %err, "collection job failed");
                 metrics::collection_job("failed");
                 let failure = JobFailure { problem: err.kind(), detail: err.to_string() };
-                return ds.end_collection_job(&task, &id, Err(failure)).await;
+                return ds.end_collection_job(&task, &id, Err(failure)).await.map_err(DapError::from);
             }
             BatchReadiness::Committed { .. } => {
                 job = ds
@@ -316,7 +316,10 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
                     delay_seconds = delay.as_secs_f64(), "aggregate share request waits for the helper");
             }
             metrics::helper_retry("aggregate_share", reason.label());
-            return ds.defer_collection_job(&task, &id, retry::whole_seconds(delay), Some(&detail)).await;
+            return ds
+                .defer_collection_job(&task, &id, retry::whole_seconds(delay), Some(&detail))
+                .await
+                .map_err(DapError::from);
         }
         Err(PeerError::Rejected { problem, detail, .. }) => {
             let detail = format!("the helper refused the aggregate share: {detail}");
@@ -344,5 +347,5 @@ async fn fail(state: &LeaderState, task: &Task, id: &CollectionJobId, failure: J
     let (problem, detail) = failure.to_db();
     tracing::error!(task_id = %task.id, collection_job_id = %id, problem, detail, "collection job failed");
     metrics::collection_job("failed");
-    state.store.end_collection_job(task, id, Err(failure)).await
+    Ok(state.store.end_collection_job(task, id, Err(failure)).await?)
 }

@@ -3,7 +3,6 @@
 //! and the lease a driver keeps renewing while it works on a job, so that no other replica takes
 //! over a job that is merely waiting on the helper.
 
-use duet_common::problem::DapError;
 use std::future::Future;
 use std::time::Duration;
 
@@ -31,11 +30,12 @@ pub fn whole_seconds(d: Duration) -> i64 {
 /// that two drivers never go on with one job. A renewal that fails (the database is away) is
 /// tried again at the next tick; the lease may then lapse, which is safe, as every request the
 /// job sends is idempotent.
-pub async fn under_lease<T, F, R, RF>(work: F, lease: Duration, mut renew: R) -> Option<T>
+pub async fn under_lease<T, E, F, R, RF>(work: F, lease: Duration, mut renew: R) -> Option<T>
 where
     F: Future<Output = T>,
     R: FnMut() -> RF,
-    RF: Future<Output = Result<bool, DapError>>,
+    RF: Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
 {
     let period = (lease / 3).max(Duration::from_millis(200));
     tokio::pin!(work);
@@ -87,15 +87,16 @@ mod tests {
         let renewals = std::sync::atomic::AtomicUsize::new(0);
         let out = under_lease(tokio::time::sleep(Duration::from_secs(100)), Duration::from_secs(30), || {
             renewals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async { Ok(true) }
+            async { Ok::<_, String>(true) }
         })
         .await;
         assert_eq!(out, Some(()));
         // Every 10 s; at 100 s the work ends first.
         assert_eq!(renewals.load(std::sync::atomic::Ordering::SeqCst), 9);
-        let out =
-            under_lease(tokio::time::sleep(Duration::from_secs(100)), Duration::from_secs(30), || async { Ok(false) })
-                .await;
+        let out = under_lease(tokio::time::sleep(Duration::from_secs(100)), Duration::from_secs(30), || async {
+            Ok::<_, String>(false)
+        })
+        .await;
         assert_eq!(out, None, "the work stops at the first renewal that finds the lease gone");
     }
 }

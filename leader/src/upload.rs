@@ -179,7 +179,7 @@ impl UploadQueue {
         reports: &[&EncodedReport<'_>],
     ) -> Stored {
         if !store.writes_one_at_a_time() || reports.is_empty() {
-            return store.put_reports(task, reports).await;
+            return Ok(store.put_reports(task, reports).await?);
         }
         let writer = self.writer.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
@@ -240,7 +240,7 @@ async fn store_group(store: &Store, mut group: Vec<QueuedUpload>, counts: &Group
         let outcome = match store.put_reports(&task, &refs).await {
             Ok(stored) if stored.len() == refs.len() => Ok(stored),
             Ok(_) => Err(DapError::Internal("upload bookkeeping".into())),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         tracing::debug!(task_id = %task.id, requests = same.len(), reports = refs.len(), "upload group stored");
         let mut answers = outcome.map(Vec::into_iter);

@@ -492,7 +492,7 @@ pub async fn put_reports(
     store: &dyn duet_common::server::storage::Storage,
     task: &duet_common::server::storage::Task,
     reports: impl IntoIterator<Item = &duet_common::messages::Report>,
-) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_common::problem::DapError> {
+) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_common::server::storage::StoreError> {
     use duet_common::Encode;
     let mut body = Vec::new();
     for report in reports {

@@ -15,20 +15,40 @@ use crate::Encode;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Storage failures. A lost connection is `Unavailable` (503, retry); the rest are our faults.
+/// Storage failures, mapped to DAP problems in one place (`From<StoreError> for DapError`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be reached now (503 with `Retry-After`).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The transaction lost a serialization race and was rolled back: the step may simply run
+    /// again (the `retrying!` forwarders do, a few times, before it reads as `Unavailable`).
+    #[error("database unavailable: serialization conflict: {0}")]
+    Retry(String),
     #[error("database error: {0}")]
     Database(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A fault of ours (an encoding that failed, bookkeeping that does not add up).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// No such task (DAP `unrecognizedTask`).
+    #[error("unrecognized task {0}")]
+    UnknownTask(TaskId),
+    /// No such record (a key, a job), 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts what is stored (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The collection would spend more of the task's privacy budget than is left.
+    #[error("{detail}")]
+    BudgetExhausted { task_id: TaskId, detail: String },
+    /// The step's own computation inside the transaction (sealing or building a share) failed
+    /// with this problem.
+    #[error("{0}")]
+    Step(Box<DapError>),
 }
-
-/// How a lost serialization race reads once it is an error: the transaction was rolled back and
-/// the step may simply run again.
-const SERIALIZATION_CONFLICT: &str = "serialization conflict: ";
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -44,7 +64,7 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(ref d)
                 if matches!(d.code().as_deref(), Some("40001") | Some("40P01") | Some("5") | Some("517")) =>
             {
-                StoreError::Unavailable(format!("{SERIALIZATION_CONFLICT}{e}"))
+                StoreError::Retry(e.to_string())
             }
             // PostgreSQL going away: admin shutdown, cannot connect now, and the connection classes.
             sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
@@ -55,23 +75,28 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Whether an error is a lost serialization race, worth running the step again for.
-pub fn is_serialization_conflict(e: &DapError) -> bool {
-    matches!(e, DapError::Unavailable(d) if d.starts_with(SERIALIZATION_CONFLICT))
-}
-
 impl From<StoreError> for DapError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(d) => DapError::Unavailable(d),
-            other => DapError::Internal(other.to_string()),
+            StoreError::Unavailable(_) | StoreError::Retry(_) => DapError::Unavailable(e.to_string()),
+            StoreError::UnknownTask(id) => DapError::unrecognized_task(id),
+            StoreError::NotFound(d) => DapError::NotFound(d),
+            StoreError::Conflict(d) => DapError::Conflict(d),
+            StoreError::BudgetExhausted { task_id, detail } => {
+                DapError::PrivacyBudgetExhausted { task_id: Some(task_id), detail }
+            }
+            StoreError::Step(e) => *e,
+            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Internal(_) => {
+                DapError::Internal(e.to_string())
+            }
         }
     }
 }
 
-impl From<sqlx::Error> for DapError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::from(e).into()
+impl From<DapError> for StoreError {
+    /// A problem of the step's own computation, carried through the transaction.
+    fn from(e: DapError) -> Self {
+        StoreError::Step(Box::new(e))
     }
 }
 
@@ -492,34 +517,34 @@ pub trait Storage: Send + Sync {
 
     /// Provisions a task; the identical task again is a no-op, a different one under the same
     /// ID a conflict.
-    async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError>;
+    async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, StoreError>;
     /// The task (cached); `unrecognizedTask` if unknown.
-    async fn task(&self, id: &TaskId) -> Result<Arc<Task>, DapError>;
-    async fn delete_task(&self, id: &TaskId) -> Result<bool, DapError>;
-    async fn task_ids(&self) -> Result<Vec<TaskId>, DapError>;
+    async fn task(&self, id: &TaskId) -> Result<Arc<Task>, StoreError>;
+    async fn delete_task(&self, id: &TaskId) -> Result<bool, StoreError>;
+    async fn task_ids(&self) -> Result<Vec<TaskId>, StoreError>;
     /// The aggregator's HPKE keys that can open input shares (pending, active and retired),
     /// active first; creates an active key when there is none.
-    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError>;
+    async fn hpke_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, StoreError>;
     /// Every HPKE key, without private keys, in config ID order (for the admin API).
-    async fn hpke_keys(&self) -> Result<Vec<HpkeKeyRecord>, DapError>;
+    async fn hpke_keys(&self) -> Result<Vec<HpkeKeyRecord>, StoreError>;
     /// Adds a key in state `pending`; a taken config ID is a conflict.
-    async fn add_hpke_key(&self, keypair: &HpkeKeypair) -> Result<HpkeKeyRecord, DapError>;
+    async fn add_hpke_key(&self, keypair: &HpkeKeypair) -> Result<HpkeKeyRecord, StoreError>;
     /// Moves a key to `active` or `retired`. Retiring the last active key is refused, so that
     /// clients always find a key to encrypt to.
-    async fn set_hpke_key_state(&self, id: HpkeConfigId, state: HpkeKeyState) -> Result<HpkeKeyRecord, DapError>;
+    async fn set_hpke_key_state(&self, id: HpkeConfigId, state: HpkeKeyState) -> Result<HpkeKeyRecord, StoreError>;
     /// Deletes a key: refused for an active key, and for one retired less than
     /// [`RETIRED_KEY_GRACE_SECONDS`] ago unless `force`.
-    async fn delete_hpke_key(&self, id: HpkeConfigId, force: bool) -> Result<(), DapError>;
+    async fn delete_hpke_key(&self, id: HpkeConfigId, force: bool) -> Result<(), StoreError>;
     /// Whether the database answers (readiness).
-    async fn ping(&self) -> Result<(), DapError>;
+    async fn ping(&self) -> Result<(), StoreError>;
     /// The connection pool's use, for metrics.
     fn pool_status(&self) -> PoolStatus;
     /// The leader's aggregation jobs by state, for metrics (empty on a helper).
-    async fn aggregation_job_counts(&self) -> Result<Vec<(LeaderJobState, i64)>, DapError>;
+    async fn aggregation_job_counts(&self) -> Result<Vec<(LeaderJobState, i64)>, StoreError>;
     /// The leader's work waiting on the helper, for metrics (all zero on a helper).
-    async fn leader_backlog(&self) -> Result<LeaderBacklog, DapError>;
+    async fn leader_backlog(&self) -> Result<LeaderBacklog, StoreError>;
     /// Whether any part of the batch was already collected.
-    async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, DapError>;
+    async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, StoreError>;
 
     /// Whether the database runs one write transaction at a time (SQLite), so that callers
     /// gain by putting concurrent writes into one transaction instead of queueing them.
@@ -536,18 +561,18 @@ pub trait Storage: Send + Sync {
         &self,
         task: &Task,
         reports: &[&EncodedReport<'_>],
-    ) -> Result<Vec<Option<ReportError>>, DapError>;
+    ) -> Result<Vec<Option<ReportError>>, StoreError>;
 
     // -- leader: aggregation --
 
-    async fn tasks_with_unaggregated_reports(&self) -> Result<Vec<TaskId>, DapError>;
+    async fn tasks_with_unaggregated_reports(&self) -> Result<Vec<TaskId>, StoreError>;
     /// Puts unaggregated reports into new jobs (for leader-selected tasks, into batches filled
     /// to the task's target size). Returns the number of jobs created.
-    async fn create_aggregation_jobs(&self, task: &Task, sizes: &JobSizes) -> Result<usize, DapError>;
+    async fn create_aggregation_jobs(&self, task: &Task, sizes: &JobSizes) -> Result<usize, StoreError>;
     /// Leases up to `limit` runnable jobs; a job whose lease lapsed is runnable again.
-    async fn acquire_aggregation_jobs(&self, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError>;
+    async fn acquire_aggregation_jobs(&self, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, StoreError>;
     /// The job's reports awaiting their outcome, in a stable order.
-    async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, DapError>;
+    async fn aggregation_job_reports(&self, job: &LeasedJob) -> Result<Vec<JobReport>, StoreError>;
     /// Commits a finished job: output shares into buckets (a report whose bucket was collected
     /// meanwhile fails with `batch_collected`), the failed reports marked, the job finished.
     /// Outcomes that do not name each of the job's reports exactly once are refused.
@@ -556,7 +581,7 @@ pub trait Storage: Send + Sync {
         task: &Task,
         job: &LeasedJob,
         outcomes: Vec<ReportOutcome>,
-    ) -> Result<StepCounts, DapError>;
+    ) -> Result<StepCounts, StoreError>;
     /// Moves a job on to its next step (DAP-18 "Leader Continuation") in one transaction:
     /// `rejected` reports fail, `pending` become the job's kept states, the helper's job URL is
     /// kept, and the next step's request is pinned anew when first sent. False if the lease is
@@ -568,9 +593,9 @@ pub trait Storage: Send + Sync {
         helper_job: &str,
         rejected: &[(ReportId, ReportError)],
         pending: &[VerifyingReport],
-    ) -> Result<bool, DapError>;
+    ) -> Result<bool, StoreError>;
     /// The reports of a job resting between two steps, in the order of its requests.
-    async fn pending_reports(&self, task: &Task, job: &LeasedJob) -> Result<Vec<VerifyingReport>, DapError>;
+    async fn pending_reports(&self, task: &Task, job: &LeasedJob) -> Result<Vec<VerifyingReport>, StoreError>;
     /// Extends the job's lease while its holder still has it (`false` once another driver took
     /// it over, or the job ended), noting why it waits, if `note`.
     async fn renew_aggregation_job_lease(
@@ -578,10 +603,10 @@ pub trait Storage: Send + Sync {
         job: &LeasedJob,
         lease_seconds: i64,
         note: Option<&str>,
-    ) -> Result<bool, DapError>;
+    ) -> Result<bool, StoreError>;
     /// Records the digest of the job's first `AggregationJobInitReq`, and tells whether `digest`
     /// is that one: a retry must be byte-identical, or the helper would take it for a new job.
-    async fn pin_aggregation_job_request(&self, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, DapError>;
+    async fn pin_aggregation_job_request(&self, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, StoreError>;
     /// Gives the job back for another attempt `delay_seconds` from now (if the lease is still
     /// this driver's).
     async fn retry_aggregation_job(
@@ -590,7 +615,7 @@ pub trait Storage: Send + Sync {
         job: &LeasedJob,
         delay_seconds: i64,
         error: &str,
-    ) -> Result<(), DapError>;
+    ) -> Result<(), StoreError>;
     /// Gives up on a job; its reports fail or go back to the pool.
     async fn abandon_aggregation_job(
         &self,
@@ -598,38 +623,45 @@ pub trait Storage: Send + Sync {
         job: &LeasedJob,
         error: &str,
         reports: AbandonedReports,
-    ) -> Result<(), DapError>;
+    ) -> Result<(), StoreError>;
 
     // -- leader: collection --
 
     /// The live (not deleted) job created by a byte-identical request.
-    async fn collection_job_by_digest(&self, task: &Task, digest: &[u8]) -> Result<Option<CollectionJobRow>, DapError>;
-    async fn collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<Option<CollectionJobRow>, DapError>;
+    async fn collection_job_by_digest(
+        &self,
+        task: &Task,
+        digest: &[u8],
+    ) -> Result<Option<CollectionJobRow>, StoreError>;
+    async fn collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<Option<CollectionJobRow>, StoreError>;
     /// Creates a job, unless an identical request created a live one first (its ID is returned).
     async fn insert_collection_job(
         &self,
         task: &Task,
         request: &[u8],
         digest: &[u8],
-    ) -> Result<CollectionJobId, DapError>;
-    async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, DapError>;
+    ) -> Result<CollectionJobId, StoreError>;
+    async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, StoreError>;
     /// The differential-privacy epsilon the task's collections have spent (or reserved).
-    async fn privacy_budget_spent(&self, task: &Task) -> Result<f64, DapError>;
+    async fn privacy_budget_spent(&self, task: &Task) -> Result<f64, StoreError>;
     async fn acquire_collection_jobs(
         &self,
         limit: usize,
         lease_seconds: i64,
-    ) -> Result<Vec<LeasedCollectionJob>, DapError>;
+    ) -> Result<Vec<LeasedCollectionJob>, StoreError>;
     /// Extends a collection job's lease while its holder still has it.
-    async fn renew_collection_job_lease(&self, job: &LeasedCollectionJob, lease_seconds: i64)
-        -> Result<bool, DapError>;
+    async fn renew_collection_job_lease(
+        &self,
+        job: &LeasedCollectionJob,
+        lease_seconds: i64,
+    ) -> Result<bool, StoreError>;
     /// Commits the job's batch once it is complete and large enough, marking it collected.
     async fn commit_collection_batch(
         &self,
         task: &Task,
         job: &CollectionJobRow,
         seal: SealShare<'_>,
-    ) -> Result<BatchReadiness, DapError>;
+    ) -> Result<BatchReadiness, StoreError>;
     /// Gives the job back for another try `delay_seconds` from now; `error` says why it waits
     /// on the helper, if it does.
     async fn defer_collection_job(
@@ -638,7 +670,7 @@ pub trait Storage: Send + Sync {
         id: &CollectionJobId,
         delay_seconds: i64,
         error: Option<&str>,
-    ) -> Result<(), DapError>;
+    ) -> Result<(), StoreError>;
     /// Ends a job with its encoded `CollectionJobResp`, or the (problem token, detail) failing it.
     /// A failed job released nothing, so its batch, if committed, is given back: collectable
     /// again, its privacy budget returned.
@@ -647,20 +679,20 @@ pub trait Storage: Send + Sync {
         task: &Task,
         id: &CollectionJobId,
         outcome: Result<Vec<u8>, JobFailure>,
-    ) -> Result<(), DapError>;
+    ) -> Result<(), StoreError>;
 
     // -- helper: aggregation --
 
-    async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, DapError>;
+    async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, StoreError>;
     /// Commits a job's initialisation (replay and collected-bucket checks, output shares, kept
     /// states, the stored response). `None` if an identical request created the job first.
-    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, DapError>;
+    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, StoreError>;
     /// The states kept for a job's next step.
     async fn helper_kept_states(
         &self,
         task: &Task,
         job_id: &AggregationJobId,
-    ) -> Result<HashMap<ReportId, KeptState>, DapError>;
+    ) -> Result<HashMap<ReportId, KeptState>, StoreError>;
     /// Commits a continuation step from `from` to `step.step`. `None` if the job moved on
     /// concurrently.
     async fn helper_continue_job(
@@ -668,8 +700,8 @@ pub trait Storage: Send + Sync {
         task: &Task,
         from: AggregationJobStep,
         step: HelperStep,
-    ) -> Result<Option<Vec<u8>>, DapError>;
-    async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError>;
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), StoreError>;
     /// Records that `owner` (a process) works on a job's step in the background, until
     /// `lease_seconds` from now unless renewed.
     async fn helper_defer_step(
@@ -680,28 +712,28 @@ pub trait Storage: Send + Sync {
         digest: &[u8; 32],
         owner: &[u8; 16],
         lease_seconds: i64,
-    ) -> Result<(), DapError>;
+    ) -> Result<(), StoreError>;
     /// Whether a live record says the step is being worked on.
     async fn helper_step_deferred(
         &self,
         task: &Task,
         job_id: &AggregationJobId,
         step: AggregationJobStep,
-    ) -> Result<bool, DapError>;
+    ) -> Result<bool, StoreError>;
     /// Renews every record of `owner`.
-    async fn helper_renew_deferred(&self, owner: &[u8; 16], lease_seconds: i64) -> Result<(), DapError>;
+    async fn helper_renew_deferred(&self, owner: &[u8; 16], lease_seconds: i64) -> Result<(), StoreError>;
     /// Drops the record of a step whose background work failed.
     async fn helper_drop_deferred(
         &self,
         task: &Task,
         job_id: &AggregationJobId,
         step: AggregationJobStep,
-    ) -> Result<(), DapError>;
+    ) -> Result<(), StoreError>;
 
     // -- helper: collection --
 
     /// The stored (not deleted) encoded `AggregateShare`.
-    async fn helper_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<Option<Vec<u8>>, DapError>;
+    async fn helper_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Releases the batch's aggregate share: overlap check, `build` (which checks the values
     /// and encodes the share), batch marked collected, share stored under `id`.
     async fn helper_release_aggregate_share(
@@ -711,8 +743,8 @@ pub trait Storage: Send + Sync {
         digest: &[u8; 32],
         batch: &Batch,
         build: BuildShare<'_>,
-    ) -> Result<ShareRelease, DapError>;
-    async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, DapError>;
+    ) -> Result<ShareRelease, StoreError>;
+    async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, StoreError>;
 }
 
 /// The storage both servers hold.
@@ -732,6 +764,25 @@ pub async fn open_with_clock(url: &str, clock: crate::clock::SharedClock) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::problem::DapProblemType;
+
+    #[test]
+    fn storage_errors_map_to_dap_problems_in_one_place() {
+        let task = TaskId::random();
+        let retry = DapError::from(StoreError::Retry("could not serialize access".into()));
+        assert!(matches!(retry, DapError::Unavailable(_)), "a lost race that kept losing is a 503");
+        assert_eq!(DapError::from(StoreError::UnknownTask(task)).kind(), Some(DapProblemType::UnrecognizedTask));
+        assert!(matches!(DapError::from(StoreError::NotFound("key".into())), DapError::NotFound(_)));
+        assert!(matches!(DapError::from(StoreError::Conflict("taken".into())), DapError::Conflict(_)));
+        assert!(matches!(DapError::from(StoreError::Corrupt("row".into())), DapError::Internal(_)));
+        let spent = StoreError::BudgetExhausted { task_id: task, detail: "spent".into() };
+        assert!(
+            matches!(DapError::from(spent), DapError::PrivacyBudgetExhausted { task_id: Some(t), .. } if t == task)
+        );
+        // A problem of the step's own computation comes out as it went in.
+        let step = StoreError::from(DapError::dap(DapProblemType::BatchMismatch, Some(task), "x"));
+        assert_eq!(DapError::from(step).kind(), Some(DapProblemType::BatchMismatch));
+    }
 
     fn reports(n: usize, uploaded: i64) -> Vec<PendingReport> {
         (0..n).map(|i| (vec![i as u8], uploaded)).collect()

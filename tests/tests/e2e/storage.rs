@@ -5,7 +5,7 @@
 use duet_common::auth::AuthenticationToken;
 use duet_common::hpke::HpkeKeypair;
 use duet_common::messages::*;
-use duet_common::problem::DapProblemType;
+use duet_common::problem::{DapError, DapProblemType};
 use duet_common::server::storage::*;
 use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
 use duet_common::time::{Duration, Interval, Time};
@@ -127,12 +127,13 @@ async fn tasks_are_provisioned_once_and_deleted() {
         store.put_task(Role::Leader, &req).await.unwrap();
         let mut other = req.clone();
         other.parameters.min_batch_size = 11;
-        assert!(matches!(store.put_task(Role::Leader, &other).await, Err(duet_common::problem::DapError::Conflict(_))));
+        assert!(matches!(store.put_task(Role::Leader, &other).await, Err(StoreError::Conflict(_))));
         assert_eq!(store.task_ids().await.unwrap(), vec![task.id]);
         assert!(store.delete_task(&task.id).await.unwrap());
         assert!(!store.delete_task(&task.id).await.unwrap());
         let err = store.task(&task.id).await.unwrap_err();
-        assert_eq!(err.kind(), Some(DapProblemType::UnrecognizedTask), "{name}");
+        assert!(matches!(err, StoreError::UnknownTask(id) if id == task.id), "{name}: {err}");
+        assert_eq!(DapError::from(err).kind(), Some(DapProblemType::UnrecognizedTask), "{name}");
         // A key is made on first use and kept.
         let keys = store.hpke_keypairs().await.unwrap();
         assert_eq!(keys.len(), 1);
@@ -616,7 +617,7 @@ async fn a_commit_settles_exactly_the_reports_of_its_job() {
         // Outcomes that leave out a report of the job are refused, and settle nothing.
         let short: Vec<ReportOutcome> = held[..5].iter().map(failed).collect();
         let err = store.commit_aggregation_job(&task, &job, short).await.unwrap_err();
-        assert!(matches!(err, duet_common::problem::DapError::Internal(_)), "{name}: {err}");
+        assert!(matches!(err, StoreError::Internal(_)), "{name}: {err}");
         assert_eq!(store.aggregation_job_reports(&job).await.unwrap().len(), 6, "{name}: nothing settled");
         // Every report failed: the failures are the largest group.
         let all: Vec<ReportOutcome> = held.iter().map(failed).collect();
@@ -648,7 +649,7 @@ async fn hpke_key_rotation_rules() {
         assert_eq!(usable[1], (new.clone(), HpkeKeyState::Pending), "{name}");
         // A taken ID is a conflict.
         let err = store.add_hpke_key(&HpkeKeypair::generate_default(old)).await.unwrap_err();
-        assert!(matches!(err, duet_common::problem::DapError::Conflict(_)), "{name}: {err}");
+        assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err}");
 
         // The only active key cannot be retired; a pending key cannot be retired either.
         assert!(store.set_hpke_key_state(old, HpkeKeyState::Retired).await.is_err(), "{name}");
@@ -673,7 +674,7 @@ async fn hpke_key_rotation_rules() {
         let left: Vec<u8> = store.hpke_keys().await.unwrap().iter().map(|k| k.config.id.0).collect();
         assert_eq!(left, vec![new.config().id.0], "{name}");
         let err = store.delete_hpke_key(old, true).await.unwrap_err();
-        assert!(matches!(err, duet_common::problem::DapError::NotFound(_)), "{name}: {err}");
+        assert!(matches!(err, StoreError::NotFound(_)), "{name}: {err}");
         // A retired key can be brought back.
         let third = HpkeKeypair::generate_default(HpkeConfigId(9));
         store.add_hpke_key(&third).await.unwrap();

@@ -3,7 +3,6 @@
 
 use super::{SqlStore, Tx};
 use crate::messages::*;
-use crate::problem::DapError;
 use crate::server::storage::*;
 use crate::time::Time;
 use crate::Encode;
@@ -19,7 +18,7 @@ impl SqlStore {
         bucket: &BatchBucket,
         shard: i64,
         values: &BucketValues,
-    ) -> Result<(), DapError> {
+    ) -> Result<(), StoreError> {
         let key = bucket.key();
         let existing = sqlx::query(
             "SELECT aggregate_share, report_count, checksum, min_time, max_time FROM batch_aggregations
@@ -35,7 +34,7 @@ impl SqlStore {
         if let Some(row) = existing {
             merged.merge(&Self::bucket_values_from_row(task, &row)?)?;
         }
-        let share = merged.aggregate_share.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
+        let share = merged.aggregate_share.get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?;
         sqlx::query(
             "INSERT INTO batch_aggregations (task_id, bucket, shard, aggregate_share, report_count, checksum, min_time, max_time)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -57,8 +56,8 @@ impl SqlStore {
         Ok(())
     }
 
-    fn bucket_values_from_row(task: &Task, row: &AnyRow) -> Result<BucketValues, DapError> {
-        let corrupt = || DapError::Internal("stored batch aggregation is corrupt".into());
+    fn bucket_values_from_row(task: &Task, row: &AnyRow) -> Result<BucketValues, StoreError> {
+        let corrupt = || StoreError::Corrupt("stored batch aggregation is corrupt".into());
         Ok(BucketValues {
             aggregate_share: task.vdaf.decode_aggregate_share(&row.get::<Vec<u8>, _>(0)).map_err(|_| corrupt())?,
             report_count: row.get::<i64, _>(1) as u64,
@@ -70,10 +69,10 @@ impl SqlStore {
 
     /// Combines every bucket shard of a batch: a time-interval batch `[start, end)` or a
     /// leader-selected batch ID. `None` if the batch holds no reports.
-    pub async fn batch_values(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<Option<BucketValues>, DapError> {
+    pub async fn batch_values(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<Option<BucketValues>, StoreError> {
         let rows = match batch {
             Batch::TimeInterval(interval) => {
-                let end = interval.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
+                let end = interval.end().ok_or_else(|| StoreError::Internal("interval overflow".into()))?;
                 // Time-interval bucket keys are big-endian unit numbers, so byte order is time
                 // order and the batch is a key range.
                 sqlx::query(
@@ -109,7 +108,7 @@ impl SqlStore {
     }
 
     /// Whether a bucket lies in an already collected batch.
-    pub async fn bucket_collected(tx: &mut Tx<'_>, task: &Task, bucket: &BatchBucket) -> Result<bool, DapError> {
+    pub async fn bucket_collected(tx: &mut Tx<'_>, task: &Task, bucket: &BatchBucket) -> Result<bool, StoreError> {
         let row = match bucket {
             BatchBucket::TimeInterval(t) => sqlx::query(
                 "SELECT 1 FROM collected_batches WHERE task_id = $1 AND batch_start <= $2 AND batch_end > $3 LIMIT 1",
@@ -135,7 +134,7 @@ impl SqlStore {
         task: &Task,
         bucket: &BatchBucket,
         cache: &mut HashMap<BatchBucket, bool>,
-    ) -> Result<bool, DapError> {
+    ) -> Result<bool, StoreError> {
         if let Some(c) = cache.get(bucket) {
             return Ok(*c);
         }
@@ -145,10 +144,10 @@ impl SqlStore {
     }
 
     /// Whether any part of the batch was already collected.
-    pub async fn batch_overlaps_collected_tx(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<bool, DapError> {
+    pub async fn batch_overlaps_collected_tx(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<bool, StoreError> {
         let row = match batch {
             Batch::TimeInterval(i) => {
-                let end = i.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
+                let end = i.end().ok_or_else(|| StoreError::Internal("interval overflow".into()))?;
                 sqlx::query(
                     "SELECT 1 FROM collected_batches WHERE task_id = $1 AND batch_start < $2 AND batch_end > $3 LIMIT 1",
                 )
@@ -168,7 +167,7 @@ impl SqlStore {
         Ok(row.is_some())
     }
 
-    pub async fn mark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch, now: i64) -> Result<(), DapError> {
+    pub async fn mark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch, now: i64) -> Result<(), StoreError> {
         let q = sqlx::query(
             "INSERT INTO collected_batches (task_id, batch_start, batch_end, batch_id, collected_at_seconds)
              VALUES ($1, $2, $3, $4, $5)",
@@ -176,7 +175,7 @@ impl SqlStore {
         .bind(task.id.as_bytes().as_slice());
         let q = match batch {
             Batch::TimeInterval(i) => {
-                let end = i.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
+                let end = i.end().ok_or_else(|| StoreError::Internal("interval overflow".into()))?;
                 q.bind(Some(i.start.units() as i64)).bind(Some(end.units() as i64)).bind(None::<Vec<u8>>)
             }
             Batch::LeaderSelected(id) => q.bind(None::<i64>).bind(None::<i64>).bind(Some(id.as_bytes().to_vec())),
@@ -186,10 +185,10 @@ impl SqlStore {
     }
 
     /// Undoes [`SqlStore::mark_collected`] for a batch of which nothing was released.
-    pub async fn unmark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<(), DapError> {
+    pub async fn unmark_collected(tx: &mut Tx<'_>, task: &Task, batch: &Batch) -> Result<(), StoreError> {
         let q = match batch {
             Batch::TimeInterval(i) => {
-                let end = i.end().ok_or_else(|| DapError::Internal("interval overflow".into()))?;
+                let end = i.end().ok_or_else(|| StoreError::Internal("interval overflow".into()))?;
                 sqlx::query("DELETE FROM collected_batches WHERE task_id = $1 AND batch_start = $2 AND batch_end = $3")
                     .bind(task.id.as_bytes().as_slice())
                     .bind(i.start.units() as i64)

@@ -13,19 +13,19 @@ use sqlx::Row;
 const COLLECTION_COLUMNS: &str = "collection_job_id, request, batch_id, state, batch_committed, report_count, checksum,
     result_interval, leader_encrypted_agg_share, response, error_type, error_detail, attempts";
 
-fn collection_row(r: &sqlx::any::AnyRow) -> Result<CollectionJobRow, DapError> {
-    let corrupt = |_| DapError::Internal("stored collection job is corrupt".into());
+fn collection_row(r: &sqlx::any::AnyRow) -> Result<CollectionJobRow, StoreError> {
+    let corrupt = |_| StoreError::Corrupt("stored collection job is corrupt".into());
     Ok(CollectionJobRow {
         id: id_of(r.get(0), "collection job ID")?,
         request: CollectionJobReq::get_decoded(&r.get::<Vec<u8>, _>(1)).map_err(corrupt)?,
         batch_id: r.get::<Option<Vec<u8>>, _>(2).map(|b| id_of(b, "batch ID")).transpose()?,
         state: CollectionJobState::from_db(&r.get::<String, _>(3))
-            .ok_or(DapError::Internal("stored collection job has an unknown state".into()))?,
+            .ok_or(StoreError::Corrupt("stored collection job has an unknown state".into()))?,
         batch_committed: r.get::<i64, _>(4) != 0,
         report_count: r.get::<Option<i64>, _>(5).map(|c| c as u64),
         checksum: r
             .get::<Option<Vec<u8>>, _>(6)
-            .map(|c| c.try_into().map(BatchChecksum).map_err(|_| DapError::Internal("stored checksum".into())))
+            .map(|c| c.try_into().map(BatchChecksum).map_err(|_| StoreError::Corrupt("stored checksum".into())))
             .transpose()?,
         result_interval: r
             .get::<Option<Vec<u8>>, _>(7)
@@ -50,7 +50,7 @@ pub(super) async fn collection_job_by_digest(
     s: &SqlStore,
     task: &Task,
     digest: &[u8],
-) -> Result<Option<CollectionJobRow>, DapError> {
+) -> Result<Option<CollectionJobRow>, StoreError> {
     let row = sqlx::query(&format!(
         "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND request_digest = $2 AND state != 'deleted'
          ORDER BY created_at_seconds DESC LIMIT 1"
@@ -67,7 +67,7 @@ pub(super) async fn collection_job(
     s: &SqlStore,
     task: &Task,
     id: &CollectionJobId,
-) -> Result<Option<CollectionJobRow>, DapError> {
+) -> Result<Option<CollectionJobRow>, StoreError> {
     let row = sqlx::query(&format!(
         "SELECT {COLLECTION_COLUMNS} FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2"
     ))
@@ -86,7 +86,7 @@ pub(super) async fn insert_collection_job(
     task: &Task,
     request: &[u8],
     digest: &[u8],
-) -> Result<CollectionJobId, DapError> {
+) -> Result<CollectionJobId, StoreError> {
     let mut tx = s.begin().await?;
     let existing = sqlx::query(
         "SELECT collection_job_id FROM collection_jobs WHERE task_id = $1 AND request_digest = $2 AND state != 'deleted'",
@@ -105,8 +105,8 @@ pub(super) async fn insert_collection_job(
     if let Some(budget) = task.parameters.dp.as_ref().and_then(|dp| dp.budget_f64()) {
         let spent = spent_epsilon(&mut tx, task).await?;
         if spent + epsilon > budget + 1e-9 {
-            return Err(DapError::PrivacyBudgetExhausted {
-                task_id: Some(task.id),
+            return Err(StoreError::BudgetExhausted {
+                task_id: task.id,
                 detail: format!(
                     "this collection needs epsilon {epsilon}, but the task has spent {spent} of its {budget}"
                 ),
@@ -133,7 +133,7 @@ pub(super) async fn insert_collection_job(
 
 /// The epsilon a task has spent: every collection that released a result or may still do so
 /// (a job deleted or failed before its batch was committed gives its reservation back).
-async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, DapError> {
+async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, StoreError> {
     let row = sqlx::query(
         "SELECT COALESCE(SUM(epsilon), 0.0) FROM collection_jobs
          WHERE task_id = $1 AND (batch_committed = 1 OR state = 'pending')",
@@ -144,7 +144,7 @@ async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, DapError> {
     Ok(row.try_get::<f64, _>(0)?)
 }
 
-pub(super) async fn privacy_budget_spent(s: &SqlStore, task: &Task) -> Result<f64, DapError> {
+pub(super) async fn privacy_budget_spent(s: &SqlStore, task: &Task) -> Result<f64, StoreError> {
     let mut tx = s.begin_read().await?;
     let spent = spent_epsilon(&mut tx, task).await?;
     tx.commit().await?;
@@ -152,7 +152,7 @@ pub(super) async fn privacy_budget_spent(s: &SqlStore, task: &Task) -> Result<f6
 }
 
 /// Marks a job deleted; `false` if there was no live job. Collected-batch records stay.
-pub(super) async fn delete_collection_job(s: &SqlStore, task: &Task, id: &CollectionJobId) -> Result<bool, DapError> {
+pub(super) async fn delete_collection_job(s: &SqlStore, task: &Task, id: &CollectionJobId) -> Result<bool, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     // A leader-selected batch chosen by a job that never committed it goes back to the pool,
@@ -183,7 +183,7 @@ pub(super) async fn acquire_collection_jobs(
     s: &SqlStore,
     limit: usize,
     lease_seconds: i64,
-) -> Result<Vec<LeasedCollectionJob>, DapError> {
+) -> Result<Vec<LeasedCollectionJob>, StoreError> {
     let now = s.now_seconds();
     let mut tx = s.begin_claiming().await?;
     let sql = format!(
@@ -225,7 +225,7 @@ pub(super) async fn renew_collection_lease(
     s: &SqlStore,
     job: &LeasedCollectionJob,
     lease_seconds: i64,
-) -> Result<bool, DapError> {
+) -> Result<bool, StoreError> {
     let mut tx = s.begin_claiming().await?;
     let done = sqlx::query(
         "UPDATE collection_jobs SET lease_expiry_seconds = $1
@@ -251,7 +251,7 @@ pub(super) async fn commit_collection_batch(
     task: &Task,
     job: &CollectionJobRow,
     seal: SealShare<'_>,
-) -> Result<BatchReadiness, DapError> {
+) -> Result<BatchReadiness, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let min = task.configuration.min_batch_size;
     // A leader-selected job first claims its batch, under the task's creator lock, so that the
@@ -362,7 +362,7 @@ fn in_flight(task_id: &str, batch_id: &str) -> String {
 
 /// Picks the job's batch and closes it to the job creator, in a claiming transaction under the
 /// task's lock. `None` if no batch is ready.
-async fn claim_batch(s: &SqlStore, task: &Task, job: &CollectionJobRow) -> Result<Option<BatchId>, DapError> {
+async fn claim_batch(s: &SqlStore, task: &Task, job: &CollectionJobRow) -> Result<Option<BatchId>, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin_claiming().await?;
     s.lock_task(&mut tx, task).await?;
@@ -392,7 +392,7 @@ async fn claim_batch(s: &SqlStore, task: &Task, job: &CollectionJobRow) -> Resul
 
 /// The oldest open batch that is collectible: none of its reports in flight, at least
 /// `min_batch_size` aggregated, and either full or with no more reports waiting to fill it.
-async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, DapError> {
+async fn pick_batch(tx: &mut Tx<'_>, task: &Task) -> Result<Option<BatchId>, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let target = task.target_batch_size() as i64;
     let waiting = sqlx::query("SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'")
@@ -433,7 +433,7 @@ pub(super) async fn defer_collection_job(
     id: &CollectionJobId,
     delay_seconds: i64,
     error: Option<&str>,
-) -> Result<(), DapError> {
+) -> Result<(), StoreError> {
     let mut tx = s.begin_claiming().await?;
     sqlx::query(
         "UPDATE collection_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1,
@@ -459,7 +459,7 @@ pub(super) async fn end_collection_job(
     task: &Task,
     id: &CollectionJobId,
     outcome: Result<Vec<u8>, JobFailure>,
-) -> Result<(), DapError> {
+) -> Result<(), StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     let update = match outcome {
@@ -498,7 +498,7 @@ pub(super) async fn end_collection_job(
 
 /// Gives back a committed batch of which the collector received nothing: no longer collected,
 /// and a leader-selected batch open again.
-async fn release_batch(tx: &mut Tx<'_>, task: &Task, job: &CollectionJobRow) -> Result<(), DapError> {
+async fn release_batch(tx: &mut Tx<'_>, task: &Task, job: &CollectionJobRow) -> Result<(), StoreError> {
     match (&job.request.query, job.batch_id) {
         (Query::TimeInterval(q), _) => {
             SqlStore::unmark_collected(tx, task, &Batch::TimeInterval(q.batch_interval)).await

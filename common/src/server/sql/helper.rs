@@ -4,7 +4,6 @@
 
 use super::{id_of, internal, value_rows, SqlStore, Tx};
 use crate::messages::*;
-use crate::problem::DapError;
 use crate::server::storage::*;
 use crate::time::Time;
 use crate::Encode;
@@ -18,7 +17,7 @@ async fn commit_outcomes(
     tx: &mut Tx<'_>,
     task: &Task,
     step: &mut HelperStep,
-) -> Result<Vec<VerifyResp>, DapError> {
+) -> Result<Vec<VerifyResp>, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let outcomes = std::mem::take(&mut step.outcomes);
     let mut collected_cache: HashMap<BatchBucket, bool> = HashMap::new();
@@ -101,7 +100,12 @@ async fn commit_outcomes(
 }
 
 /// Whether `sql` (a `SELECT 1 ... WHERE task_id = ? AND job_id = ?`) finds a row.
-async fn job_row_exists(tx: &mut Tx<'_>, sql: &str, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+async fn job_row_exists(
+    tx: &mut Tx<'_>,
+    sql: &str,
+    task: &Task,
+    job_id: &AggregationJobId,
+) -> Result<bool, StoreError> {
     Ok(sqlx::query(sql)
         .bind(task.id.as_bytes().as_slice())
         .bind(job_id.as_bytes().as_slice())
@@ -110,12 +114,12 @@ async fn job_row_exists(tx: &mut Tx<'_>, sql: &str, task: &Task, job_id: &Aggreg
         .is_some())
 }
 
-async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, DapError> {
+async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> Result<bool, StoreError> {
     job_row_exists(tx, "SELECT 1 FROM helper_report_states WHERE task_id = $1 AND job_id = $2 LIMIT 1", task, job_id)
         .await
 }
 
-fn encode_resp(verify_resps: Vec<VerifyResp>) -> Result<Vec<u8>, DapError> {
+fn encode_resp(verify_resps: Vec<VerifyResp>) -> Result<Vec<u8>, StoreError> {
     AggregationJobResp { verify_resps }.get_encoded().map_err(internal)
 }
 
@@ -123,7 +127,7 @@ pub(super) async fn helper_job(
     s: &SqlStore,
     task: &Task,
     job_id: &AggregationJobId,
-) -> Result<Option<HelperJob>, DapError> {
+) -> Result<Option<HelperJob>, StoreError> {
     let row = sqlx::query(
         "SELECT step, last_request_digest, last_response, batch_id, state FROM helper_aggregation_jobs
          WHERE task_id = $1 AND job_id = $2",
@@ -139,7 +143,7 @@ pub(super) async fn helper_job(
             last_response: r.get(2),
             batch_id: r.get::<Option<Vec<u8>>, _>(3).map(|b| id_of(b, "batch ID")).transpose()?,
             state: HelperJobState::from_db(&r.get::<String, _>(4))
-                .ok_or(DapError::Internal("stored aggregation job has an unknown state".into()))?,
+                .ok_or(StoreError::Corrupt("stored aggregation job has an unknown state".into()))?,
         })
     })
     .transpose()
@@ -149,7 +153,7 @@ pub(super) async fn helper_init_job(
     s: &SqlStore,
     task: &Task,
     mut step: HelperStep,
-) -> Result<Option<Vec<u8>>, DapError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let mut tx = s.begin().await?;
     // A concurrent identical request may have won the race while we verified.
     if job_row_exists(
@@ -195,7 +199,7 @@ pub(super) async fn helper_kept_states(
     s: &SqlStore,
     task: &Task,
     job_id: &AggregationJobId,
-) -> Result<HashMap<ReportId, KeptState>, DapError> {
+) -> Result<HashMap<ReportId, KeptState>, StoreError> {
     let rows = sqlx::query(
         "SELECT report_id, report_time, verify_state FROM helper_report_states WHERE task_id = $1 AND job_id = $2",
     )
@@ -213,7 +217,7 @@ pub(super) async fn helper_continue_job(
     task: &Task,
     from: AggregationJobStep,
     mut step: HelperStep,
-) -> Result<Option<Vec<u8>>, DapError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let mut tx = s.begin().await?;
     // The previous step's states are consumed; reports the leader left out are dropped with them.
     sqlx::query("DELETE FROM helper_report_states WHERE task_id = $1 AND job_id = $2")
@@ -246,7 +250,7 @@ pub(super) async fn helper_continue_job(
     Ok(Some(body))
 }
 
-pub(super) async fn helper_delete_job(s: &SqlStore, task: &Task, job_id: &AggregationJobId) -> Result<(), DapError> {
+pub(super) async fn helper_delete_job(s: &SqlStore, task: &Task, job_id: &AggregationJobId) -> Result<(), StoreError> {
     let mut tx = s.begin().await?;
     for sql in [
         "DELETE FROM helper_report_states WHERE task_id = $1 AND job_id = $2",
@@ -266,7 +270,7 @@ async fn stored_share<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     e: E,
     task: &Task,
     id: &AggregateShareId,
-) -> Result<Option<Vec<u8>>, DapError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let row = sqlx::query(
         "SELECT response FROM helper_aggregate_shares WHERE task_id = $1 AND share_id = $2 AND state = 'finished'",
     )
@@ -281,7 +285,7 @@ pub(super) async fn helper_aggregate_share(
     s: &SqlStore,
     task: &Task,
     id: &AggregateShareId,
-) -> Result<Option<Vec<u8>>, DapError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     stored_share(s.pool(), task, id).await
 }
 
@@ -292,7 +296,7 @@ pub(super) async fn helper_release_aggregate_share(
     digest: &[u8; 32],
     batch: &Batch,
     build: BuildShare<'_>,
-) -> Result<ShareRelease, DapError> {
+) -> Result<ShareRelease, StoreError> {
     let mut tx = s.begin().await?;
     // The identical request may have completed first.
     if let Some(resp) = stored_share(&mut *tx, task, id).await? {
@@ -323,7 +327,7 @@ pub(super) async fn helper_delete_aggregate_share(
     s: &SqlStore,
     task: &Task,
     id: &AggregateShareId,
-) -> Result<bool, DapError> {
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE helper_aggregate_shares SET state = 'deleted', response = coalesce(substr(response, 1, 0), response)
          WHERE task_id = $1 AND share_id = $2 AND state = 'finished'",
@@ -343,7 +347,7 @@ pub(super) async fn helper_defer_step(
     digest: &[u8; 32],
     owner: &[u8; 16],
     lease_seconds: i64,
-) -> Result<(), DapError> {
+) -> Result<(), StoreError> {
     let mut tx = s.begin().await?;
     sqlx::query(
         "INSERT INTO helper_deferred_steps (task_id, job_id, step, request_digest, owner, lease_expiry_seconds)
@@ -368,7 +372,7 @@ pub(super) async fn helper_step_deferred(
     task: &Task,
     job_id: &AggregationJobId,
     step: AggregationJobStep,
-) -> Result<bool, DapError> {
+) -> Result<bool, StoreError> {
     let row = sqlx::query(
         "SELECT 1 FROM helper_deferred_steps WHERE task_id = $1 AND job_id = $2 AND step = $3
            AND lease_expiry_seconds > $4",
@@ -382,7 +386,11 @@ pub(super) async fn helper_step_deferred(
     Ok(row.is_some())
 }
 
-pub(super) async fn helper_renew_deferred(s: &SqlStore, owner: &[u8; 16], lease_seconds: i64) -> Result<(), DapError> {
+pub(super) async fn helper_renew_deferred(
+    s: &SqlStore,
+    owner: &[u8; 16],
+    lease_seconds: i64,
+) -> Result<(), StoreError> {
     let mut tx = s.begin().await?;
     sqlx::query("UPDATE helper_deferred_steps SET lease_expiry_seconds = $1 WHERE owner = $2")
         .bind(s.now_seconds() + lease_seconds)
@@ -403,7 +411,7 @@ pub(super) async fn helper_drop_deferred(
     task: &Task,
     job_id: &AggregationJobId,
     step: AggregationJobStep,
-) -> Result<(), DapError> {
+) -> Result<(), StoreError> {
     let mut tx = s.begin().await?;
     sqlx::query("DELETE FROM helper_deferred_steps WHERE task_id = $1 AND job_id = $2 AND step = $3")
         .bind(task.id.as_bytes().as_slice())

@@ -5,7 +5,6 @@
 use super::SqlStore;
 use crate::hpke::{HpkeKeypair, HpkePrivateKey};
 use crate::messages::{HpkeConfig, HpkeConfigId};
-use crate::problem::DapError;
 use crate::server::storage::{
     first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS,
 };
@@ -13,11 +12,11 @@ use crate::{Decode, Encode};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-fn corrupt(what: &str) -> DapError {
-    DapError::Internal(format!("stored HPKE {what} is corrupt"))
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("stored HPKE {what} is corrupt"))
 }
 
-fn record(r: &AnyRow) -> Result<HpkeKeyRecord, DapError> {
+fn record(r: &AnyRow) -> Result<HpkeKeyRecord, StoreError> {
     Ok(HpkeKeyRecord {
         config: HpkeConfig::get_decoded(&r.get::<Vec<u8>, _>("config")).map_err(|_| corrupt("config"))?,
         state: HpkeKeyState::from_db(&r.get::<String, _>("state")).ok_or_else(|| corrupt("key state"))?,
@@ -27,13 +26,13 @@ fn record(r: &AnyRow) -> Result<HpkeKeyRecord, DapError> {
 }
 
 /// One key's row inside a step's transaction; `NotFound` if there is none.
-async fn key_row(tx: &mut super::Tx<'_>, id: HpkeConfigId) -> Result<AnyRow, DapError> {
+async fn key_row(tx: &mut super::Tx<'_>, id: HpkeConfigId) -> Result<AnyRow, StoreError> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys WHERE config_id = $1"))
         .bind(i64::from(id.0))
         .fetch_optional(&mut **tx)
         .await
         .map_err(StoreError::from)?
-        .ok_or_else(|| DapError::NotFound(format!("no HPKE key with config ID {}", id.0)))
+        .ok_or_else(|| StoreError::NotFound(format!("no HPKE key with config ID {}", id.0)))
 }
 
 const COLUMNS: &str = "config_id, config, private_key, state, created_at_seconds, state_changed_at_seconds";
@@ -42,7 +41,7 @@ impl SqlStore {
     /// The keys that open input shares, active first; within a state the most recently changed
     /// first, so that clients, which take the first configuration they support, prefer the key
     /// activated last.
-    pub(super) async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError> {
+    pub(super) async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, StoreError> {
         let keys = self.load_keypairs().await?;
         if keys.iter().any(|(_, state)| *state == HpkeKeyState::Active) {
             return Ok(keys);
@@ -50,14 +49,14 @@ impl SqlStore {
         // First use (or only pending keys so far): an active key under the smallest free ID.
         let taken: Vec<u8> = keys.iter().map(|(k, _)| k.config().id.0).collect();
         let id = first_free_config_id(&taken)
-            .ok_or_else(|| DapError::Conflict("all 256 HPKE config IDs are taken and none is active".into()))?;
+            .ok_or_else(|| StoreError::Conflict("all 256 HPKE config IDs are taken and none is active".into()))?;
         let kp = HpkeKeypair::generate_default(id);
         let now = self.now_seconds();
         sqlx::query(&format!(
             "INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT DO NOTHING"
         ))
         .bind(i64::from(id.0))
-        .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
+        .bind(kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
         .bind(kp.private_key().as_bytes())
         .bind(now)
         .execute(self.pool())
@@ -67,7 +66,7 @@ impl SqlStore {
         self.load_keypairs().await
     }
 
-    async fn load_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, DapError> {
+    async fn load_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM hpke_keys
              ORDER BY CASE state WHEN 'active' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
@@ -86,7 +85,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(super) async fn hpke_keys_inner(&self) -> Result<Vec<HpkeKeyRecord>, DapError> {
+    pub(super) async fn hpke_keys_inner(&self) -> Result<Vec<HpkeKeyRecord>, StoreError> {
         // Creates the first key if there is none, so that the list shows what clients see.
         self.hpke_keypairs_inner().await?;
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM hpke_keys ORDER BY config_id"))
@@ -96,7 +95,7 @@ impl SqlStore {
         rows.iter().map(record).collect()
     }
 
-    pub(super) async fn add_hpke_key_inner(&self, kp: &HpkeKeypair) -> Result<HpkeKeyRecord, DapError> {
+    pub(super) async fn add_hpke_key_inner(&self, kp: &HpkeKeypair) -> Result<HpkeKeyRecord, StoreError> {
         // The first key is made before the new one, so that the new one stays pending.
         self.hpke_keypairs_inner().await?;
         let mut tx = self.begin().await?;
@@ -104,12 +103,12 @@ impl SqlStore {
         let taken =
             sqlx::query("SELECT 1 FROM hpke_keys WHERE config_id = $1").bind(id).fetch_optional(&mut *tx).await?;
         if taken.is_some() {
-            return Err(DapError::Conflict(format!("HPKE config ID {id} is taken")));
+            return Err(StoreError::Conflict(format!("HPKE config ID {id} is taken")));
         }
         let now = self.now_seconds();
         sqlx::query(&format!("INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, $4)"))
             .bind(id)
-            .bind(kp.config().get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
+            .bind(kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
             .bind(kp.private_key().as_bytes())
             .bind(now)
             .execute(&mut *tx)
@@ -128,7 +127,7 @@ impl SqlStore {
         &self,
         id: HpkeConfigId,
         state: HpkeKeyState,
-    ) -> Result<HpkeKeyRecord, DapError> {
+    ) -> Result<HpkeKeyRecord, StoreError> {
         let mut tx = self.begin().await?;
         let row = key_row(&mut tx, id).await?;
         let mut rec = record(&row)?;
@@ -144,14 +143,14 @@ impl SqlStore {
                     .map_err(StoreError::from)?
                     .get::<i64, _>(0);
                 if active <= 1 {
-                    return Err(DapError::Conflict(format!(
+                    return Err(StoreError::Conflict(format!(
                         "HPKE key {} is the only active key; activate another before retiring it",
                         id.0
                     )));
                 }
             }
             (from, to) => {
-                return Err(DapError::Conflict(format!(
+                return Err(StoreError::Conflict(format!(
                     "HPKE key {} is {}; it cannot become {} (a pending key is activated or deleted)",
                     id.0,
                     from.label(),
@@ -173,18 +172,18 @@ impl SqlStore {
         Ok(rec)
     }
 
-    pub(super) async fn delete_hpke_key_inner(&self, id: HpkeConfigId, force: bool) -> Result<(), DapError> {
+    pub(super) async fn delete_hpke_key_inner(&self, id: HpkeConfigId, force: bool) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let row = key_row(&mut tx, id).await?;
         let rec = record(&row)?;
         match rec.state {
             HpkeKeyState::Active => {
-                return Err(DapError::Conflict(format!("HPKE key {} is active; retire it first", id.0)));
+                return Err(StoreError::Conflict(format!("HPKE key {} is active; retire it first", id.0)));
             }
             HpkeKeyState::Retired if !force => {
                 let age = self.now_seconds() - rec.state_changed_at_seconds;
                 if age < RETIRED_KEY_GRACE_SECONDS {
-                    return Err(DapError::Conflict(format!(
+                    return Err(StoreError::Conflict(format!(
                         "HPKE key {} was retired {age} s ago; clients may still encrypt to it from a cached \
                          configuration for up to {RETIRED_KEY_GRACE_SECONDS} s after retirement \
                          (delete with force to drop it now: their reports will then be refused)",

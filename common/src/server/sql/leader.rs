@@ -4,7 +4,6 @@
 
 use super::{id_of, placeholder_list, Backend, SqlStore, Tx};
 use crate::messages::*;
-use crate::problem::DapError;
 use crate::server::storage::*;
 use crate::Decode;
 use sqlx::Row;
@@ -16,7 +15,7 @@ pub(super) async fn put_reports(
     s: &SqlStore,
     task: &Task,
     reports: &[&EncodedReport<'_>],
-) -> Result<Vec<Option<ReportError>>, DapError> {
+) -> Result<Vec<Option<ReportError>>, StoreError> {
     let mut tx = s.begin().await?;
     let mut out: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut collected_cache = std::collections::HashMap::new();
@@ -145,7 +144,7 @@ pub(super) async fn put_reports(
     s.after_commit().await;
     let mut stored = to_insert.iter();
     for slot in out.iter_mut().filter(|e| e.is_none()) {
-        let report = stored.next().ok_or_else(|| DapError::Internal("upload bookkeeping".into()))?;
+        let report = stored.next().ok_or_else(|| StoreError::Internal("upload bookkeeping".into()))?;
         if !inserted.contains_key(report.report_metadata.report_id.as_bytes().as_slice()) {
             *slot = Some(ReportError::ReportReplayed);
         }
@@ -156,7 +155,7 @@ pub(super) async fn put_reports(
 /// Job creation for one task, in one transaction: unaggregated reports go into new jobs (and,
 /// for leader-selected tasks, into batches filled to `target_batch_size`). Returns the number of
 /// jobs created.
-pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> Result<usize, DapError> {
+pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> Result<usize, StoreError> {
     s.refresh_statistics("client_reports").await;
     let now = s.now_seconds();
     let tid = task.id.as_bytes().as_slice();
@@ -282,7 +281,7 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
 
 /// The reports of a job still awaiting their outcome, in a stable order (so that a retried
 /// request is byte-identical).
-pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<JobReport>, DapError> {
+pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<JobReport>, StoreError> {
     // Sorted here rather than by the database: an ORDER BY report_id would make it walk the
     // task's whole primary key instead of the job's index.
     let rows = sqlx::query(
@@ -296,7 +295,7 @@ pub(super) async fn job_reports(s: &SqlStore, job: &LeasedJob) -> Result<Vec<Job
     .fetch_all(s.pool())
     .await
     .map_err(StoreError::from)?;
-    let corrupt = |_| DapError::Internal("stored report is corrupt".into());
+    let corrupt = |_| StoreError::Corrupt("stored report is corrupt".into());
     let mut rows: Vec<(Vec<u8>, sqlx::any::AnyRow)> = rows.into_iter().map(|r| (r.get::<Vec<u8>, _>(0), r)).collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     rows.into_iter()
@@ -327,7 +326,7 @@ pub(super) async fn commit_job(
     task: &Task,
     job: &LeasedJob,
     outcomes: Vec<ReportOutcome>,
-) -> Result<StepCounts, DapError> {
+) -> Result<StepCounts, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     // Only one commit per job: a driver whose lease lapsed while it worked, and whose job
@@ -353,14 +352,14 @@ pub(super) async fn commit_job(
     for outcome in &outcomes {
         let id = outcome.report_id();
         if !held.contains(id.as_bytes().as_slice()) || !named.insert(id) {
-            return Err(DapError::Internal(format!(
+            return Err(StoreError::Internal(format!(
                 "outcomes of aggregation job {} name a report not in it",
                 job.job_id
             )));
         }
     }
     if named.len() != held.len() {
-        return Err(DapError::Internal(format!(
+        return Err(StoreError::Internal(format!(
             "outcomes of aggregation job {} leave out some of its reports",
             job.job_id
         )));
@@ -407,7 +406,7 @@ pub(super) async fn fail_reports(
     task: &Task,
     job: &LeasedJob,
     failed: &std::collections::BTreeMap<u8, Vec<ReportId>>,
-) -> Result<u64, DapError> {
+) -> Result<u64, StoreError> {
     let mut n = 0;
     for (error, ids) in failed {
         for chunk in s.statement_chunks(ids, 1) {
@@ -430,13 +429,13 @@ pub(super) async fn fail_reports(
 }
 
 /// Deletes what a multi-round job kept between its steps.
-pub(super) async fn forget_pending(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
+pub(super) async fn forget_pending(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), StoreError> {
     execute_for_job(tx, "DELETE FROM leader_report_verifications WHERE task_id = $1 AND job_id = $2", task, job).await
 }
 
 /// Deletes the payloads of the job's reports (the rows stay, for replay checks). Before any of
 /// them is marked failed: the job's reports are found as those still `in_job`.
-pub(super) async fn drop_payloads(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
+pub(super) async fn drop_payloads(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob) -> Result<(), StoreError> {
     execute_for_job(
         tx,
         "DELETE FROM client_report_payloads WHERE report_row IN
@@ -448,7 +447,12 @@ pub(super) async fn drop_payloads(tx: &mut Tx<'_>, task: &Task, job: &LeasedJob)
 }
 
 /// Runs `sql`, whose `$1` and `$2` are the task's and the job's IDs.
-pub(super) async fn execute_for_job(tx: &mut Tx<'_>, sql: &str, task: &Task, job: &LeasedJob) -> Result<(), DapError> {
+pub(super) async fn execute_for_job(
+    tx: &mut Tx<'_>,
+    sql: &str,
+    task: &Task,
+    job: &LeasedJob,
+) -> Result<(), StoreError> {
     sqlx::query(sql)
         .bind(task.id.as_bytes().as_slice())
         .bind(job.job_id.as_bytes().as_slice())
@@ -465,7 +469,7 @@ pub(super) async fn settle_job(
     job: &LeasedJob,
     state: LeaderJobState,
     error: Option<&str>,
-) -> Result<bool, DapError> {
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE leader_aggregation_jobs SET state = $1, last_error = $2, lease_expiry_seconds = 0
          WHERE task_id = $3 AND job_id = $4 AND state = 'active'",
@@ -481,7 +485,7 @@ pub(super) async fn settle_job(
 }
 
 /// The work waiting on the helper, for metrics.
-pub(super) async fn backlog(s: &SqlStore) -> Result<LeaderBacklog, DapError> {
+pub(super) async fn backlog(s: &SqlStore) -> Result<LeaderBacklog, StoreError> {
     // The reports of active jobs through their jobs (each knows its oldest report), and those
     // waiting for a job through the pending index.
     let row = sqlx::query(
@@ -503,7 +507,7 @@ pub(super) async fn backlog(s: &SqlStore) -> Result<LeaderBacklog, DapError> {
 }
 
 /// Leader tasks with work for the job creator.
-pub(super) async fn tasks_with_unaggregated_reports(s: &SqlStore) -> Result<Vec<TaskId>, DapError> {
+pub(super) async fn tasks_with_unaggregated_reports(s: &SqlStore) -> Result<Vec<TaskId>, StoreError> {
     // Task by task through the pending-reports index: a scan of the reports would cost a pass
     // over every stored report each time the creator runs.
     let rows = sqlx::query(

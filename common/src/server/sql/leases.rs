@@ -5,14 +5,13 @@
 use super::leader::{drop_payloads, execute_for_job, fail_reports, forget_pending, settle_job};
 use super::{id_of, SqlStore};
 use crate::messages::*;
-use crate::problem::DapError;
 use crate::server::storage::*;
 use crate::Encode;
 use sqlx::Row;
 
 /// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver
 /// died) is runnable again.
-pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, DapError> {
+pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, StoreError> {
     let now = s.now_seconds();
     // Replicas lease disjoint jobs: rows another replica is leasing right now are skipped.
     let mut tx = s.begin_claiming().await?;
@@ -60,7 +59,7 @@ pub(super) async fn advance_job(
     helper_job: &str,
     rejected: &[(ReportId, ReportError)],
     pending: &[VerifyingReport],
-) -> Result<bool, DapError> {
+) -> Result<bool, StoreError> {
     let mut tx = s.begin().await?;
     let moved = sqlx::query(
         "UPDATE leader_aggregation_jobs SET step = step + 1, request_digest = NULL, helper_job_url = $1
@@ -94,9 +93,9 @@ pub(super) async fn advance_job(
                 LeaderVerifyState::Continued(v) => (0i64, v.get_encoded()),
                 LeaderVerifyState::FinishedWithOutbound(o) => (1i64, o.get_encoded()),
             };
-            Ok((p, finished, state.map_err(|e| DapError::Internal(e.to_string()))?))
+            Ok((p, finished, state.map_err(|e| StoreError::Internal(e.to_string()))?))
         })
-        .collect::<Result<Vec<_>, DapError>>()?;
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let mut ord = 0i64;
     for chunk in s.statement_chunks(&encoded, 8) {
         let sql = format!(
@@ -129,7 +128,7 @@ pub(super) async fn pending_reports(
     s: &SqlStore,
     task: &Task,
     job: &LeasedJob,
-) -> Result<Vec<VerifyingReport>, DapError> {
+) -> Result<Vec<VerifyingReport>, StoreError> {
     let rows = sqlx::query(
         "SELECT report_id, report_time, finished, state, outbound FROM leader_report_verifications
          WHERE task_id = $1 AND job_id = $2 ORDER BY ord",
@@ -139,7 +138,7 @@ pub(super) async fn pending_reports(
     .fetch_all(s.pool())
     .await
     .map_err(StoreError::from)?;
-    let corrupt = |_| DapError::Internal("stored verification state is corrupt".into());
+    let corrupt = |_| StoreError::Corrupt("stored verification state is corrupt".into());
     rows.into_iter()
         .map(|r| {
             let bytes: Vec<u8> = r.get(3);
@@ -163,7 +162,7 @@ pub(super) async fn renew_lease(
     job: &LeasedJob,
     lease_seconds: i64,
     note: Option<&str>,
-) -> Result<bool, DapError> {
+) -> Result<bool, StoreError> {
     let mut tx = s.begin_claiming().await?;
     let done = sqlx::query(
         "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = $1, last_error = COALESCE($2, last_error)
@@ -182,7 +181,7 @@ pub(super) async fn renew_lease(
 }
 
 /// Records the first request's digest; whether `digest` is it.
-pub(super) async fn pin_request(s: &SqlStore, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, DapError> {
+pub(super) async fn pin_request(s: &SqlStore, job: &LeasedJob, digest: &[u8; 32]) -> Result<bool, StoreError> {
     let mut tx = s.begin_claiming().await?;
     sqlx::query(
         "UPDATE leader_aggregation_jobs SET request_digest = $1
@@ -213,7 +212,7 @@ pub(super) async fn retry_job(
     job: &LeasedJob,
     delay_seconds: i64,
     error: &str,
-) -> Result<(), DapError> {
+) -> Result<(), StoreError> {
     let mut tx = s.begin_claiming().await?;
     sqlx::query(
         "UPDATE leader_aggregation_jobs SET lease_expiry_seconds = 0, next_attempt_seconds = $1, last_error = $2
@@ -239,7 +238,7 @@ pub(super) async fn abandon_job(
     job: &LeasedJob,
     error: &str,
     reports: AbandonedReports,
-) -> Result<(), DapError> {
+) -> Result<(), StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let mut tx = s.begin().await?;
     if !settle_job(&mut tx, task, job, LeaderJobState::Abandoned, Some(error)).await? {

@@ -19,7 +19,6 @@ mod tasks;
 use super::storage::*;
 use crate::clock::SharedClock;
 use crate::messages::*;
-use crate::problem::DapError;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::collections::HashMap;
@@ -109,13 +108,13 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../../../migrations/postgres/0010_leader_continuation.sql")),
 ];
 
-fn internal(e: impl std::fmt::Display) -> DapError {
-    DapError::Internal(e.to_string())
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(e.to_string())
 }
 
 /// An ID read back from a BLOB column.
-fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, DapError> {
-    T::try_from(bytes.as_slice()).map_err(|_| DapError::Internal(format!("stored {what} is corrupt")))
+fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, StoreError> {
+    T::try_from(bytes.as_slice()).map_err(|_| StoreError::Corrupt(format!("stored {what} is corrupt")))
 }
 
 /// `($1, $2, $3, S), ($4, $5, $6, S), ...`: `rows` tuples of `columns` placeholders numbered
@@ -183,7 +182,7 @@ macro_rules! retrying {
         let mut attempt = 0u32;
         loop {
             match $step {
-                Err(e) if crate::server::storage::is_serialization_conflict(&e) && attempt < 10 => {
+                Err(crate::server::storage::StoreError::Retry(_)) if attempt < 10 => {
                     attempt += 1;
                     let jitter = u64::from(rand::random::<u8>() % 20);
                     tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt) + jitter)).await;

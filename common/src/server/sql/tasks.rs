@@ -2,7 +2,6 @@
 
 use super::SqlStore;
 use crate::messages::*;
-use crate::problem::DapError;
 use crate::server::storage::*;
 use crate::task::{AggregatorTaskRequest, TaskParameters};
 use crate::vdaf::VerifyKey;
@@ -13,9 +12,13 @@ use std::sync::Arc;
 impl SqlStore {
     /// Provisions a task; provisioning the identical task again is a no-op, a different one
     /// under the same ID is a conflict.
-    pub(super) async fn put_task_inner(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, DapError> {
+    pub(super) async fn put_task_inner(
+        &self,
+        role: Role,
+        req: &AggregatorTaskRequest,
+    ) -> Result<Arc<Task>, StoreError> {
         let task = Task::from_request(role, req)?;
-        let params = serde_json::to_string(&req.parameters).map_err(|e| DapError::Internal(e.to_string()))?;
+        let params = serde_json::to_string(&req.parameters).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin().await?;
         let existing = sqlx::query("SELECT parameters, role FROM tasks WHERE task_id = $1")
             .bind(task.id.as_bytes().as_slice())
@@ -26,7 +29,7 @@ impl SqlStore {
             let stored: String = row.get(0);
             let stored_role: i64 = row.get(1);
             if stored != params || stored_role != role as i64 {
-                return Err(DapError::Conflict(format!("task {} exists with other parameters", task.id)));
+                return Err(StoreError::Conflict(format!("task {} exists with other parameters", task.id)));
             }
         } else {
             sqlx::query(
@@ -40,7 +43,7 @@ impl SqlStore {
             .bind(task.verify_key.as_bytes().as_slice())
             .bind(task.aggregator_auth_token.expose())
             .bind(task.collector_auth_token.as_ref().map(|t| t.expose().to_string()))
-            .bind(task.collector_hpke_config.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?)
+            .bind(task.collector_hpke_config.get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
             .bind(task.max_batch_size.map(|m| m as i64))
             .bind(self.now_seconds())
             .execute(&mut *tx)
@@ -54,7 +57,7 @@ impl SqlStore {
     }
 
     /// The task, from the cache or the database; `unrecognizedTask` if unknown.
-    pub(super) async fn task_inner(&self, id: &TaskId) -> Result<Arc<Task>, DapError> {
+    pub(super) async fn task_inner(&self, id: &TaskId) -> Result<Arc<Task>, StoreError> {
         if let Some(t) = self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(t.clone());
         }
@@ -66,8 +69,8 @@ impl SqlStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from)?
-        .ok_or_else(|| DapError::unrecognized_task(*id))?;
-        let corrupt = |what: &str| DapError::Internal(format!("stored task {id}: bad {what}"));
+        .ok_or(StoreError::UnknownTask(*id))?;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("stored task {id}: bad {what}"));
         let role = match row.get::<i64, _>(0) {
             2 => Role::Leader,
             3 => Role::Helper,
@@ -91,7 +94,7 @@ impl SqlStore {
         Ok(task)
     }
 
-    pub(super) async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, DapError> {
+    pub(super) async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM tasks WHERE task_id = $1")
             .bind(id.as_bytes().as_slice())
             .execute(&self.pool)
@@ -101,7 +104,7 @@ impl SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub(super) async fn task_ids_inner(&self) -> Result<Vec<TaskId>, DapError> {
+    pub(super) async fn task_ids_inner(&self) -> Result<Vec<TaskId>, StoreError> {
         let rows = sqlx::query("SELECT task_id FROM tasks").fetch_all(&self.pool).await.map_err(StoreError::from)?;
         Ok(rows.iter().filter_map(|r| TaskId::try_from(r.get::<Vec<u8>, _>(0).as_slice()).ok()).collect())
     }
