@@ -227,12 +227,13 @@ impl InitWork {
 
         let reports = report_ids.len();
         let step = HelperStep { job_id, digest, batch_id, step: AggregationJobStep(0), report_ids, outcomes };
-        let Some(body) = state.store.helper_init_job(&task, step).await? else {
+        let Some(resp) = state.store.helper_init_job(&task, step).await? else {
             // A concurrent identical request won the race while we verified.
             return live_job(state, &task, &job_id).await.map(|j| (StatusCode::OK, j.last_response));
         };
         tracing::info!(task_id = %task.id, job_id = %job_id, reports, "aggregation job initialized");
-        record_outcomes(&body);
+        record_outcomes(&resp);
+        let body = resp.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?;
         Ok((StatusCode::CREATED, body))
     }
 }
@@ -240,8 +241,7 @@ impl InitWork {
 /// Counts a committed step's reports from its stored answer, which also holds the refusals the
 /// storage step itself made (replays, collected batches). Prio3 helpers commit their output
 /// share as they answer, so every report not rejected was aggregated.
-fn record_outcomes(body: &[u8]) {
-    let Ok(resp) = AggregationJobResp::get_decoded(body) else { return };
+fn record_outcomes(resp: &AggregationJobResp) {
     let failed: Vec<ReportError> = resp
         .verify_resps
         .iter()
@@ -375,11 +375,11 @@ async fn continue_step(
     let report_ids: Vec<ReportId> = req.verify_continues.iter().map(|v| v.report_id).collect();
 
     let step = HelperStep { job_id, digest, batch_id: job.batch_id, step: req.step, report_ids, outcomes };
-    let Some(body) = state.store.helper_continue_job(task, job.step, step).await? else {
+    let Some(resp) = state.store.helper_continue_job(task, job.step, step).await? else {
         return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently"));
     };
-    record_outcomes(&body);
-    Ok(body)
+    record_outcomes(&resp);
+    resp.get_encoded().map_err(|e| DapError::Internal(e.to_string()))
 }
 
 #[derive(serde::Deserialize)]

@@ -685,8 +685,10 @@ pub trait Storage: Send + Sync {
 
     async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, StoreError>;
     /// Commits a job's initialisation (replay and collected-bucket checks, output shares, kept
-    /// states, the stored response). `None` if an identical request created the job first.
-    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, StoreError>;
+    /// states, the stored response): the answer, which the handler encodes (the same bytes as
+    /// stored: the encoding is deterministic). `None` if an identical request created the job
+    /// first.
+    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<AggregationJobResp>, StoreError>;
     /// The states kept for a job's next step.
     async fn helper_kept_states(
         &self,
@@ -700,7 +702,7 @@ pub trait Storage: Send + Sync {
         task: &Task,
         from: AggregationJobStep,
         step: HelperStep,
-    ) -> Result<Option<Vec<u8>>, StoreError>;
+    ) -> Result<Option<AggregationJobResp>, StoreError>;
     async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), StoreError>;
     /// Records that `owner` (a process) works on a job's step in the background, until
     /// `lease_seconds` from now unless renewed.

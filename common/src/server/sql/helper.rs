@@ -119,8 +119,11 @@ async fn has_states(tx: &mut Tx<'_>, task: &Task, job_id: &AggregationJobId) -> 
         .await
 }
 
-fn encode_resp(verify_resps: Vec<VerifyResp>) -> Result<Vec<u8>, StoreError> {
-    AggregationJobResp { verify_resps }.get_encoded().map_err(internal)
+/// The step's answer, and its encoding, stored for the identical request sent again.
+fn answer(verify_resps: Vec<VerifyResp>) -> Result<(AggregationJobResp, Vec<u8>), StoreError> {
+    let resp = AggregationJobResp { verify_resps };
+    let body = resp.get_encoded().map_err(internal)?;
+    Ok((resp, body))
 }
 
 pub(super) async fn helper_job(
@@ -153,7 +156,7 @@ pub(super) async fn helper_init_job(
     s: &SqlStore,
     task: &Task,
     mut step: HelperStep,
-) -> Result<Option<Vec<u8>>, StoreError> {
+) -> Result<Option<AggregationJobResp>, StoreError> {
     let mut tx = s.begin().await?;
     // A concurrent identical request may have won the race while we verified.
     if job_row_exists(
@@ -169,7 +172,7 @@ pub(super) async fn helper_init_job(
     let resps = commit_outcomes(s, &mut tx, task, &mut step).await?;
     let continuing = resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. }))
         && has_states(&mut tx, task, &step.job_id).await?;
-    let body = encode_resp(resps)?;
+    let (resp, body) = answer(resps)?;
     sqlx::query(
         "INSERT INTO helper_aggregation_jobs (task_id, job_id, init_digest, step, last_request_digest, last_response,
          batch_id, state, created_at_seconds) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
@@ -192,7 +195,7 @@ pub(super) async fn helper_init_job(
         .await?;
     tx.commit().await?;
     s.after_commit().await;
-    Ok(Some(body))
+    Ok(Some(resp))
 }
 
 pub(super) async fn helper_kept_states(
@@ -217,7 +220,7 @@ pub(super) async fn helper_continue_job(
     task: &Task,
     from: AggregationJobStep,
     mut step: HelperStep,
-) -> Result<Option<Vec<u8>>, StoreError> {
+) -> Result<Option<AggregationJobResp>, StoreError> {
     let mut tx = s.begin().await?;
     // The previous step's states are consumed; reports the leader left out are dropped with them.
     sqlx::query("DELETE FROM helper_report_states WHERE task_id = $1 AND job_id = $2")
@@ -227,7 +230,7 @@ pub(super) async fn helper_continue_job(
         .await?;
     let resps = commit_outcomes(s, &mut tx, task, &mut step).await?;
     let continuing = has_states(&mut tx, task, &step.job_id).await?;
-    let body = encode_resp(resps)?;
+    let (resp, body) = answer(resps)?;
     let updated = sqlx::query(
         "UPDATE helper_aggregation_jobs SET step = $1, last_request_digest = $2, last_response = $3, state = $4
          WHERE task_id = $5 AND job_id = $6 AND step = $7",
@@ -247,7 +250,7 @@ pub(super) async fn helper_continue_job(
     }
     tx.commit().await?;
     s.after_commit().await;
-    Ok(Some(body))
+    Ok(Some(resp))
 }
 
 pub(super) async fn helper_delete_job(s: &SqlStore, task: &Task, job_id: &AggregationJobId) -> Result<(), StoreError> {

@@ -216,7 +216,7 @@ impl Storage for SqlStore {
     async fn helper_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<Option<HelperJob>, StoreError> {
         retrying!(helper::helper_job(self, task, job_id).await)
     }
-    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn helper_init_job(&self, task: &Task, step: HelperStep) -> Result<Option<AggregationJobResp>, StoreError> {
         retrying!(helper::helper_init_job(self, task, step.clone()).await)
     }
     async fn helper_kept_states(
@@ -231,7 +231,7 @@ impl Storage for SqlStore {
         task: &Task,
         from: AggregationJobStep,
         step: HelperStep,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<AggregationJobResp>, StoreError> {
         retrying!(helper::helper_continue_job(self, task, from, step.clone()).await)
     }
     async fn helper_delete_job(&self, task: &Task, job_id: &AggregationJobId) -> Result<(), StoreError> {
