@@ -136,31 +136,8 @@ impl Drop for Relay {
 /// Reads HTTP/1.1 requests (a head, then a body of its `Content-Length`) and answers each with
 /// `503` and `Retry-After`, keeping the connection open.
 async fn answer_unavailable(mut inbound: TcpStream, retry_after: u64, counts: &RelayCounts) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match inbound.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + length {
-            match inbound.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..head_end + length);
+    let mut buf = Vec::new();
+    while read_message(&mut inbound, &mut buf).await.is_some() {
         counts.unavailable_answers.fetch_add(1, Ordering::Relaxed);
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after}\r\ncontent-type: application/problem+json\r\n\

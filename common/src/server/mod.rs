@@ -15,3 +15,4 @@ pub mod runtime;
 pub mod sql;
 pub mod states;
 pub mod storage;
+pub mod store_error;

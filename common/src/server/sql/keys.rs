@@ -5,6 +5,7 @@
 use super::SqlStore;
 use crate::hpke::{HpkeKeypair, HpkePrivateKey};
 use crate::messages::{HpkeConfig, HpkeConfigId};
+use crate::server::storage::Storage as _;
 use crate::server::storage::{
     first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS,
 };

@@ -335,11 +335,6 @@ impl SqlStore {
         self
     }
 
-    /// Now, by the store's clock, in seconds since the Unix epoch.
-    pub fn now_seconds(&self) -> i64 {
-        self.clock.now_seconds() as i64
-    }
-
     /// A pool of up to `max` connections, each SQLite one set up with a page cache of
     /// `cache_kib`.
     fn pool_options(backend: Backend, max: u32, cache_kib: u32) -> AnyPoolOptions {
