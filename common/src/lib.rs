@@ -13,8 +13,6 @@ pub mod keys;
 pub mod media_type;
 pub mod messages;
 pub mod problem;
-#[cfg(feature = "server")]
-pub mod server;
 pub mod task;
 pub mod time;
 pub mod vdaf;

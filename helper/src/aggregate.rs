@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::checks;
-use duet_common::server::http::{dap_response, require_media_type, HttpResult};
-use duet_common::server::storage::{HelperJob, HelperJobState, HelperOutcome as Outcome, HelperStep, Store, Task};
 use duet_common::time::{Duration, Time};
 use duet_common::vdaf::Transition;
 use duet_common::Decode;
+use duet_server::checks;
+use duet_server::http::{dap_response, require_media_type, HttpResult};
+use duet_server::storage::{HelperJob, HelperJobState, HelperOutcome as Outcome, HelperStep, Store, Task};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ fn job_response(status: StatusCode, location: String, body: Vec<u8>) -> Response
     resp
 }
 
-/// Decrypts and checks one report share (`duet_common::server::checks`), then runs
+/// Decrypts and checks one report share (`duet_server::checks`), then runs
 /// `ping_pong_helper_init`.
 fn init_report(
     task: &Task,
@@ -115,7 +115,7 @@ pub async fn init(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
-    let _timer = duet_common::server::metrics::StepTimer::start("aggregation_job_init");
+    let _timer = duet_server::metrics::StepTimer::start("aggregation_job_init");
     let task = helper_task(&state, &task_id, &headers).await?;
     require_media_type(&headers, media_type::AGGREGATION_JOB_INIT_REQ)?;
     let tid = Some(task.id);
@@ -153,7 +153,7 @@ pub async fn init(
     let work = InitWork { task: task.clone(), job_id, digest, batch_id, req };
     match state.queue.admit() {
         Admission::Full => {
-            duet_common::server::metrics::aggregation_jobs(Role::Helper, "refused_busy", 1);
+            duet_server::metrics::aggregation_jobs(Role::Helper, "refused_busy", 1);
             Err(DapError::Unavailable("the aggregation queue is full".into()).into())
         }
         Admission::Now(ticket) => {
@@ -166,7 +166,7 @@ pub async fn init(
                 .helper_defer_step(&task, &job_id, AggregationJobStep(0), &digest, &state.owner, DEFERRAL_LEASE_SECONDS)
                 .await?;
             state.keep_deferrals_alive();
-            duet_common::server::metrics::aggregation_jobs(Role::Helper, "deferred", 1);
+            duet_server::metrics::aggregation_jobs(Role::Helper, "deferred", 1);
             let background = state.clone();
             tokio::spawn(async move {
                 let (task, job_id) = (work.task.clone(), work.job_id);
@@ -251,8 +251,8 @@ fn record_outcomes(resp: &AggregationJobResp) {
         })
         .collect();
     let aggregated = (resp.verify_resps.len() - failed.len()) as u64;
-    duet_common::server::metrics::reports_aggregated(Role::Helper, aggregated, &failed);
-    duet_common::server::metrics::aggregation_jobs(Role::Helper, "finished", 1);
+    duet_server::metrics::reports_aggregated(Role::Helper, aggregated, &failed);
+    duet_server::metrics::aggregation_jobs(Role::Helper, "finished", 1);
 }
 
 /// The stored answer to a repeated init request: the job's location and current state.
@@ -283,7 +283,7 @@ pub async fn continue_job(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
-    let _timer = duet_common::server::metrics::StepTimer::start("aggregation_job_continue");
+    let _timer = duet_server::metrics::StepTimer::start("aggregation_job_continue");
     let task = helper_task(&state, &task_id, &headers).await?;
     require_media_type(&headers, media_type::AGGREGATION_JOB_CONTINUE_REQ)?;
     let tid = Some(task.id);

@@ -10,9 +10,9 @@ use duet_common::hpke::{seal, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::http::{dap_response, require_media_type, HttpResult};
-use duet_common::server::storage::{Batch, BucketValues, ShareRelease, Task};
 use duet_common::{Decode, Encode};
+use duet_server::http::{dap_response, require_media_type, HttpResult};
+use duet_server::storage::{Batch, BucketValues, ShareRelease, Task};
 
 fn share_response(task: &Task, share_id: &AggregateShareId, status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = dap_response(status, media_type::AGGREGATE_SHARE, body);
@@ -68,7 +68,7 @@ pub async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
-    let _timer = duet_common::server::metrics::StepTimer::start("aggregate_share");
+    let _timer = duet_server::metrics::StepTimer::start("aggregate_share");
     let task = helper_task(&state, &task_id, &headers).await?;
     require_media_type(&headers, media_type::AGGREGATE_SHARE_REQ)?;
     let tid = Some(task.id);
@@ -84,7 +84,7 @@ pub async fn create(
     match state.store.helper_release_aggregate_share(&task, &share_id, &digest, &batch, &build).await? {
         ShareRelease::Released(resp) => {
             tracing::info!(task_id = %task.id, share_id = %share_id, reports = req.report_count, "aggregate share released");
-            duet_common::server::metrics::aggregate_share_released();
+            duet_server::metrics::aggregate_share_released();
             Ok(share_response(&task, &share_id, StatusCode::CREATED, resp))
         }
         ShareRelease::Overlap => {

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use duet_common::auth::AuthenticationToken;
 use duet_common::messages::{Role, TaskId};
-use duet_common::server::storage::Store;
+use duet_server::storage::Store;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -87,13 +87,13 @@ pub(crate) async fn helper_task(
     state: &HelperState,
     task_id: &str,
     headers: &axum::http::HeaderMap,
-) -> Result<Arc<duet_common::server::storage::Task>, duet_common::problem::DapError> {
-    let task_id = duet_common::server::http::parse_task_id(task_id)?;
+) -> Result<Arc<duet_server::storage::Task>, duet_common::problem::DapError> {
+    let task_id = duet_server::http::parse_task_id(task_id)?;
     let task = state.store.task(&task_id).await?;
     if task.role != Role::Helper {
         return Err(duet_common::problem::DapError::unrecognized_task(task_id));
     }
-    duet_common::server::http::require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
+    duet_server::http::require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
     Ok(task)
 }
 
@@ -110,11 +110,10 @@ pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationTok
         .route("/tasks/{task_id}/aggregate_shares", post(collect::create))
         .route("/tasks/{task_id}/aggregate_shares/{share_id}", get(collect::get).delete(collect::delete))
         .with_state(state);
-    let hpke = Router::new()
-        .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
-        .with_state(store.clone());
-    duet_common::server::http::guarded(
-        dap.merge(hpke).merge(duet_common::server::admin::router(store, Role::Helper, admin_token)),
+    let hpke =
+        Router::new().route("/hpke_config", get(duet_server::hpke_config::hpke_config)).with_state(store.clone());
+    duet_server::http::guarded(
+        dap.merge(hpke).merge(duet_server::admin::router(store, Role::Helper, admin_token)),
         max_body,
     )
 }

@@ -4,11 +4,11 @@
 
 use clap::{Args, Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{
-    check_common, migrate, serve, server_main, shutdown_signal, ConnectionFlags, ConnectionLimits, ServiceFlags,
-};
 use duet_helper::queue::QueueLimits;
 use duet_helper::{router, HelperConfig};
+use duet_server::runtime::{
+    check_common, migrate, serve, server_main, shutdown_signal, ConnectionFlags, ConnectionLimits, ServiceFlags,
+};
 
 #[derive(Parser)]
 #[command(name = "duet-helper", about = "The duet DAP-18 helper aggregator", args_conflicts_with_subcommands = true)]
@@ -123,7 +123,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
         println!("duet-helper: configuration OK");
         return Ok(());
     }
-    let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store = duet_server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let config = HelperConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
@@ -147,10 +147,10 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
-    let (_dir, database) = duet_common::server::runtime::interop_database(args.database, "helper")?;
-    let store = duet_common::server::storage::open(&database).await.map_err(|e| e.to_string())?;
+    let (_dir, database) = duet_server::runtime::interop_database(args.database, "helper")?;
+    let store = duet_server::storage::open(&database).await.map_err(|e| e.to_string())?;
     let app = router(store.clone(), HelperConfig::default(), AuthenticationToken::random())
-        .merge(duet_common::server::interop::router(store, duet_common::messages::Role::Helper));
+        .merge(duet_server::interop::router(store, duet_common::messages::Role::Helper));
     let listen = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

@@ -13,13 +13,13 @@ use duet_common::hpke::HpkeKeypair;
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
-use duet_common::server::checks;
-use duet_common::server::metrics;
-use duet_common::server::storage::{
-    AbandonedReports, JobReport, LeaderVerifyState, LeasedJob, ReportOutcome, StepCounts, Task, VerifyingReport,
-};
 use duet_common::vdaf::{Transition, Vdaf, VerifyState};
 use duet_common::{Decode, Encode};
+use duet_server::checks;
+use duet_server::metrics;
+use duet_server::storage::{
+    AbandonedReports, JobReport, LeaderVerifyState, LeasedJob, ReportOutcome, StepCounts, Task, VerifyingReport,
+};
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;

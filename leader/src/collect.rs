@@ -13,14 +13,12 @@ use duet_common::hpke::{seal, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::http::{
-    dap_response, parse_task_id, require_media_type, require_token, ErrorResponse, HttpResult,
-};
-use duet_common::server::metrics;
-use duet_common::server::storage::{
+use duet_common::{Decode, Encode};
+use duet_server::http::{dap_response, parse_task_id, require_media_type, require_token, ErrorResponse, HttpResult};
+use duet_server::metrics;
+use duet_server::storage::{
     Batch, BatchReadiness, BucketValues, CollectionJobRow, CollectionJobState, JobFailure, LeasedCollectionJob, Task,
 };
-use duet_common::{Decode, Encode};
 
 use sha2::{Digest, Sha256};
 use std::sync::Arc;

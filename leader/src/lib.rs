@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::messages::Role;
-use duet_common::server::storage::{JobSizes, Store};
+use duet_server::storage::{JobSizes, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -108,11 +108,10 @@ pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
         .route("/tasks/{task_id}/collection_jobs", post(collect::create))
         .route("/tasks/{task_id}/collection_jobs/{job_id}", get(collect::get).delete(collect::delete))
         .with_state(state);
-    let hpke = Router::new()
-        .route("/hpke_config", get(duet_common::server::hpke_config::hpke_config))
-        .with_state(store.clone());
-    duet_common::server::http::guarded(
-        dap.merge(hpke).merge(duet_common::server::admin::router(store, Role::Leader, admin_token)),
+    let hpke =
+        Router::new().route("/hpke_config", get(duet_server::hpke_config::hpke_config)).with_state(store.clone());
+    duet_server::http::guarded(
+        dap.merge(hpke).merge(duet_server::admin::router(store, Role::Leader, admin_token)),
         max_body,
     )
 }

@@ -4,10 +4,10 @@
 
 use clap::{Parser, Subcommand};
 use duet_common::auth::AuthenticationToken;
-use duet_common::server::runtime::{
+use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
+use duet_server::runtime::{
     check_common, migrate, serve, server_main, shutdown_signal, ConnectionFlags, ConnectionLimits, ServiceFlags,
 };
-use duet_leader::{router, spawn_workers, LeaderConfig, LeaderState};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -152,7 +152,7 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
     Ok(LeaderConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
-        job_sizes: duet_common::server::storage::JobSizes {
+        job_sizes: duet_server::storage::JobSizes {
             min: args.min_job_size,
             max: args.max_job_size,
             max_delay_seconds: args.max_job_delay_seconds,
@@ -189,7 +189,7 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
         println!("duet-leader: configuration OK");
         return Ok(());
     }
-    let store = duet_common::server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store = duet_server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
     let state = LeaderState::new(store.clone(), config)?;
     let limits = args.connection.limits();
     let ops = args.service.start_operations(store).await?;
@@ -214,7 +214,7 @@ async fn serve_leader(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = spawn_workers(state, stop_rx);
-    tracing::info!(%addr, database = %duet_common::server::runtime::redact_url(database), "duet-leader listening");
+    tracing::info!(%addr, database = %duet_server::runtime::redact_url(database), "duet-leader listening");
     // Tests and the demo read this line to learn the port when listening on port 0. It goes to
     // standard error, so that standard output holds nothing but log lines (JSON ones included).
     eprintln!("listening on {addr}");
@@ -236,11 +236,11 @@ async fn serve_leader(
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
-    let (_dir, database) = duet_common::server::runtime::interop_database(args.database, "leader")?;
-    let store = duet_common::server::storage::open(&database).await.map_err(|e| e.to_string())?;
+    let (_dir, database) = duet_server::runtime::interop_database(args.database, "leader")?;
+    let store = duet_server::storage::open(&database).await.map_err(|e| e.to_string())?;
     let defaults = LeaderConfig::default();
     let config = LeaderConfig {
-        job_sizes: duet_common::server::storage::JobSizes { min: 1, max_delay_seconds: 0, ..defaults.job_sizes },
+        job_sizes: duet_server::storage::JobSizes { min: 1, max_delay_seconds: 0, ..defaults.job_sizes },
         creator_interval: Duration::from_millis(200),
         driver_interval: Duration::from_millis(100),
         lease_seconds: 15,
@@ -250,7 +250,7 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
     };
     let state = LeaderState::new(store.clone(), config)?;
     let app = router(state.clone(), AuthenticationToken::random())
-        .merge(duet_common::server::interop::router(store, duet_common::messages::Role::Leader));
+        .merge(duet_server::interop::router(store, duet_common::messages::Role::Leader));
     serve_leader(state, app, &format!("{}:{}", args.host, args.port), &database, None, ConnectionLimits::default())
         .await
 }

@@ -11,18 +11,18 @@ use axum::response::{IntoResponse, Response};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
-use duet_common::server::checks;
-use duet_common::server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
-use duet_common::server::storage::{Store, Task};
 use duet_common::time::{Duration, Time};
 use duet_common::Encode;
+use duet_server::checks;
+use duet_server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
+use duet_server::storage::{Store, Task};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// The checks that need no storage: time, task interval, HPKE config, extensions (the shared
-/// ones in `duet_common::server::checks`).
+/// ones in `duet_server::checks`).
 fn precheck(
     task: &Task,
     report: &EncodedReport<'_>,
@@ -46,7 +46,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> HttpResult<Response> {
-    let _timer = duet_common::server::metrics::StepTimer::start("upload");
+    let _timer = duet_server::metrics::StepTimer::start("upload");
     let task_id = parse_task_id(&task_id)?;
     let task = state.store.task(&task_id).await?;
     if task.role != Role::Leader {
@@ -86,7 +86,7 @@ pub async fn upload(
         .collect();
     tracing::debug!(task_id = %task.id, reports = reports.len(), rejected = errors.len(), "upload");
     let rejected: Vec<ReportError> = errors.iter().map(|s| s.error).collect();
-    duet_common::server::metrics::reports_uploaded((reports.len() - errors.len()) as u64, &rejected);
+    duet_server::metrics::reports_uploaded((reports.len() - errors.len()) as u64, &rejected);
     if errors.is_empty() {
         return Ok(StatusCode::OK.into_response());
     }
@@ -169,7 +169,7 @@ impl QueuedReport {
 }
 
 impl UploadQueue {
-    /// Stores `reports` (read from `body`) as [`duet_common::server::storage::Storage::put_reports`]
+    /// Stores `reports` (read from `body`) as [`duet_server::storage::Storage::put_reports`]
     /// does, alone or in a group transaction.
     pub async fn put(
         &self,
@@ -236,7 +236,7 @@ async fn store_group(store: &Store, mut group: Vec<QueuedUpload>, counts: &Group
             same.iter().flat_map(|u| u.reports.iter().map(QueuedReport::view)).collect();
         let refs: Vec<&EncodedReport<'_>> = views.iter().collect();
         counts.transactions.fetch_add(1, Ordering::Relaxed);
-        duet_common::server::metrics::upload_group(same.len());
+        duet_server::metrics::upload_group(same.len());
         let outcome = match store.put_reports(&task, &refs).await {
             Ok(stored) if stored.len() == refs.len() => Ok(stored),
             Ok(_) => Err(DapError::Internal("upload bookkeeping".into())),

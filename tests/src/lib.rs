@@ -486,13 +486,13 @@ pub fn stub_report(time: u64, payload_len: usize) -> duet_common::messages::Repo
     }
 }
 
-/// Stores `reports` with [`Storage::put_reports`](duet_common::server::storage::Storage), which
+/// Stores `reports` with [`Storage::put_reports`](duet_server::storage::Storage), which
 /// takes reports as they arrive on the wire: encoded, then read in place as the leader reads them.
 pub async fn put_reports(
-    store: &dyn duet_common::server::storage::Storage,
-    task: &duet_common::server::storage::Task,
+    store: &dyn duet_server::storage::Storage,
+    task: &duet_server::storage::Task,
     reports: impl IntoIterator<Item = &duet_common::messages::Report>,
-) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_common::server::storage::StoreError> {
+) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_server::storage::StoreError> {
     use duet_common::Encode;
     let mut body = Vec::new();
     for report in reports {

@@ -3,9 +3,9 @@
 //! every report it held keeps its state, its bytes and its place in the replay check.
 
 use duet_common::messages::*;
-use duet_common::server::sql::Backend;
-use duet_common::server::storage::{open, JobSizes};
 use duet_common::Encode;
+use duet_server::sql::Backend;
+use duet_server::storage::{open, JobSizes};
 use duet_tests::{count_rows, put_reports, storage_task_request, stub_report, PgDatabase};
 use sqlx::Executor;
 

@@ -358,6 +358,6 @@ async fn settings_from_a_file_the_environment_and_flags() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let newest = duet_common::server::sql::Backend::Sqlite.migrations().last().unwrap().0;
+    let newest = duet_server::sql::Backend::Sqlite.migrations().last().unwrap().0;
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("database {db} is at schema version {newest}")));
 }

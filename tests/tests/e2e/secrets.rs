@@ -83,7 +83,7 @@ async fn no_secret_in_any_log_line_or_debug_output() {
         format!("{:?}", d.leader_admin),
         format!(
             "{:?}",
-            duet_common::server::storage::Task::from_request(duet_common::messages::Role::Leader, &task.leader_request)
+            duet_server::storage::Task::from_request(duet_common::messages::Role::Leader, &task.leader_request)
                 .unwrap()
         ),
     ];

@@ -6,11 +6,11 @@ use duet_common::auth::AuthenticationToken;
 use duet_common::hpke::HpkeKeypair;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
-use duet_common::server::storage::*;
 use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
 use duet_common::time::{Duration, Interval, Time};
 use duet_common::vdaf::{Measurement, OutputShare, Transition, VdafConfig, VerifyKey};
 use duet_common::Encode;
+use duet_server::storage::*;
 use duet_tests::PgDatabase;
 
 /// What keeps a test database alive: a SQLite file's folder or a PostgreSQL database.
@@ -137,7 +137,7 @@ async fn tasks_are_provisioned_once_and_deleted() {
         // A key is made on first use and kept.
         let keys = store.hpke_keypairs().await.unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].1, duet_common::server::storage::HpkeKeyState::Active);
+        assert_eq!(keys[0].1, duet_server::storage::HpkeKeyState::Active);
         assert_eq!(store.hpke_keypairs().await.unwrap()[0].0.config(), keys[0].0.config());
     }
 }

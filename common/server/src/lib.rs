@@ -1,4 +1,4 @@
-//! What the leader and helper servers share (feature `server`): HTTP glue ([`http`]), the
+//! duet-server: what the leader and helper servers share, and nothing a client needs. HTTP glue ([`http`]), the
 //! storage interface with a transaction per protocol step ([`storage`]) and its SQL backends
 //! ([`sql`]: SQLite and PostgreSQL), `/hpke_config` ([`hpke_config`]) and the admin API for provisioning tasks
 //! ([`admin`]) with HPKE key rotation, layered settings ([`config`]), and metrics, health and

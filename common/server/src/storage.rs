@@ -5,14 +5,14 @@
 
 pub use super::states::*;
 pub use super::store_error::StoreError;
-use crate::auth::AuthenticationToken;
-use crate::hpke::HpkeKeypair;
-use crate::messages::*;
-use crate::problem::DapError;
-use crate::task::{AggregatorTaskRequest, TaskParameters};
-use crate::time::{Interval, Time};
-use crate::vdaf::{AggregateShare, OutputShare, Vdaf, VerifyKey, VerifyState};
-use crate::Encode;
+use duet_common::auth::AuthenticationToken;
+use duet_common::hpke::HpkeKeypair;
+use duet_common::messages::*;
+use duet_common::problem::DapError;
+use duet_common::task::{AggregatorTaskRequest, TaskParameters};
+use duet_common::time::{Interval, Time};
+use duet_common::vdaf::{AggregateShare, OutputShare, Vdaf, VerifyKey, VerifyState};
+use duet_common::Encode;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Task {
 
 impl Task {
     pub fn from_request(role: Role, req: &AggregatorTaskRequest) -> Result<Self, DapError> {
-        let bad = |e: crate::task::TaskError| DapError::BadRequest(e.to_string());
+        let bad = |e: duet_common::task::TaskError| DapError::BadRequest(e.to_string());
         let configuration = req.parameters.task_configuration().map_err(bad)?;
         let vdaf = Vdaf::new(&req.parameters.vdaf).map_err(|e| DapError::BadRequest(e.to_string()))?;
         let collector_auth_token = req.collector_token().map_err(bad)?;
@@ -69,7 +69,7 @@ impl Task {
 
     /// The VDAF context `"dap-18" || task_id`.
     pub fn vdaf_context(&self) -> [u8; 38] {
-        crate::vdaf::vdaf_context(&self.id)
+        duet_common::vdaf::vdaf_context(&self.id)
     }
 
     /// The encoded aggregate share an aggregator releases for a batch: with this aggregator's
@@ -424,7 +424,7 @@ pub trait Storage: Send + Sync {
 
     /// The clock behind every time decision of the server holding this store (its handlers
     /// read it here too), so that tests can move time.
-    fn clock(&self) -> &crate::clock::SharedClock;
+    fn clock(&self) -> &duet_common::clock::SharedClock;
 
     /// Now, by [`Self::clock`], in seconds since the Unix epoch.
     fn now_seconds(&self) -> i64 {
@@ -671,11 +671,11 @@ pub type Store = Arc<dyn Storage>;
 /// Opens the storage a database URL names (`sqlite:...` or `postgres://...`), applying
 /// migrations.
 pub async fn open(url: &str) -> Result<Store, StoreError> {
-    open_with_clock(url, crate::clock::system()).await
+    open_with_clock(url, duet_common::clock::system()).await
 }
 
 /// [`open`], with the time read from `clock`.
-pub async fn open_with_clock(url: &str, clock: crate::clock::SharedClock) -> Result<Store, StoreError> {
+pub async fn open_with_clock(url: &str, clock: duet_common::clock::SharedClock) -> Result<Store, StoreError> {
     Ok(Arc::new(super::sql::SqlStore::open(url).await?.with_clock(clock)))
 }
 

@@ -1,8 +1,8 @@
 //! The storage layer's error type, and its mapping to DAP problems, in one place: storage
 //! errors are not HTTP errors; handlers turn them into problem documents through `From`.
 
-use crate::messages::TaskId;
-use crate::problem::DapError;
+use duet_common::messages::TaskId;
+use duet_common::problem::DapError;
 
 /// Storage failures, mapped to DAP problems in one place (`From<StoreError> for DapError`).
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,7 @@ impl From<DapError> for StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::DapProblemType;
+    use duet_common::problem::DapProblemType;
 
     #[test]
     fn storage_errors_map_to_dap_problems_in_one_place() {

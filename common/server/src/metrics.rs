@@ -81,7 +81,7 @@ fn describe() {
 }
 
 /// Reports the leader accepted (`accepted`) and refused, by report error.
-pub fn reports_uploaded(accepted: u64, rejected: &[crate::messages::ReportError]) {
+pub fn reports_uploaded(accepted: u64, rejected: &[duet_common::messages::ReportError]) {
     counter!("duet_reports_uploaded_total").increment(accepted);
     for error in rejected {
         counter!("duet_reports_rejected_total", "reason" => error.name()).increment(1);
@@ -94,7 +94,11 @@ pub fn upload_group(requests: usize) {
 }
 
 /// Reports an aggregator added to batches, and those that failed, by report error.
-pub fn reports_aggregated(role: crate::messages::Role, aggregated: u64, failed: &[crate::messages::ReportError]) {
+pub fn reports_aggregated(
+    role: duet_common::messages::Role,
+    aggregated: u64,
+    failed: &[duet_common::messages::ReportError],
+) {
     let role = role_label(role);
     counter!("duet_reports_aggregated_total", "role" => role).increment(aggregated);
     for error in failed {
@@ -103,7 +107,7 @@ pub fn reports_aggregated(role: crate::messages::Role, aggregated: u64, failed: 
 }
 
 /// An aggregation job event: `created`, `finished`, `retried` or `abandoned`.
-pub fn aggregation_jobs(role: crate::messages::Role, outcome: &'static str, n: u64) {
+pub fn aggregation_jobs(role: duet_common::messages::Role, outcome: &'static str, n: u64) {
     counter!("duet_aggregation_jobs_total", "role" => role_label(role), "outcome" => outcome).increment(n);
 }
 
@@ -123,10 +127,10 @@ pub fn aggregate_share_released() {
     counter!("duet_aggregate_shares_total").increment(1);
 }
 
-fn role_label(role: crate::messages::Role) -> &'static str {
+fn role_label(role: duet_common::messages::Role) -> &'static str {
     match role {
-        crate::messages::Role::Leader => "leader",
-        crate::messages::Role::Helper => "helper",
+        duet_common::messages::Role::Leader => "leader",
+        duet_common::messages::Role::Helper => "helper",
         _ => "other",
     }
 }

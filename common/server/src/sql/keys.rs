@@ -3,13 +3,11 @@
 //! configuration), and deleted once no client can still hold them.
 
 use super::SqlStore;
-use crate::hpke::{HpkeKeypair, HpkePrivateKey};
-use crate::messages::{HpkeConfig, HpkeConfigId};
-use crate::server::storage::Storage as _;
-use crate::server::storage::{
-    first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS,
-};
-use crate::{Decode, Encode};
+use crate::storage::Storage as _;
+use crate::storage::{first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS};
+use duet_common::hpke::{HpkeKeypair, HpkePrivateKey};
+use duet_common::messages::{HpkeConfig, HpkeConfigId};
+use duet_common::{Decode, Encode};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 

@@ -14,10 +14,12 @@
 //!   any extension when they open their share; duet recognises no report extension yet, so any is
 //!   "unrecognised", hence `invalid_message`.
 
-use crate::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
-use crate::messages::{HpkeCiphertext, InputShareAad, PlaintextInputShare, ReportError, ReportMetadata, Role, TaskId};
-use crate::time::{Duration, Interval, Time};
-use crate::Decode;
+use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
+use duet_common::messages::{
+    HpkeCiphertext, InputShareAad, PlaintextInputShare, ReportError, ReportMetadata, Role, TaskId,
+};
+use duet_common::time::{Duration, Interval, Time};
+use duet_common::Decode;
 
 /// Too early: more than `skew` past the aggregator's `now` ("a few minutes ahead").
 fn too_early(time: Time, now: Time, skew: Duration) -> bool {
@@ -106,10 +108,10 @@ pub fn open_input_share(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hpke::seal;
-    use crate::messages::{Extension, ExtensionType, HpkeConfigId, ReportId};
-    use crate::time::TimePrecision;
-    use crate::Encode;
+    use duet_common::hpke::seal;
+    use duet_common::messages::{Extension, ExtensionType, HpkeConfigId, ReportId};
+    use duet_common::time::TimePrecision;
+    use duet_common::Encode;
 
     fn t(units: u64) -> Time {
         Time::from_units(units)

@@ -3,10 +3,10 @@
 //! shares, each one transaction.
 
 use super::{id_of, internal, value_rows, SqlStore, Tx};
-use crate::messages::*;
-use crate::server::storage::*;
-use crate::time::Time;
-use crate::Encode;
+use crate::storage::*;
+use duet_common::messages::*;
+use duet_common::time::Time;
+use duet_common::Encode;
 use sqlx::Row;
 use std::collections::HashMap;
 

@@ -3,13 +3,13 @@
 //! `duet-helper interop` next to the DAP endpoints, never by a production server.
 
 use super::storage::Store;
-use crate::interop::{self, VdafObject};
-use crate::messages::Role;
-use crate::task::AggregatorTaskRequest;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use duet_common::interop::{self, VdafObject};
+use duet_common::messages::Role;
+use duet_common::task::AggregatorTaskRequest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -160,7 +160,7 @@ pub fn check_database_url(value: &str) -> Result<(), String> {
 /// What [`check_common`] built while checking: the admin token and the TLS acceptor (its files
 /// read and parsed once, here).
 pub struct CommonSettings {
-    pub admin_token: crate::auth::AuthenticationToken,
+    pub admin_token: duet_common::auth::AuthenticationToken,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -191,7 +191,7 @@ pub fn check_common(
     let tls = connection.tls()?;
     let token = admin_token.ok_or("admin_token is required: set DUET_ADMIN_TOKEN (or --admin-token)")?;
     let admin_token =
-        crate::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))?;
+        duet_common::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))?;
     Ok(CommonSettings { admin_token, tls })
 }
 
@@ -238,7 +238,7 @@ pub fn interop_database(url: Option<String>, role: &str) -> Result<(Option<tempf
     }
 }
 
-pub use crate::auth::redact_url;
+pub use duet_common::auth::redact_url;
 
 #[cfg(test)]
 mod tests {

@@ -4,9 +4,9 @@
 
 use super::leader::{drop_payloads, execute_for_job, fail_reports, forget_pending, settle_job};
 use super::{id_of, SqlStore};
-use crate::messages::*;
-use crate::server::storage::*;
-use crate::Encode;
+use crate::storage::*;
+use duet_common::messages::*;
+use duet_common::Encode;
 use sqlx::Row;
 
 /// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver
@@ -148,7 +148,7 @@ pub(super) async fn pending_reports(
             };
             Ok(VerifyingReport {
                 report_id: id_of(r.get(0), "report ID")?,
-                time: crate::time::Time::from_units(r.get::<i64, _>(1) as u64),
+                time: duet_common::time::Time::from_units(r.get::<i64, _>(1) as u64),
                 state,
                 outbound: r.get(4),
             })

@@ -3,9 +3,9 @@
 //! abandonment) is in [`super::leases`]; collection jobs are in [`super::collect`].
 
 use super::{id_of, placeholder_list, Backend, SqlStore, Tx};
-use crate::messages::*;
-use crate::server::storage::*;
-use crate::Decode;
+use crate::storage::*;
+use duet_common::messages::*;
+use duet_common::Decode;
 use sqlx::Row;
 
 /// Upload: stores the reports that passed the stateless checks, in one transaction. A report

@@ -1,8 +1,8 @@
 //! The states the servers store as text, as enums (their spelling in the database and back,
 //! unknown spellings refused), and a failed collection job's cause as a typed value.
 
-use crate::messages::TaskId;
-use crate::problem::{DapError, DapProblemType};
+use duet_common::messages::TaskId;
+use duet_common::problem::{DapError, DapProblemType};
 
 /// A state enum stored as text: its spelling in the database (`db`, also the metrics' label)
 /// and back (`from_db`, `None` for a spelling this version does not know).

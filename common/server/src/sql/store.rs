@@ -3,17 +3,17 @@
 //! serialization race.
 
 use super::{collect, helper, leader, leases, Backend, SqlStore};
-use crate::hpke::HpkeKeypair;
-use crate::messages::*;
-use crate::server::storage::*;
-use crate::task::AggregatorTaskRequest;
+use crate::storage::*;
+use duet_common::hpke::HpkeKeypair;
+use duet_common::messages::*;
+use duet_common::task::AggregatorTaskRequest;
 use sqlx::Row;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[async_trait::async_trait]
 impl Storage for SqlStore {
-    fn clock(&self) -> &crate::clock::SharedClock {
+    fn clock(&self) -> &duet_common::clock::SharedClock {
         &self.clock
     }
     async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, StoreError> {

@@ -17,8 +17,8 @@ mod leases;
 mod tasks;
 
 use super::storage::*;
-use crate::clock::SharedClock;
-use crate::messages::*;
+use duet_common::clock::SharedClock;
+use duet_common::messages::*;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::collections::HashMap;
@@ -182,7 +182,7 @@ macro_rules! retrying {
         let mut attempt = 0u32;
         loop {
             match $step {
-                Err(crate::server::storage::StoreError::Retry(_)) if attempt < 10 => {
+                Err(crate::storage::StoreError::Retry(_)) if attempt < 10 => {
                     attempt += 1;
                     let jitter = u64::from(rand::random::<u8>() % 20);
                     tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
@@ -325,7 +325,7 @@ impl SqlStore {
             statistics_checked_ms: Arc::default(),
             wal,
             write_gate: Arc::default(),
-            clock: crate::clock::system(),
+            clock: duet_common::clock::system(),
         })
     }
 

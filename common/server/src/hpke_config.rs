@@ -2,13 +2,13 @@
 
 use super::http::{dap_response, HttpResult};
 use super::storage::Store;
-use crate::media_type;
-use crate::messages::HpkeConfigList;
-use crate::problem::DapError;
-use crate::Encode;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use duet_common::media_type;
+use duet_common::messages::HpkeConfigList;
+use duet_common::problem::DapError;
+use duet_common::Encode;
 
 /// How long clients may cache the list. Keys are kept at least twice this long after they stop
 /// being advertised, as the spec recommends.

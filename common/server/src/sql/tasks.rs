@@ -1,11 +1,11 @@
 //! Provisioned tasks on SQL: stored once, read through a per-process cache.
 
 use super::SqlStore;
-use crate::messages::*;
-use crate::server::storage::*;
-use crate::task::{AggregatorTaskRequest, TaskParameters};
-use crate::vdaf::VerifyKey;
-use crate::{Decode, Encode};
+use crate::storage::*;
+use duet_common::messages::*;
+use duet_common::task::{AggregatorTaskRequest, TaskParameters};
+use duet_common::vdaf::VerifyKey;
+use duet_common::{Decode, Encode};
 use sqlx::Row;
 use std::sync::Arc;
 
@@ -84,7 +84,7 @@ impl SqlStore {
             vdaf_verify_key: VerifyKey::from_bytes(key.try_into().map_err(|_| corrupt("verify key"))?).to_base64(),
             aggregator_auth_token: row.get(3),
             collector_auth_token: row.get(4),
-            collector_hpke_config: crate::task::hpke_config_to_b64(
+            collector_hpke_config: duet_common::task::hpke_config_to_b64(
                 &HpkeConfig::get_decoded(&collector_config).map_err(|_| corrupt("collector config"))?,
             ),
             max_batch_size: row.get::<Option<i64>, _>(6).map(|m| m as u64),

@@ -3,17 +3,17 @@
 
 use super::http::{parse_task_id, require_token, ErrorResponse, HttpResult};
 use super::storage::{first_free_config_id, HpkeKeyRecord, HpkeKeyState, Store};
-use crate::auth::AuthenticationToken;
-use crate::hpke::HpkeKeypair;
-use crate::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
-use crate::messages::Role;
-use crate::messages::{HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId};
-use crate::problem::DapError;
-use crate::task::AggregatorTaskRequest;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use duet_common::auth::AuthenticationToken;
+use duet_common::hpke::HpkeKeypair;
+use duet_common::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
+use duet_common::messages::Role;
+use duet_common::messages::{HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId};
+use duet_common::problem::DapError;
+use duet_common::task::AggregatorTaskRequest;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -87,7 +87,7 @@ fn key_info(rec: &HpkeKeyRecord) -> HpkeKeyInfo {
         state: rec.state.label().to_string(),
         created_at_seconds: rec.created_at_seconds,
         state_changed_at_seconds: rec.state_changed_at_seconds,
-        hpke_config: crate::task::hpke_config_to_b64(&rec.config),
+        hpke_config: duet_common::task::hpke_config_to_b64(&rec.config),
     }
 }
 
@@ -126,9 +126,9 @@ async fn add_key(
     // Unset parts of the suite are those of `HpkeKeypair::generate_default`.
     let keypair = HpkeKeypair::generate(
         id,
-        req.kem_id.map(HpkeKemId).unwrap_or(crate::hpke::kem::X25519_HKDF_SHA256),
-        req.kdf_id.map(HpkeKdfId).unwrap_or(crate::hpke::kdf::HKDF_SHA256),
-        req.aead_id.map(HpkeAeadId).unwrap_or(crate::hpke::aead::AES_128_GCM),
+        req.kem_id.map(HpkeKemId).unwrap_or(duet_common::hpke::kem::X25519_HKDF_SHA256),
+        req.kdf_id.map(HpkeKdfId).unwrap_or(duet_common::hpke::kdf::HKDF_SHA256),
+        req.aead_id.map(HpkeAeadId).unwrap_or(duet_common::hpke::aead::AES_128_GCM),
     )
     .map_err(|e| ErrorResponse(DapError::BadRequest(format!("HPKE suite: {e}"))))?;
     let rec = s.datastore.add_hpke_key(&keypair).await?;

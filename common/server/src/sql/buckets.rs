@@ -2,10 +2,10 @@
 //! batch's buckets combined, and the record of which batches were collected.
 
 use super::{SqlStore, Tx};
-use crate::messages::*;
-use crate::server::storage::*;
-use crate::time::Time;
-use crate::Encode;
+use crate::storage::*;
+use duet_common::messages::*;
+use duet_common::time::Time;
+use duet_common::Encode;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::HashMap;

@@ -3,11 +3,11 @@
 //! transaction, and ended with the result, or failed, which gives an unreleased batch back.
 
 use super::{id_of, internal, SqlStore, Tx};
-use crate::messages::*;
-use crate::problem::{DapError, DapProblemType};
-use crate::server::storage::*;
-use crate::time::Interval;
-use crate::{Decode, Encode};
+use crate::storage::*;
+use duet_common::messages::*;
+use duet_common::problem::{DapError, DapProblemType};
+use duet_common::time::Interval;
+use duet_common::{Decode, Encode};
 use sqlx::Row;
 
 const COLLECTION_COLUMNS: &str = "collection_job_id, request, batch_id, state, batch_committed, report_count, checksum,

@@ -1,12 +1,12 @@
 //! HTTP glue for axum: DAP errors as problem-document responses, request bodies checked for
 //! their media type, and bearer-token checks.
 
-use crate::auth::AuthenticationToken;
-use crate::media_type;
-use crate::messages::TaskId;
-use crate::problem::DapError;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use duet_common::auth::AuthenticationToken;
+use duet_common::media_type;
+use duet_common::messages::TaskId;
+use duet_common::problem::DapError;
 
 /// An error answered as `application/problem+json`.
 #[derive(Debug)]
