@@ -6,6 +6,7 @@
 //! the work twice.
 
 use crate::queue::{Admission, Ticket};
+use crate::store::{HelperJob, HelperJobState, HelperOutcome as Outcome, HelperStep, Store, Task};
 use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,7 +19,6 @@ use duet_common::vdaf::Transition;
 use duet_common::Decode;
 use duet_server::checks;
 use duet_server::http::{dap_response, require_media_type, HttpResult};
-use duet_server::storage::{HelperJob, HelperJobState, HelperOutcome as Outcome, HelperStep, Store, Task};
 use std::collections::HashSet;
 use std::sync::Arc;
 

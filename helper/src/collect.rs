@@ -2,6 +2,7 @@
 //! leader's batch against its own buckets (size, report count, checksum), marks the batch
 //! collected and returns its aggregate share encrypted to the collector, all in one transaction.
 
+use crate::store::{Batch, BucketValues, ShareRelease, Task};
 use crate::{helper_task, job_digest, HelperState};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,7 +13,6 @@ use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::{Decode, Encode};
 use duet_server::http::{dap_response, require_media_type, HttpResult};
-use duet_server::storage::{Batch, BucketValues, ShareRelease, Task};
 
 fn share_response(task: &Task, share_id: &AggregateShareId, status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = dap_response(status, media_type::AGGREGATE_SHARE, body);
@@ -80,8 +80,7 @@ pub async fn create(
         return Ok(share_response(&task, &share_id, StatusCode::OK, resp));
     }
     let batch = requested_batch(&task, &req)?;
-    let build = |values: Option<&BucketValues>| build_share(&task, &req, values);
-    match state.store.helper_release_aggregate_share(&task, &share_id, &digest, &batch, &build).await? {
+    match state.store.helper_release_aggregate_share(&task, &share_id, &digest, &batch, &req).await? {
         ShareRelease::Released(resp) => {
             tracing::info!(task_id = %task.id, share_id = %share_id, reports = req.report_count, "aggregate share released");
             duet_server::metrics::aggregate_share_released();
@@ -95,7 +94,11 @@ pub async fn create(
 
 /// Checks the batch against the leader's request (size, count, checksum) and encrypts the
 /// helper's aggregate share to the collector.
-fn build_share(task: &Task, req: &AggregateShareReq, values: Option<&BucketValues>) -> Result<Vec<u8>, DapError> {
+pub(crate) fn build_share(
+    task: &Task,
+    req: &AggregateShareReq,
+    values: Option<&BucketValues>,
+) -> Result<Vec<u8>, DapError> {
     let tid = Some(task.id);
     let count = values.map_or(0, |v| v.report_count);
     if count < task.configuration.min_batch_size {

@@ -4,12 +4,13 @@
 pub mod aggregate;
 pub mod collect;
 pub mod queue;
+pub mod store;
 
+use crate::store::Store;
 use axum::routing::{get, post};
 use axum::Router;
 use duet_common::auth::AuthenticationToken;
 use duet_common::messages::{Role, TaskId};
-use duet_server::storage::Store;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -87,7 +88,7 @@ pub(crate) async fn helper_task(
     state: &HelperState,
     task_id: &str,
     headers: &axum::http::HeaderMap,
-) -> Result<Arc<duet_server::storage::Task>, duet_common::problem::DapError> {
+) -> Result<Arc<crate::store::Task>, duet_common::problem::DapError> {
     let task_id = duet_server::http::parse_task_id(task_id)?;
     let task = state.store.task(&task_id).await?;
     if task.role != Role::Helper {

@@ -123,7 +123,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
         println!("duet-helper: configuration OK");
         return Ok(());
     }
-    let store = duet_server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store = duet_helper::store::open(&args.database).await.map_err(|e| e.to_string())?;
     let config = HelperConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
@@ -133,7 +133,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let ops = args.service.start_operations(store.clone()).await?;
+    let ops = args.service.start_operations(store.clone(), None).await?;
     tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0. It goes to
     // standard error, so that standard output holds nothing but log lines (JSON ones included).
@@ -148,7 +148,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
     let (_dir, database) = duet_server::runtime::interop_database(args.database, "helper")?;
-    let store = duet_server::storage::open(&database).await.map_err(|e| e.to_string())?;
+    let store = duet_helper::store::open(&database).await.map_err(|e| e.to_string())?;
     let app = router(store.clone(), HelperConfig::default(), AuthenticationToken::random())
         .merge(duet_server::interop::router(store, duet_common::messages::Role::Helper));
     let listen = format!("{}:{}", args.host, args.port);

@@ -8,6 +8,9 @@
 //! helper that refuses the job, or answers what the leader cannot follow, has it abandoned.
 
 use crate::peer::{endpoint_url, PeerError, RetryReason};
+use crate::store::{
+    AbandonedReports, JobReport, LeaderVerifyState, LeasedJob, ReportOutcome, StepCounts, Task, VerifyingReport,
+};
 use crate::{retry, LeaderState};
 use duet_common::hpke::HpkeKeypair;
 use duet_common::media_type;
@@ -17,9 +20,6 @@ use duet_common::vdaf::{Transition, Vdaf, VerifyState};
 use duet_common::{Decode, Encode};
 use duet_server::checks;
 use duet_server::metrics;
-use duet_server::storage::{
-    AbandonedReports, JobReport, LeaderVerifyState, LeasedJob, ReportOutcome, StepCounts, Task, VerifyingReport,
-};
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;

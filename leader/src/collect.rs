@@ -5,6 +5,9 @@
 //! the helper fails gives its batch back, collectable again.
 
 use crate::peer::{endpoint_url, PeerError};
+use crate::store::{
+    Batch, BatchReadiness, BucketValues, CollectionJobRow, CollectionJobState, JobFailure, LeasedCollectionJob, Task,
+};
 use crate::{retry, LeaderState};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -16,9 +19,6 @@ use duet_common::problem::{DapError, DapProblemType};
 use duet_common::{Decode, Encode};
 use duet_server::http::{dap_response, parse_task_id, require_media_type, require_token, ErrorResponse, HttpResult};
 use duet_server::metrics;
-use duet_server::storage::{
-    Batch, BatchReadiness, BucketValues, CollectionJobRow, CollectionJobState, JobFailure, LeasedCollectionJob, Task,
-};
 
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -222,7 +222,11 @@ pub async fn delete(
     Ok(StatusCode::OK)
 }
 
-fn seal_leader_share(task: &Task, req: &CollectionJobReq, values: &BucketValues) -> Result<HpkeCiphertext, DapError> {
+pub(crate) fn seal_leader_share(
+    task: &Task,
+    req: &CollectionJobReq,
+    values: &BucketValues,
+) -> Result<HpkeCiphertext, DapError> {
     let aad = AggregateShareAad::encode_parts(&task.id, &task.configuration_encoded, req)
         .map_err(|e| DapError::Internal(e.to_string()))?;
     let share = task.released_share(values)?;
@@ -243,8 +247,7 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
     let ds = &state.store;
     let _timer = metrics::StepTimer::start("collection_job");
     if !job.batch_committed {
-        let req = job.request.clone();
-        match ds.commit_collection_batch(&task, &job, &|v| seal_leader_share(&task, &req, v)).await? {
+        match ds.commit_collection_batch(&task, &job).await? {
             BatchReadiness::Wait(why) => {
                 tracing::debug!(task_id = %task.id, collection_job_id = %id, %why, "collection job waits");
                 return ds.defer_collection_job(&task, &id, 1, None).await.map_err(DapError::from);

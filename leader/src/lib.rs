@@ -5,15 +5,17 @@
 
 pub mod aggregate;
 pub mod collect;
+pub mod gauges;
 pub mod peer;
 pub mod retry;
+pub mod store;
 pub mod upload;
 
+use crate::store::{JobSizes, Store};
 use axum::routing::{get, post};
 use axum::Router;
 use duet_common::auth::{AuthenticationToken, TokenScheme};
 use duet_common::messages::Role;
-use duet_server::storage::{JobSizes, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};

@@ -152,7 +152,7 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
     Ok(LeaderConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
-        job_sizes: duet_server::storage::JobSizes {
+        job_sizes: duet_leader::store::JobSizes {
             min: args.min_job_size,
             max: args.max_job_size,
             max_delay_seconds: args.max_job_delay_seconds,
@@ -189,10 +189,12 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
         println!("duet-leader: configuration OK");
         return Ok(());
     }
-    let store = duet_server::storage::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store = duet_leader::store::open(&args.database).await.map_err(|e| e.to_string())?;
     let state = LeaderState::new(store.clone(), config)?;
     let limits = args.connection.limits();
-    let ops = args.service.start_operations(store).await?;
+    let gauges: std::sync::Arc<dyn duet_server::metrics::RoleGauges> =
+        std::sync::Arc::new(duet_leader::gauges::LeaderGauges(store.clone()));
+    let ops = args.service.start_operations(store, Some(gauges)).await?;
     let app = router(state.clone(), common.admin_token);
     let served = serve_leader(state, app, &args.listen, &args.database, common.tls, limits).await;
     if let Some(ops) = ops {
@@ -237,10 +239,10 @@ async fn serve_leader(
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
     let (_dir, database) = duet_server::runtime::interop_database(args.database, "leader")?;
-    let store = duet_server::storage::open(&database).await.map_err(|e| e.to_string())?;
+    let store = duet_leader::store::open(&database).await.map_err(|e| e.to_string())?;
     let defaults = LeaderConfig::default();
     let config = LeaderConfig {
-        job_sizes: duet_server::storage::JobSizes { min: 1, max_delay_seconds: 0, ..defaults.job_sizes },
+        job_sizes: duet_leader::store::JobSizes { min: 1, max_delay_seconds: 0, ..defaults.job_sizes },
         creator_interval: Duration::from_millis(200),
         driver_interval: Duration::from_millis(100),
         lease_seconds: 15,

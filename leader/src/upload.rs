@@ -4,6 +4,7 @@
 //! database that writes one transaction at a time, the requests that arrive together share that
 //! transaction ([`UploadQueue`]).
 
+use crate::store::{Store, Task};
 use crate::LeaderState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,7 +16,6 @@ use duet_common::time::{Duration, Time};
 use duet_common::Encode;
 use duet_server::checks;
 use duet_server::http::{dap_response, parse_task_id, require_media_type, HttpResult};
-use duet_server::storage::{Store, Task};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -169,7 +169,7 @@ impl QueuedReport {
 }
 
 impl UploadQueue {
-    /// Stores `reports` (read from `body`) as [`duet_server::storage::Storage::put_reports`]
+    /// Stores `reports` (read from `body`) as [`crate::store::Storage::put_reports`]
     /// does, alone or in a group transaction.
     pub async fn put(
         &self,

@@ -486,10 +486,10 @@ pub fn stub_report(time: u64, payload_len: usize) -> duet_common::messages::Repo
     }
 }
 
-/// Stores `reports` with [`Storage::put_reports`](duet_server::storage::Storage), which
+/// Stores `reports` with [`LeaderStore::put_reports`](duet_leader::store::LeaderStore::put_reports), which
 /// takes reports as they arrive on the wire: encoded, then read in place as the leader reads them.
 pub async fn put_reports(
-    store: &dyn duet_server::storage::Storage,
+    store: &dyn duet_leader::store::LeaderStore,
     task: &duet_server::storage::Task,
     reports: impl IntoIterator<Item = &duet_common::messages::Report>,
 ) -> Result<Vec<Option<duet_common::messages::ReportError>>, duet_server::storage::StoreError> {

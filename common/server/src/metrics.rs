@@ -5,7 +5,7 @@
 //! record the same names and an operator finds the whole list in one place. Until
 //! [`install`] runs, recording is a no-op (in-process tests, servers without the listener).
 
-use super::storage::{LeaderJobState, Store};
+use super::storage::Store;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -171,20 +172,29 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     response
 }
 
+/// A role's own gauges, read from its database at scrape time (the leader's job counts and
+/// backlog); what both roles show (the pool) is read here.
+#[async_trait::async_trait]
+pub trait RoleGauges: Send + Sync {
+    /// Sets the role's gauges; a failure to read them is logged, and leaves the last values.
+    async fn refresh(&self);
+}
+
 #[derive(Clone)]
 struct OpsState {
     handle: PrometheusHandle,
     store: Store,
+    gauges: Option<Arc<dyn RoleGauges>>,
 }
 
 /// The operations listener's routes: `/metrics`, `/healthz` (the process is serving) and
 /// `/readyz` (the database answers too).
-pub fn router(handle: PrometheusHandle, store: Store) -> Router {
+pub fn router(handle: PrometheusHandle, store: Store, gauges: Option<Arc<dyn RoleGauges>>) -> Router {
     Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(OpsState { handle, store })
+        .with_state(OpsState { handle, store, gauges })
 }
 
 async fn render(State(s): State<OpsState>) -> Response {
@@ -193,29 +203,8 @@ async fn render(State(s): State<OpsState>) -> Response {
     gauge!("duet_db_pool_connections", "state" => "idle").set(pool.idle as f64);
     gauge!("duet_db_pool_connections", "state" => "in_use").set(pool.size.saturating_sub(pool.idle) as f64);
     gauge!("duet_db_pool_max_connections").set(pool.max as f64);
-    match s.store.aggregation_job_counts().await {
-        Ok(counts) => {
-            // A state with no job has no row, yet must read 0 rather than its last count.
-            for state in LeaderJobState::ALL {
-                if !counts.iter().any(|(s, _)| s == state) {
-                    gauge!("duet_aggregation_jobs", "state" => state.db()).set(0.0);
-                }
-            }
-            for (state, n) in counts {
-                gauge!("duet_aggregation_jobs", "state" => state.db()).set(n as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "reading job counts for /metrics failed"),
-    }
-    match s.store.leader_backlog().await {
-        Ok(b) => {
-            gauge!("duet_jobs_waiting_on_helper", "kind" => "aggregation").set(b.aggregation_jobs_waiting as f64);
-            gauge!("duet_jobs_waiting_on_helper", "kind" => "collection").set(b.collection_jobs_waiting as f64);
-            let now = s.store.now_seconds();
-            let age = b.oldest_unaggregated_upload_seconds.map_or(0, |t| (now - t).max(0));
-            gauge!("duet_oldest_unaggregated_report_age_seconds").set(age as f64);
-        }
-        Err(e) => tracing::warn!(error = %e, "reading the backlog for /metrics failed"),
+    if let Some(gauges) = &s.gauges {
+        gauges.refresh().await;
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.handle.render()).into_response()
 }
@@ -232,6 +221,7 @@ pub async fn serve(
     listen: &str,
     handle: PrometheusHandle,
     store: Store,
+    gauges: Option<Arc<dyn RoleGauges>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let listener =
@@ -240,7 +230,7 @@ pub async fn serve(
     tracing::info!(%addr, "metrics, /healthz and /readyz listening");
     // Tests read this line (on standard error, away from the log lines) to learn the port.
     eprintln!("metrics listening on {addr}");
-    let app = router(handle, store);
+    let app = router(handle, store, gauges);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "metrics listener failed");

@@ -132,10 +132,11 @@ impl ServiceFlags {
     pub async fn start_operations(
         &self,
         store: super::storage::Store,
+        gauges: Option<std::sync::Arc<dyn super::metrics::RoleGauges>>,
     ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
         let Some(listen) = &self.metrics_listen else { return Ok(None) };
         let handle = super::metrics::install();
-        super::metrics::serve(listen, handle, store, shutdown_signal()).await.map(Some)
+        super::metrics::serve(listen, handle, store, gauges, shutdown_signal()).await.map(Some)
     }
 }
 

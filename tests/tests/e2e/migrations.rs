@@ -4,8 +4,8 @@
 
 use duet_common::messages::*;
 use duet_common::Encode;
+use duet_leader::store::{open, JobSizes};
 use duet_server::sql::Backend;
-use duet_server::storage::{open, JobSizes};
 use duet_tests::{count_rows, put_reports, storage_task_request, stub_report, PgDatabase};
 use sqlx::Executor;
 

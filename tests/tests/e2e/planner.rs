@@ -3,7 +3,7 @@
 //! job created reads all of a task's reports.
 
 use duet_common::messages::*;
-use duet_server::storage::*;
+use duet_leader::store::*;
 use duet_tests::{storage_task_request, stub_report, PgDatabase};
 use sqlx::{Connection, Executor, Row};
 

@@ -3,7 +3,7 @@
 //! and however fast the reports come.
 
 use duet_common::messages::*;
-use duet_server::storage::*;
+use duet_leader::store::*;
 use duet_tests::{storage_task_request, stub_report};
 use sqlx::{Connection, Executor};
 use std::sync::atomic::{AtomicBool, Ordering};

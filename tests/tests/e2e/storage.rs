@@ -1,6 +1,7 @@
-//! The storage suite: every protocol step of the [`Storage`] trait, checked on each backend
-//! through the trait alone (no backend-specific SQL), so that every backend passes the same
-//! tests. Each test gets a fresh database.
+//! The storage suite: every protocol step of the store traits (duet-server's `Storage`, the
+//! leader's `LeaderStore` and the helper's `HelperStore`), checked on each backend through the
+//! traits alone (no backend-specific SQL), so that every backend passes the same tests. Each
+//! test gets a fresh database, which both roles' steps share here.
 
 use duet_common::auth::AuthenticationToken;
 use duet_common::hpke::HpkeKeypair;
@@ -10,8 +11,11 @@ use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameter
 use duet_common::time::{Duration, Interval, Time};
 use duet_common::vdaf::{Measurement, OutputShare, Transition, VdafConfig, VerifyKey};
 use duet_common::Encode;
-use duet_server::storage::*;
+use duet_helper::store::*;
+use duet_leader::store::*;
+use duet_server::sql::SqlStore;
 use duet_tests::PgDatabase;
+use std::sync::Arc;
 
 /// What keeps a test database alive: a SQLite file's folder or a PostgreSQL database.
 #[allow(dead_code)]
@@ -33,6 +37,13 @@ impl Keep {
 /// Rows of the leader's report payloads, over a connection of the test's own.
 async fn payload_rows(keep: &Keep) -> i64 {
     duet_tests::count_rows(&keep.url(), "SELECT COUNT(*) FROM client_report_payloads").await
+}
+
+/// A store of both roles' steps (the servers each hold one trait of it).
+type Store = Arc<SqlStore>;
+
+async fn open(url: &str) -> Result<Store, StoreError> {
+    Ok(Arc::new(SqlStore::open(url).await?))
 }
 
 /// A fresh database of each backend, kept alive for the test's duration.
@@ -168,8 +179,7 @@ async fn leader_time_interval_upload_aggregate_collect() {
         let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
         assert_eq!(store.insert_collection_job(&task, &body, &digest).await.unwrap(), cj, "identical request");
         let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-        let seal = |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![9], payload: vec![9] });
-        assert!(matches!(store.commit_collection_batch(&task, &row, &seal).await.unwrap(), BatchReadiness::Wait(_)));
+        assert!(matches!(store.commit_collection_batch(&task, &row).await.unwrap(), BatchReadiness::Wait(_)));
 
         let mut expected = 0u64;
         for job in &jobs {
@@ -193,8 +203,7 @@ async fn leader_time_interval_upload_aggregate_collect() {
             assert_eq!(counts, StepCounts { aggregated: n - 1, failed: 1 });
         }
         let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-        let BatchReadiness::Committed { values, batch } =
-            store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+        let BatchReadiness::Committed { values, batch } = store.commit_collection_batch(&task, &row).await.unwrap()
         else {
             panic!("{name}: the batch is complete")
         };
@@ -253,12 +262,11 @@ async fn leader_selected_batches_fill_to_their_size() {
         }
         // Two full batches are collected first; the last (1 report, below min_batch_size 2) never.
         let (body, digest) = collection_request(Query::LeaderSelected(LeaderSelectedQueryConfig));
-        let seal = |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![8], payload: vec![8] });
         let mut collected = Vec::new();
         for _ in 0..3 {
             let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
             let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-            match store.commit_collection_batch(&task, &row, &seal).await.unwrap() {
+            match store.commit_collection_batch(&task, &row).await.unwrap() {
                 BatchReadiness::Committed { values, batch: Batch::LeaderSelected(id) } => {
                     assert_eq!(values.report_count, 3);
                     collected.push(id);
@@ -297,8 +305,7 @@ async fn leader_selected_batches_fill_to_their_size() {
             .unwrap();
         let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
         let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row, &seal).await.unwrap()
-        else {
+        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row).await.unwrap() else {
             panic!("{name}: the topped-up batch is ready")
         };
         assert_eq!(values.report_count, 2);
@@ -432,13 +439,10 @@ async fn a_failed_collection_gives_its_batch_back() {
                 BatchMode::TimeInterval => Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }),
                 _ => Query::LeaderSelected(LeaderSelectedQueryConfig),
             };
-            let seal =
-                |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![9], payload: vec![9] });
             let (body, digest) = collection_request(query);
             let first = store.insert_collection_job(&task, &body, &digest).await.unwrap();
             let row = store.collection_job(&task, &first).await.unwrap().unwrap();
-            let BatchReadiness::Committed { batch, .. } =
-                store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+            let BatchReadiness::Committed { batch, .. } = store.commit_collection_batch(&task, &row).await.unwrap()
             else {
                 panic!("{name} {mode:?}: the batch is ready")
             };
@@ -465,7 +469,7 @@ async fn a_failed_collection_gives_its_batch_back() {
             assert_ne!(second, first);
             let row = store.collection_job(&task, &second).await.unwrap().unwrap();
             let BatchReadiness::Committed { values, batch: again } =
-                store.commit_collection_batch(&task, &row, &seal).await.unwrap()
+                store.commit_collection_batch(&task, &row).await.unwrap()
             else {
                 panic!("{name} {mode:?}: the batch is ready again")
             };
@@ -512,29 +516,41 @@ async fn helper_jobs_check_replays_and_aggregate_shares_release_once() {
         let interval = Interval { start: Time::from_units(77), duration: Duration::ONE };
         let batch = Batch::TimeInterval(interval);
         let share_id = AggregateShareId::random();
-        let checked = std::sync::Mutex::new(None);
-        let build = |v: Option<&BucketValues>| {
-            *checked.lock().unwrap() = v.map(|v| v.report_count);
-            Ok(vec![42])
+        // The leader's request, claiming `ids` in the batch.
+        let share_req = |ids: &[ReportId]| {
+            let mut checksum = BatchChecksum::default();
+            ids.iter().for_each(|id| checksum.update(id));
+            AggregateShareReq {
+                collection_job_req: CollectionJobReq {
+                    query: Query::time_interval(interval),
+                    agg_param: vec![],
+                    extensions: vec![],
+                },
+                batch_selector: BatchSelector::time_interval(interval),
+                report_count: ids.len() as u64,
+                checksum,
+            }
         };
-        // A build that refuses (a mismatch, say) releases nothing and leaves the batch open.
-        let refuse = |_: Option<&BucketValues>| {
-            Err(duet_common::problem::DapError::dap(DapProblemType::BatchMismatch, Some(task.id), "no"))
-        };
-        assert!(store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &refuse).await.is_err());
+        // A request the batch does not match (the leader counts two of the three reports)
+        // releases nothing and leaves the batch open.
+        let err = store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &share_req(&ids[..2])).await;
+        assert!(
+            matches!(err, Err(StoreError::Step(ref e)) if e.kind() == Some(DapProblemType::BatchMismatch)),
+            "{name}"
+        );
         assert!(!store.batch_overlaps_collected(&task, &batch).await.unwrap());
         let ShareRelease::Released(resp) =
-            store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &build).await.unwrap()
+            store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &share_req(&ids)).await.unwrap()
         else {
             panic!("{name}: released")
         };
-        assert_eq!(resp, vec![42]);
-        assert_eq!(*checked.lock().unwrap(), Some(3));
-        assert_eq!(store.helper_aggregate_share(&task, &share_id).await.unwrap(), Some(vec![42]));
+        let share = <AggregateShare as duet_common::Decode>::get_decoded(&resp).expect("an AggregateShare");
+        assert_eq!(share.encrypted_aggregate_share.config_id, HpkeConfigId(1), "{name}: sealed to the collector");
+        assert_eq!(store.helper_aggregate_share(&task, &share_id).await.unwrap(), Some(resp.clone()));
         // Another request for an overlapping batch is refused.
         let other = AggregateShareId::random();
         assert!(matches!(
-            store.helper_release_aggregate_share(&task, &other, &[2; 32], &batch, &build).await.unwrap(),
+            store.helper_release_aggregate_share(&task, &other, &[2; 32], &batch, &share_req(&ids)).await.unwrap(),
             ShareRelease::Overlap
         ));
         assert!(store.helper_delete_aggregate_share(&task, &share_id).await.unwrap());
@@ -589,14 +605,12 @@ async fn a_job_committed_by_two_drivers_counts_once() {
             collection_request(Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }));
         let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
         let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-        let seal = |_: &BucketValues| Ok(HpkeCiphertext { config_id: HpkeConfigId(1), enc: vec![1], payload: vec![1] });
-        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row, &seal).await.unwrap()
-        else {
+        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row).await.unwrap() else {
             panic!("{name}: ready")
         };
         assert_eq!(values.report_count, 4, "{name}: counted once");
         // A second driver of the collection job does not commit (or fail) it again.
-        assert!(matches!(store.commit_collection_batch(&task, &row, &seal).await.unwrap(), BatchReadiness::Wait(_)));
+        assert!(matches!(store.commit_collection_batch(&task, &row).await.unwrap(), BatchReadiness::Wait(_)));
     }
 }
 

@@ -6,8 +6,8 @@
 use axum::body::Bytes;
 use duet_common::messages::*;
 use duet_common::Encode;
+use duet_leader::store::{open, Store, Task};
 use duet_leader::upload::UploadQueue;
-use duet_server::storage::{open, Store, Task};
 use duet_tests::{storage_task_request, stub_report, PgDatabase};
 use sqlx::Executor;
 use std::sync::atomic::Ordering;

@@ -1,19 +1,18 @@
-//! The SQL backends of [`Storage`], one code path over sqlx's `Any` driver: SQLite (one file in
-//! WAL mode, the default) and PostgreSQL (production, several replicas on one database). The
-//! migrations of `migrations/sqlite` and `migrations/postgres` are embedded. Each protocol step
-//! is one transaction: on SQLite writers take the lock up front (`BEGIN IMMEDIATE`); on
-//! PostgreSQL transactions are `SERIALIZABLE` and a step that loses a serialization race is
-//! run again ([`retrying`]). This module holds the plumbing (connections, transactions,
-//! migrations, statement sizes, SQLite's write-ahead log); the trait's methods are in [`store`];
-//! the steps in [`leader`] (uploads and aggregation), [`collect`] (the leader's collection jobs)
-//! and [`helper`]; what both roles share in [`tasks`], [`keys`] and [`buckets`].
+//! The SQL backend both servers stand on, one code path over sqlx's `Any` driver: SQLite (one
+//! file in WAL mode, the default) and PostgreSQL (production, several replicas on one
+//! database). The migrations of `migrations/sqlite` and `migrations/postgres` are embedded.
+//! Each protocol step is one transaction: on SQLite writers take the lock up front (`BEGIN
+//! IMMEDIATE`); on PostgreSQL transactions are `SERIALIZABLE` and a step that loses a
+//! serialization race is run again ([`SqlStore::retrying`]). This module holds the plumbing
+//! (connections, transactions, migrations, statement sizes, SQLite's write-ahead log) and the
+//! helpers the steps build statements with; [`Storage`] is implemented in `store.rs`, on
+//! what both roles store: tasks (`tasks.rs`), HPKE keys (`keys.rs`) and batch buckets
+//! (`buckets.rs`). The leader's steps are in duet-leader (`leader/src/store/`), the helper's in
+//! duet-helper (`helper/src/store/`), each behind its role's own store trait on [`SqlStore`].
 
 mod buckets;
-mod collect;
-mod helper;
 mod keys;
-mod leader;
-mod leases;
+mod store;
 mod tasks;
 
 use super::storage::*;
@@ -108,18 +107,18 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../../../migrations/postgres/0010_leader_continuation.sql")),
 ];
 
-fn internal(e: impl std::fmt::Display) -> StoreError {
+pub fn internal(e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
 /// An ID read back from a BLOB column.
-fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, StoreError> {
+pub fn id_of<T: for<'a> TryFrom<&'a [u8]>>(bytes: Vec<u8>, what: &str) -> Result<T, StoreError> {
     T::try_from(bytes.as_slice()).map_err(|_| StoreError::Corrupt(format!("stored {what} is corrupt")))
 }
 
 /// `($1, $2, $3, S), ($4, $5, $6, S), ...`: `rows` tuples of `columns` placeholders numbered
 /// from 1, each ending with the SQL `suffix` (constants, or a parameter every row shares).
-pub(super) fn value_rows(rows: usize, columns: usize, suffix: &str) -> String {
+pub fn value_rows(rows: usize, columns: usize, suffix: &str) -> String {
     let mut out = String::with_capacity(rows * (columns * 6 + suffix.len() + 4));
     for r in 0..rows {
         out.push_str(if r == 0 { "(" } else { ", (" });
@@ -140,7 +139,7 @@ pub(super) fn value_rows(rows: usize, columns: usize, suffix: &str) -> String {
 
 /// `(?, ?, ?, S), (?, ?, ?, S), ...`: as [`value_rows`] with anonymous placeholders, bound in
 /// order, and a `suffix` of constants only.
-pub(super) fn anonymous_value_rows(rows: usize, columns: usize, suffix: &str) -> String {
+pub fn anonymous_value_rows(rows: usize, columns: usize, suffix: &str) -> String {
     let mut row = vec!["?"; columns];
     if !suffix.is_empty() {
         row.push(suffix);
@@ -171,30 +170,9 @@ fn sqlite_file(url: &str) -> Option<String> {
 }
 
 /// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
-pub(super) fn placeholder_list(first: usize, n: usize) -> String {
+pub fn placeholder_list(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
-
-/// Runs a step again when it lost a serialization race (PostgreSQL), a few times with a short
-/// growing pause; the step's transaction was rolled back, so running it again is safe.
-macro_rules! retrying {
-    ($step:expr) => {{
-        let mut attempt = 0u32;
-        loop {
-            match $step {
-                Err(crate::storage::StoreError::Retry(_)) if attempt < 10 => {
-                    attempt += 1;
-                    let jitter = u64::from(rand::random::<u8>() % 20);
-                    tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
-                }
-                other => break other,
-            }
-        }
-    }};
-}
-
-// After the macro: textual scope.
-mod store;
 
 /// Rows each batch bucket is spread over on PostgreSQL.
 pub const BUCKET_SHARDS: u8 = 16;
@@ -408,7 +386,7 @@ impl SqlStore {
     /// PostgreSQL, or to SQLite's worker thread), well under the databases' limits on bound
     /// parameters. SQLite looks a numbered parameter's name up by a linear scan, so binding
     /// costs grow with the square of a statement's parameters there: its statements stay small.
-    pub(super) fn rows_per_statement(&self, params_per_row: usize) -> usize {
+    pub fn rows_per_statement(&self, params_per_row: usize) -> usize {
         let budget = match self.backend {
             Backend::Sqlite => 256,
             Backend::Postgres => 8192,
@@ -421,7 +399,7 @@ impl SqlStore {
     /// (`?`): sqlx looks a numbered parameter's name up for every parameter it binds, and SQLite
     /// finds a name by scanning the statement's list of names, so numbered parameters cost the
     /// square of their number to bind (a twentieth of an upload's time in SQLite's thread).
-    pub(super) fn value_rows(&self, rows: usize, columns: usize, suffix: &str) -> String {
+    pub fn value_rows(&self, rows: usize, columns: usize, suffix: &str) -> String {
         match self.backend {
             Backend::Sqlite => anonymous_value_rows(rows, columns, suffix),
             Backend::Postgres => value_rows(rows, columns, suffix),
@@ -432,7 +410,7 @@ impl SqlStore {
     /// chunks, then the rest in power-of-two pieces, because each distinct row count is a
     /// distinct statement that every connection compiles and caches in its own memory; with
     /// powers of two there are a handful, however the lengths of requests and jobs vary.
-    pub(super) fn statement_chunks<'a, T>(&self, items: &'a [T], params_per_row: usize) -> Vec<&'a [T]> {
+    pub fn statement_chunks<'a, T>(&self, items: &'a [T], params_per_row: usize) -> Vec<&'a [T]> {
         self.chunks_of(items, self.rows_per_statement(params_per_row))
     }
 
@@ -452,7 +430,7 @@ impl SqlStore {
     /// before sending them, so a statement that carried a whole upload request (2.7 MB of
     /// histogram reports) held that much again for every request in flight: the leader's memory
     /// during uploads fell from about 68 to 35 MiB with this limit, at the same upload rate.
-    pub(super) fn statement_chunks_sized<'a, T>(
+    pub fn statement_chunks_sized<'a, T>(
         &self,
         items: &'a [T],
         params_per_row: usize,
@@ -480,7 +458,7 @@ impl SqlStore {
     /// bottleneck, while the other core idled (in a profile of histogram uploads, the
     /// checkpoints' threads took 398 samples beside the writer's 1,375). A failure is logged
     /// and leaves the log to SQLite's own checkpoints.
-    pub(super) async fn after_commit(&self) {
+    pub async fn after_commit(&self) {
         let Some(wal) = &self.wal else { return };
         if wal.bytes() <= WAL_RESTART_BYTES {
             return;
@@ -541,7 +519,7 @@ impl SqlStore {
     /// analyses the table itself once a fifth of it changed since the last analysis, as
     /// autovacuum would. Looks at most once a second per process; a failure (a role that may
     /// not analyse the table) is logged and otherwise ignored.
-    pub(super) async fn refresh_statistics(&self, table: &'static str) {
+    pub async fn refresh_statistics(&self, table: &'static str) {
         use std::sync::atomic::Ordering;
         if self.backend != Backend::Postgres {
             return;
@@ -687,6 +665,27 @@ impl SqlStore {
         match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Runs a step (one transaction) again when it lost a serialization race (PostgreSQL), a few
+    /// times with a short growing pause; the step's transaction was rolled back, so running it
+    /// again is safe. Every step of both roles runs through here: the one place that decides
+    /// what is retried, how often and how long apart.
+    pub async fn retrying<T, Step>(&self, mut step: impl FnMut() -> Step) -> Result<T, StoreError>
+    where
+        Step: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match step().await {
+                Err(StoreError::Retry(_)) if attempt < 10 => {
+                    attempt += 1;
+                    let jitter = u64::from(rand::random::<u8>() % 20);
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -2,10 +2,10 @@
 //! transaction. A job's life between creation and commitment (leases, retries, steps,
 //! abandonment) is in [`super::leases`]; collection jobs are in [`super::collect`].
 
-use super::{id_of, placeholder_list, Backend, SqlStore, Tx};
-use crate::storage::*;
+use super::*;
 use duet_common::messages::*;
 use duet_common::Decode;
+use duet_server::sql::{id_of, placeholder_list, Backend, SqlStore, Tx};
 use sqlx::Row;
 
 /// Upload: stores the reports that passed the stateless checks, in one transaction. A report

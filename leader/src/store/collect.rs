@@ -2,12 +2,12 @@
 //! driver, their batch committed (picked, complete, large enough, marked collected) in one
 //! transaction, and ended with the result, or failed, which gives an unreleased batch back.
 
-use super::{id_of, internal, SqlStore, Tx};
-use crate::storage::*;
+use super::*;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::time::Interval;
 use duet_common::{Decode, Encode};
+use duet_server::sql::{id_of, internal, SqlStore, Tx};
 use sqlx::Row;
 
 const COLLECTION_COLUMNS: &str = "collection_job_id, request, batch_id, state, batch_committed, report_count, checksum,
@@ -244,13 +244,12 @@ pub(super) async fn renew_collection_lease(
 
 /// The collection step that commits a batch, in one transaction: pick the batch (leader-selected),
 /// wait for its reports to be aggregated and for `min_batch_size`, refuse overlaps, then mark it
-/// collected so that no later report joins it. `seal` turns the batch values into the leader's
-/// encrypted aggregate share, stored with them.
+/// collected so that no later report joins it. The leader's encrypted aggregate share
+/// ([`crate::collect::seal_leader_share`]) is stored with the batch's values.
 pub(super) async fn commit_collection_batch(
     s: &SqlStore,
     task: &Task,
     job: &CollectionJobRow,
-    seal: SealShare<'_>,
 ) -> Result<BatchReadiness, StoreError> {
     let tid = task.id.as_bytes().as_slice();
     let min = task.configuration.min_batch_size;
@@ -330,7 +329,7 @@ pub(super) async fn commit_collection_batch(
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(BatchReadiness::Wait(format!("the batch holds {count} reports, fewer than min_batch_size {min}")));
     };
-    let sealed = seal(&values)?;
+    let sealed = crate::collect::seal_leader_share(task, &job.request, &values)?;
     SqlStore::mark_collected(&mut tx, task, &batch, s.now_seconds()).await?;
     // From here on the job's tries are requests to the helper: they count from the start.
     sqlx::query(

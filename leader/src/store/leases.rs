@@ -2,11 +2,11 @@
 //! driver, renewing the lease, pinning each step's request, giving the job back for a retry,
 //! moving it on a step (multi-round VDAFs), and abandoning it; each one transaction.
 
-use super::leader::{drop_payloads, execute_for_job, fail_reports, forget_pending, settle_job};
-use super::{id_of, SqlStore};
-use crate::storage::*;
+use super::reports::{drop_payloads, execute_for_job, fail_reports, forget_pending, settle_job};
+use super::*;
 use duet_common::messages::*;
 use duet_common::Encode;
+use duet_server::sql::{id_of, SqlStore};
 use sqlx::Row;
 
 /// Leases up to `limit` runnable jobs for `lease_seconds`. A job whose lease lapsed (its driver

@@ -2,11 +2,11 @@
 //! (replay checks, output shares, kept verification states, stored responses) and aggregate
 //! shares, each one transaction.
 
-use super::{id_of, internal, value_rows, SqlStore, Tx};
-use crate::storage::*;
+use super::*;
 use duet_common::messages::*;
 use duet_common::time::Time;
 use duet_common::Encode;
+use duet_server::sql::{id_of, internal, value_rows, SqlStore, Tx};
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -298,7 +298,7 @@ pub(super) async fn helper_release_aggregate_share(
     id: &AggregateShareId,
     digest: &[u8; 32],
     batch: &Batch,
-    build: BuildShare<'_>,
+    req: &AggregateShareReq,
 ) -> Result<ShareRelease, StoreError> {
     let mut tx = s.begin().await?;
     // The identical request may have completed first.
@@ -309,7 +309,7 @@ pub(super) async fn helper_release_aggregate_share(
         return Ok(ShareRelease::Overlap);
     }
     let values = SqlStore::batch_values(&mut tx, task, batch).await?;
-    let response = build(values.as_ref())?;
+    let response = crate::collect::build_share(task, req, values.as_ref())?;
     SqlStore::mark_collected(&mut tx, task, batch, s.now_seconds()).await?;
     sqlx::query(
         "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
