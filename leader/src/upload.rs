@@ -169,7 +169,7 @@ impl QueuedReport {
 }
 
 impl UploadQueue {
-    /// Stores `reports` (read from `body`) as [`crate::store::Storage::put_reports`]
+    /// Stores `reports` (read from `body`) as [`crate::store::LeaderStore::put_reports`]
     /// does, alone or in a group transaction.
     pub async fn put(
         &self,

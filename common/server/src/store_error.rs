@@ -11,7 +11,7 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// The transaction lost a serialization race and was rolled back: the step may simply run
-    /// again (the `retrying!` forwarders do, a few times, before it reads as `Unavailable`).
+    /// again ([`crate::sql::SqlStore::retrying`] does, a few times, before it reads as `Unavailable`).
     #[error("database unavailable: serialization conflict: {0}")]
     Retry(String),
     #[error("database error: {0}")]

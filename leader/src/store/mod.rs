@@ -4,6 +4,13 @@
 //! ([`sql`]), with the steps in [`reports`] (upload, job creation and commitment), [`leases`] (a
 //! job's life between them) and [`collect`] (collection jobs). What both servers store (tasks,
 //! HPKE keys, batch buckets) is duet-server's [`Storage`], which this trait extends.
+//!
+//! Aggregation and collection jobs carry typed states ([`LeaderJobState`],
+//! [`CollectionJobState`]). A report's state (`client_reports.state`: `unaggregated`, then
+//! `in_job`, then `failed`, or `in_job` for good, aggregated with its finished job) lives only in
+//! SQL: no step reads it back, and statements spell it as a literal because PostgreSQL and SQLite
+//! use a partial index (`WHERE state = 'in_job'`) only for a predicate that names the same
+//! literal, never for a bound parameter.
 
 mod collect;
 mod leases;
@@ -184,9 +191,9 @@ pub enum BatchReadiness {
 /// The leader's storage interface: every method is one transaction.
 #[async_trait::async_trait]
 pub trait LeaderStore: Storage {
-    /// The leader's aggregation jobs by state, for metrics (empty on a helper).
+    /// The leader's aggregation jobs by state, for metrics.
     async fn aggregation_job_counts(&self) -> Result<Vec<(LeaderJobState, i64)>, StoreError>;
-    /// The leader's work waiting on the helper, for metrics (all zero on a helper).
+    /// The leader's work waiting on the helper, for metrics.
     async fn leader_backlog(&self) -> Result<LeaderBacklog, StoreError>;
     /// Whether any part of the batch was already collected.
     async fn batch_overlaps_collected(&self, task: &Task, batch: &Batch) -> Result<bool, StoreError>;
