@@ -94,7 +94,7 @@ pub(crate) async fn helper_task(
     if task.role != Role::Helper {
         return Err(duet_common::problem::DapError::unrecognized_task(task_id));
     }
-    duet_server::http::require_token(headers, &task.aggregator_auth_token, Some(task_id))?;
+    duet_server::http::require_token(headers, &task.aggregator_token.hash(), Some(task_id))?;
     Ok(task)
 }
 

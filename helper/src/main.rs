@@ -30,6 +30,9 @@ enum Command {
         /// Database URL (sqlite:PATH or postgres://...).
         #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-helper.db")]
         database: String,
+        /// The database keys (see --database-keys of serving).
+        #[arg(long, env = "DUET_DATABASE_KEYS", hide_env_values = true)]
+        database_keys: Option<String>,
     },
     /// Serve the interop test API (`/internal/test/*`) and DAP on one port, for interop runners.
     /// Never for production: tasks come from the runner, unauthenticated.
@@ -46,6 +49,10 @@ struct InteropArgs {
     /// Database URL; without it, a fresh SQLite file in a temporary folder.
     #[arg(long)]
     database: Option<String>,
+    /// The database keys: required with --database; without --database, a key that lives as
+    /// long as the process and its temporary database.
+    #[arg(long, env = "DUET_DATABASE_KEYS", hide_env_values = true)]
+    database_keys: Option<String>,
 }
 
 #[derive(Args)]
@@ -60,6 +67,11 @@ struct ServeArgs {
     /// where you can).
     #[arg(long, env = "DUET_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Keys that seal the secrets the database keeps (verify keys, tokens, HPKE private keys):
+    /// comma-separated, the first seals, every one opens (rotation). Make one with `duet
+    /// database-key`; keep them outside the database and its backups.
+    #[arg(long, env = "DUET_DATABASE_KEYS", hide_env_values = true)]
+    database_keys: Option<String>,
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
@@ -88,7 +100,9 @@ fn main() {
         |cli: &Cli| cli.command.is_none().then_some(&cli.serve.service),
         |cli, described| async move {
             match cli.command {
-                Some(Command::Migrate { database }) => migrate(&database).await,
+                Some(Command::Migrate { database, database_keys }) => {
+                    migrate(&database, database_keys.as_deref()).await
+                }
                 Some(Command::Interop(args)) => interop(args).await,
                 None => serve_helper(cli.serve, &described).await,
             }
@@ -115,15 +129,22 @@ fn queue_limits(args: &ServeArgs) -> Result<QueueLimits, String> {
 }
 
 async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
-    let common =
-        check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
+    let common = check_common(
+        &args.listen,
+        &args.database,
+        args.admin_token.as_deref(),
+        args.database_keys.as_deref(),
+        &args.connection,
+        &args.service,
+    )?;
     let queue = queue_limits(&args)?;
     if args.service.check_config {
         print!("{described}");
         println!("duet-helper: configuration OK");
         return Ok(());
     }
-    let store = duet_helper::store::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store =
+        duet_helper::store::open(&args.database, common.database_keys.clone()).await.map_err(|e| e.to_string())?;
     let config = HelperConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
@@ -147,8 +168,17 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
+    let keys = match (args.database_keys.as_deref(), &args.database) {
+        (Some(keys), _) => duet_server::runtime::check_database_keys(Some(keys))?,
+        (None, None) => std::sync::Arc::new(duet_server::sealing::DatabaseKeys::ephemeral()),
+        (None, Some(_)) => {
+            return Err("database_keys is required with --database: the database outlives this process, and \
+                        so must the key that seals its secrets (set DUET_DATABASE_KEYS)"
+                .into())
+        }
+    };
     let (_dir, database) = duet_server::runtime::interop_database(args.database, "helper")?;
-    let store = duet_helper::store::open(&database).await.map_err(|e| e.to_string())?;
+    let store = duet_helper::store::open(&database, keys).await.map_err(|e| e.to_string())?;
     let app = router(store.clone(), HelperConfig::default(), AuthenticationToken::random())
         .merge(duet_server::interop::router(store, duet_common::messages::Role::Helper));
     let listen = format!("{}:{}", args.host, args.port);

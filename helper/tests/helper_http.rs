@@ -28,7 +28,9 @@ async fn start_helper() -> Harness {
 async fn start_helper_with(config: HelperConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("helper.db").display());
-    let store = duet_helper::store::open(&url).await.unwrap();
+    let store = duet_helper::store::open(&url, std::sync::Arc::new(duet_server::sealing::DatabaseKeys::ephemeral()))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = AuthenticationToken::new("admin-token").unwrap();

@@ -167,8 +167,9 @@ pub async fn drive_job(state: &LeaderState, job: LeasedJob) -> Result<(), DapErr
 /// Deletion"). Best effort: a few tries, as the job is settled on our side either way.
 async fn delete_helper_job(state: &LeaderState, task: &Task, job: &LeasedJob, mut url: Url) {
     url.set_query(None);
+    let Ok(token) = task.presented_token() else { return };
     for attempt in 1..=3u32 {
-        match state.peer.delete(url.clone(), &task.aggregator_auth_token).await {
+        match state.peer.delete(url.clone(), token).await {
             Ok(()) => return,
             Err(e @ PeerError::Rejected { .. }) => {
                 tracing::info!(task_id = %task.id, job_id = %job.job_id, error = %e, "the helper did not delete the abandoned job");
@@ -295,7 +296,7 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
             let note = Some("deferred by the helper");
             let _ = state.store.renew_aggregation_job_lease(&job, state.config.lease_seconds, note).await;
         };
-        let token = &task.aggregator_auth_token;
+        let token = task.presented_token()?;
         let max_wait = state.config.max_retry_delay;
         let (resp, location) =
             match state.peer.fetch(url, token, media, body, media_type::AGGREGATION_JOB_RESP, max_wait, noted).await {

@@ -32,7 +32,7 @@ async fn leader_task(state: &LeaderState, task_id: &str, headers: &HeaderMap) ->
     if task.role != Role::Leader {
         return Err(DapError::unrecognized_task(task_id));
     }
-    let token = task.collector_auth_token.as_ref().ok_or_else(|| DapError::Internal("no collector token".into()))?;
+    let token = task.collector_token.as_ref().ok_or_else(|| DapError::Internal("no collector token".into()))?;
     require_token(headers, token, Some(task_id))?;
     Ok(task)
 }
@@ -291,7 +291,7 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
     let renew = || state.store.renew_collection_job_lease(&leased, state.config.lease_seconds);
     let request = state.peer.fetch(
         url,
-        &task.aggregator_auth_token,
+        task.presented_token()?,
         media_type::AGGREGATE_SHARE_REQ,
         body,
         media_type::AGGREGATE_SHARE,

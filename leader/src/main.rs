@@ -30,6 +30,9 @@ enum Command {
         /// Database URL (sqlite:PATH or postgres://...).
         #[arg(long, env = "DUET_DATABASE", default_value = "sqlite:duet-leader.db")]
         database: String,
+        /// The database keys (see --database-keys of serving).
+        #[arg(long, env = "DUET_DATABASE_KEYS", hide_env_values = true)]
+        database_keys: Option<String>,
     },
     /// Serve the interop test API (`/internal/test/*`) and DAP on one port, for interop runners,
     /// with the job creator and drivers on short intervals. Never for production: tasks come
@@ -48,6 +51,10 @@ struct InteropArgs {
     /// leaders may share one PostgreSQL database.
     #[arg(long)]
     database: Option<String>,
+    /// The database keys: required with --database; without --database, a key that lives as
+    /// long as the process and its temporary database.
+    #[arg(long, env = "DUET_DATABASE_KEYS", hide_env_values = true)]
+    database_keys: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +69,11 @@ struct Args {
     /// where you can).
     #[arg(long, env = "DUET_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Keys that seal the secrets the database keeps (verify keys, tokens, HPKE private keys):
+    /// comma-separated, the first seals, every one opens (rotation). Make one with `duet
+    /// database-key`; keep them outside the database and its backups.
+    #[arg(long, env = "DUET_DATABASE_KEYS", hide_env_values = true)]
+    database_keys: Option<String>,
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
@@ -116,7 +128,9 @@ fn main() {
         |cli: &Cli| cli.command.is_none().then_some(&cli.serve.service),
         |cli, described| async move {
             match cli.command {
-                Some(Command::Migrate { database }) => migrate(&database).await,
+                Some(Command::Migrate { database, database_keys }) => {
+                    migrate(&database, database_keys.as_deref()).await
+                }
                 Some(Command::Interop(args)) => interop(args).await,
                 None => run(cli.serve, &described).await,
             }
@@ -174,8 +188,14 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
 }
 
 async fn run(args: Args, described: &str) -> Result<(), String> {
-    let common =
-        check_common(&args.listen, &args.database, args.admin_token.as_deref(), &args.connection, &args.service)?;
+    let common = check_common(
+        &args.listen,
+        &args.database,
+        args.admin_token.as_deref(),
+        args.database_keys.as_deref(),
+        &args.connection,
+        &args.service,
+    )?;
     let config = leader_config(&args)?;
     if args.service.check_config {
         // The trust roots must parse too, not only be readable (serving checks this in
@@ -189,7 +209,8 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
         println!("duet-leader: configuration OK");
         return Ok(());
     }
-    let store = duet_leader::store::open(&args.database).await.map_err(|e| e.to_string())?;
+    let store =
+        duet_leader::store::open(&args.database, common.database_keys.clone()).await.map_err(|e| e.to_string())?;
     let state = LeaderState::new(store.clone(), config)?;
     let limits = args.connection.limits();
     let gauges: std::sync::Arc<dyn duet_server::metrics::RoleGauges> =
@@ -238,8 +259,17 @@ async fn serve_leader(
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
+    let keys = match (args.database_keys.as_deref(), &args.database) {
+        (Some(keys), _) => duet_server::runtime::check_database_keys(Some(keys))?,
+        (None, None) => std::sync::Arc::new(duet_server::sealing::DatabaseKeys::ephemeral()),
+        (None, Some(_)) => {
+            return Err("database_keys is required with --database: the database outlives this process, and \
+                        so must the key that seals its secrets (set DUET_DATABASE_KEYS)"
+                .into())
+        }
+    };
     let (_dir, database) = duet_server::runtime::interop_database(args.database, "leader")?;
-    let store = duet_leader::store::open(&database).await.map_err(|e| e.to_string())?;
+    let store = duet_leader::store::open(&database, keys).await.map_err(|e| e.to_string())?;
     let defaults = LeaderConfig::default();
     let config = LeaderConfig {
         job_sizes: duet_leader::store::JobSizes { min: 1, max_delay_seconds: 0, ..defaults.job_sizes },

@@ -20,7 +20,13 @@ async fn upload_accepts_stores_and_rejects_per_report() {
     let url = format!("sqlite:{}", dir.path().join("leader.db").display());
     // 2026-01-01T00:00:00Z, standing still until the test moves it.
     let clock = TestClock::at(1_767_225_600);
-    let store = duet_leader::store::open_with_clock(&url, std::sync::Arc::new(clock.clone())).await.unwrap();
+    let store = duet_leader::store::open_with_clock(
+        &url,
+        std::sync::Arc::new(duet_server::sealing::DatabaseKeys::ephemeral()),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
     // A second connection, to check what the leader stored.
     let db = sqlx::SqlitePool::connect(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -22,8 +22,18 @@ pub fn servers() -> &'static Servers {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (leader, helper, task) = runtime.block_on(async {
-            let ls = duet_leader::store::open(&format!("sqlite:{}", dir.path().join("l.db").display())).await.unwrap();
-            let hs = duet_helper::store::open(&format!("sqlite:{}", dir.path().join("h.db").display())).await.unwrap();
+            let ls = duet_leader::store::open(
+                &format!("sqlite:{}", dir.path().join("l.db").display()),
+                crate::database_keys(),
+            )
+            .await
+            .unwrap();
+            let hs = duet_helper::store::open(
+                &format!("sqlite:{}", dir.path().join("h.db").display()),
+                crate::database_keys(),
+            )
+            .await
+            .unwrap();
             let params = duet_common::task::TaskParameters {
                 task_id: TaskId::random(),
                 task_info: "properties".into(),

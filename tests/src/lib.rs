@@ -61,6 +61,15 @@ pub struct Deployment {
     pub http: reqwest::Client,
 }
 
+/// The database key of every server and store the tests start (32 bytes, base64url): each
+/// test's databases are its own, and a restarted server must open what it sealed before.
+pub const DATABASE_KEY: &str = "ZHVldCB0ZXN0IGRhdGFiYXNlIGtleSwgMzIgYnl0ZXM";
+
+/// [`DATABASE_KEY`], for a store a test opens itself.
+pub fn database_keys() -> std::sync::Arc<duet_server::sealing::DatabaseKeys> {
+    std::sync::Arc::new(duet_server::sealing::DatabaseKeys::parse(DATABASE_KEY).unwrap())
+}
+
 /// Starts `duet-leader` or `duet-helper` with `args`, its admin token, and `--listen`.
 pub fn spawn(name: &str, args: &[String], admin: &AuthenticationToken, listen: &str) -> ServerProcess {
     spawn_logging(name, args, admin, listen, None)
@@ -80,7 +89,8 @@ fn spawn_logging(
         Some(lines) => ("trace".to_string(), Output::Capture(lines)),
         None => (std::env::var("DUET_TEST_LOG").unwrap_or_else(|_| "warn".into()), Output::Prefixed(name.to_string())),
     };
-    ServerProcess::spawn(&binary, &all, &[("DUET_ADMIN_TOKEN", admin.expose()), ("RUST_LOG", &log)], output).unwrap()
+    let env = [("DUET_ADMIN_TOKEN", admin.expose()), ("DUET_DATABASE_KEYS", DATABASE_KEY), ("RUST_LOG", &log)];
+    ServerProcess::spawn(&binary, &all, &env, output).unwrap()
 }
 
 impl Deployment {

@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Generate an HPKE key pair; prints its configuration and private key as JSON.
     Keygen(KeygenArgs),
+    /// Generate a database key for a server's --database-keys (DUET_DATABASE_KEYS): 32 random
+    /// bytes in URL-safe base64. Keep it apart from the database and its backups.
+    DatabaseKey,
     /// Manage tasks on the aggregators.
     #[command(subcommand)]
     Task(TaskCommand),

@@ -405,10 +405,12 @@ async fn run_with_databases(
     let (leader_admin, helper_admin) = (AuthenticationToken::random(), AuthenticationToken::random());
     let output = |name: &str| if options.server_logs { Output::Prefixed(name.into()) } else { Output::Discard };
     let log = if options.server_logs { "info" } else { "warn" };
+    let database_key = crate::process::database_key();
     let spawn = |bin: &std::path::Path, name: &str, args: Vec<String>, token: &AuthenticationToken, listen: &str| {
         let mut all = vec!["--listen".to_string(), listen.to_string(), "--metrics-listen".into(), "127.0.0.1:0".into()];
         all.extend(args);
-        ServerProcess::spawn(bin, &all, &[("DUET_ADMIN_TOKEN", token.expose()), ("RUST_LOG", log)], output(name))
+        let env = [("DUET_ADMIN_TOKEN", token.expose()), ("DUET_DATABASE_KEYS", &database_key), ("RUST_LOG", log)];
+        ServerProcess::spawn(bin, &all, &env, output(name))
     };
     let mut helper_args = vec!["--database".to_string(), helper_db.to_string()];
     helper_args.extend(options.helper_args.iter().cloned());

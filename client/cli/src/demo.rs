@@ -51,9 +51,12 @@ pub async fn run(options: &DemoOptions) -> Result<String, String> {
     let log_level = if options.server_logs { "info" } else { "warn" };
 
     step(&format!("starting duet-helper and duet-leader (SQLite in {})", dir.path().display()));
+    let database_key = crate::process::database_key();
     let start = |bin: &std::path::Path, name: &str, db_name: &str, token: &AuthenticationToken| {
         let args = ["--listen", "127.0.0.1:0", "--database", &db(db_name)].map(String::from);
-        ServerProcess::spawn(bin, &args, &[("DUET_ADMIN_TOKEN", token.expose()), ("RUST_LOG", log_level)], output(name))
+        let env =
+            [("DUET_ADMIN_TOKEN", token.expose()), ("DUET_DATABASE_KEYS", &database_key), ("RUST_LOG", log_level)];
+        ServerProcess::spawn(bin, &args, &env, output(name))
     };
     let mut helper = start(&helper_bin, "duet-helper", "helper.db", &helper_admin)?;
     let mut leader = start(&leader_bin, "duet-leader", "leader.db", &leader_admin)?;

@@ -103,6 +103,7 @@ fn init_logging(verbose: u8) {
 async fn run(command: Command) -> CliResult {
     match command {
         Command::Keygen(args) => keygen(&args),
+        Command::DatabaseKey => print_stdout(&format!("{}\n", duet_cli::process::database_key())),
         Command::Task(TaskCommand::Create(args)) => task_create(*args).await,
         Command::Upload(args) => upload(args).await,
         Command::Collect(args) => collect(args).await,

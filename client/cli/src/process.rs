@@ -160,3 +160,10 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// A fresh database key (32 random bytes, URL-safe base64), for `duet database-key` and for the
+/// servers `duet demo` and `duet bench` start on databases that live as long as the run.
+pub fn database_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}

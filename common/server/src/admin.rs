@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use duet_common::auth::AuthenticationToken;
+use duet_common::auth::{AuthenticationToken, TokenHash};
 use duet_common::hpke::HpkeKeypair;
 use duet_common::keys::{HpkeKeyInfo, HpkeKeyList, NewHpkeKey};
 use duet_common::messages::Role;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 struct AdminState {
     datastore: Store,
     role: Role,
-    admin_token: Arc<AuthenticationToken>,
+    admin_token: Arc<TokenHash>,
 }
 
 /// Routes under `/admin`.
@@ -32,7 +32,7 @@ pub fn router(datastore: Store, role: Role, admin_token: AuthenticationToken) ->
         .route("/admin/hpke_keys/{id}", axum::routing::delete(delete_key))
         .route("/admin/hpke_keys/{id}/activate", post(activate_key))
         .route("/admin/hpke_keys/{id}/retire", post(retire_key))
-        .with_state(AdminState { datastore, role, admin_token: Arc::new(admin_token) })
+        .with_state(AdminState { datastore, role, admin_token: Arc::new(TokenHash::of(&admin_token)) })
 }
 
 async fn put_task(

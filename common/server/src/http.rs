@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use duet_common::auth::AuthenticationToken;
+use duet_common::auth::{AuthenticationToken, TokenHash};
 use duet_common::media_type;
 use duet_common::messages::TaskId;
 use duet_common::problem::DapError;
@@ -55,14 +55,10 @@ pub fn require_media_type(headers: &HeaderMap, expected: &'static str) -> Result
 }
 
 /// Checks that the request presents `expected` (in either header form), in constant time.
-pub fn require_token(
-    headers: &HeaderMap,
-    expected: &AuthenticationToken,
-    task_id: Option<TaskId>,
-) -> Result<(), DapError> {
+pub fn require_token(headers: &HeaderMap, expected: &TokenHash, task_id: Option<TaskId>) -> Result<(), DapError> {
     let what = task_id.map(|t| format!(" for task {t}")).unwrap_or_default();
     match AuthenticationToken::from_headers(headers) {
-        Ok(Some(token)) if token.ct_eq(expected) => Ok(()),
+        Ok(Some(token)) if expected.matches(&token) => Ok(()),
         Ok(Some(_)) => Err(DapError::Unauthorized(format!("wrong token{what}"))),
         Ok(None) => Err(DapError::Unauthorized(format!("missing token{what}"))),
         Err(e) => Err(DapError::Unauthorized(e.to_string())),

@@ -12,6 +12,7 @@ pub mod http;
 pub mod interop;
 pub mod metrics;
 pub mod runtime;
+pub mod sealing;
 pub mod sql;
 pub mod states;
 pub mod storage;

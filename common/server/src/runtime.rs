@@ -162,6 +162,7 @@ pub fn check_database_url(value: &str) -> Result<(), String> {
 /// read and parsed once, here).
 pub struct CommonSettings {
     pub admin_token: duet_common::auth::AuthenticationToken,
+    pub database_keys: std::sync::Arc<crate::sealing::DatabaseKeys>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -171,6 +172,7 @@ pub fn check_common(
     listen: &str,
     database: &str,
     admin_token: Option<&str>,
+    database_keys: Option<&str>,
     connection: &ConnectionFlags,
     service: &ServiceFlags,
 ) -> Result<CommonSettings, String> {
@@ -193,7 +195,20 @@ pub fn check_common(
     let token = admin_token.ok_or("admin_token is required: set DUET_ADMIN_TOKEN (or --admin-token)")?;
     let admin_token =
         duet_common::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))?;
-    Ok(CommonSettings { admin_token, tls })
+    let database_keys = check_database_keys(database_keys)?;
+    Ok(CommonSettings { admin_token, database_keys, tls })
+}
+
+/// The database keys ([`crate::sealing`]): required, since the secrets a server stores are
+/// sealed under them.
+pub fn check_database_keys(value: Option<&str>) -> Result<std::sync::Arc<crate::sealing::DatabaseKeys>, String> {
+    let value = value.filter(|v| !v.trim().is_empty()).ok_or(
+        "database_keys is required: set DUET_DATABASE_KEYS (or --database-keys) to a key made with \
+         `duet database-key`; the secrets the database keeps are sealed under it (OPERATIONS.md, \
+         \"Secrets at rest\")",
+    )?;
+    let keys = crate::sealing::DatabaseKeys::parse(value).map_err(|e| format!("database_keys: {e}"))?;
+    Ok(std::sync::Arc::new(keys))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, the signals a service manager stops us with.
@@ -214,10 +229,11 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// `migrate`: applies the database's pending migrations and reports the schema version.
-pub async fn migrate(database: &str) -> Result<(), String> {
-    let store = super::sql::SqlStore::connect(database).await.map_err(|e| e.to_string())?;
-    store.migrate().await.map_err(|e| e.to_string())?;
+/// `migrate`: applies the database's pending migrations, seals the secrets stored in the clear
+/// or under an older database key, and reports the schema version.
+pub async fn migrate(database: &str, database_keys: Option<&str>) -> Result<(), String> {
+    let keys = check_database_keys(database_keys)?;
+    let store = super::sql::SqlStore::open(database, keys).await.map_err(|e| e.to_string())?;
     println!(
         "database {} is at schema version {}",
         redact_url(database),

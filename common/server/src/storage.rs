@@ -5,7 +5,7 @@
 
 pub use super::states::*;
 pub use super::store_error::StoreError;
-use duet_common::auth::AuthenticationToken;
+use duet_common::auth::{AuthenticationToken, TokenHash};
 use duet_common::hpke::HpkeKeypair;
 use duet_common::messages::*;
 use duet_common::problem::DapError;
@@ -26,10 +26,37 @@ pub struct Task {
     pub configuration_encoded: Vec<u8>,
     pub vdaf: Vdaf,
     pub verify_key: VerifyKey,
-    pub aggregator_auth_token: AuthenticationToken,
-    pub collector_auth_token: Option<AuthenticationToken>,
+    pub aggregator_token: AggregatorToken,
+    /// The leader's digest of the collector's token (none on a helper).
+    pub collector_token: Option<TokenHash>,
     pub collector_hpke_config: HpkeConfig,
     pub max_batch_size: Option<u64>,
+}
+
+/// The aggregator token as each role holds it: the leader presents it to the helper, so keeps it
+/// (sealed at rest); the helper only checks it, so keeps its digest.
+#[derive(Clone, Debug)]
+pub enum AggregatorToken {
+    Presented(AuthenticationToken),
+    Checked(TokenHash),
+}
+
+impl AggregatorToken {
+    /// The token as `role` keeps it.
+    pub fn for_role(role: Role, token: AuthenticationToken) -> Self {
+        match role {
+            Role::Leader => AggregatorToken::Presented(token),
+            _ => AggregatorToken::Checked(TokenHash::of(&token)),
+        }
+    }
+
+    /// Its digest, which a request's token is checked against.
+    pub fn hash(&self) -> TokenHash {
+        match self {
+            AggregatorToken::Presented(token) => TokenHash::of(token),
+            AggregatorToken::Checked(hash) => hash.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Task {
@@ -60,11 +87,60 @@ impl Task {
             parameters: req.parameters.clone(),
             vdaf,
             verify_key: req.verify_key().map_err(bad)?,
-            aggregator_auth_token: req.aggregator_token().map_err(bad)?,
-            collector_auth_token,
+            aggregator_token: AggregatorToken::for_role(role, req.aggregator_token().map_err(bad)?),
+            collector_token: collector_auth_token.filter(|_| role == Role::Leader).as_ref().map(TokenHash::of),
             collector_hpke_config: req.collector_config().map_err(bad)?,
             max_batch_size: req.max_batch_size,
         })
+    }
+
+    /// A stored task: its parameters, and its secrets as the role keeps them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stored(
+        role: Role,
+        parameters: TaskParameters,
+        verify_key: VerifyKey,
+        aggregator_token: AggregatorToken,
+        collector_token: Option<TokenHash>,
+        collector_hpke_config: HpkeConfig,
+        max_batch_size: Option<u64>,
+    ) -> Result<Self, String> {
+        let configuration = parameters.task_configuration().map_err(|e| e.to_string())?;
+        Ok(Task {
+            id: parameters.task_id,
+            role,
+            configuration_encoded: configuration.get_encoded().map_err(|e| e.to_string())?,
+            configuration,
+            vdaf: Vdaf::new(&parameters.vdaf).map_err(|e| e.to_string())?,
+            parameters,
+            verify_key,
+            aggregator_token,
+            collector_token,
+            collector_hpke_config,
+            max_batch_size,
+        })
+    }
+
+    /// The token the leader presents to the helper (an internal error on a helper, which has
+    /// only its digest).
+    pub fn presented_token(&self) -> Result<&AuthenticationToken, DapError> {
+        match &self.aggregator_token {
+            AggregatorToken::Presented(token) => Ok(token),
+            AggregatorToken::Checked(_) => Err(DapError::Internal(format!("task {} has no token to present", self.id))),
+        }
+    }
+
+    /// Whether `other` provisions the same task: parameters, role and every secret. (Tokens
+    /// one side keeps as digests compare by digest.)
+    pub fn same_as(&self, other: &Task) -> bool {
+        let token = |t: &AggregatorToken| t.hash();
+        self.role == other.role
+            && self.parameters == other.parameters
+            && self.verify_key.as_bytes() == other.verify_key.as_bytes()
+            && token(&self.aggregator_token) == token(&other.aggregator_token)
+            && self.collector_token == other.collector_token
+            && self.collector_hpke_config == other.collector_hpke_config
+            && self.max_batch_size == other.max_batch_size
     }
 
     /// The VDAF context `"dap-18" || task_id`.
@@ -246,14 +322,3 @@ pub trait Storage: Send + Sync {
 
 /// The storage both servers hold.
 pub type Store = Arc<dyn Storage>;
-
-/// Opens the storage a database URL names (`sqlite:...` or `postgres://...`), applying
-/// migrations.
-pub async fn open(url: &str) -> Result<Store, StoreError> {
-    open_with_clock(url, duet_common::clock::system()).await
-}
-
-/// [`open`], with the time read from `clock`.
-pub async fn open_with_clock(url: &str, clock: duet_common::clock::SharedClock) -> Result<Store, StoreError> {
-    Ok(Arc::new(super::sql::SqlStore::open(url).await?.with_clock(clock)))
-}

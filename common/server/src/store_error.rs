@@ -18,6 +18,10 @@ pub enum StoreError {
     Database(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A sealed secret that the configured database keys do not open (a key missing from
+    /// `database_keys`, or a row altered), or one stored in the clear.
+    #[error("cannot open a stored secret: {0}")]
+    Sealed(String),
     /// A fault of ours (an encoding that failed, bookkeeping that does not add up).
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,7 +79,7 @@ impl From<StoreError> for DapError {
                 DapError::PrivacyBudgetExhausted { task_id: Some(task_id), detail }
             }
             StoreError::Step(e) => *e,
-            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Internal(_) => {
+            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Sealed(_) | StoreError::Internal(_) => {
                 DapError::Internal(e.to_string())
             }
         }

@@ -21,6 +21,7 @@ use duet_common::messages::*;
 use duet_common::problem::DapError;
 use duet_common::time::{Interval, Time};
 use duet_common::vdaf::{OutputShare, VerifyState};
+use duet_server::sealing::DatabaseKeys;
 pub use duet_server::storage::*;
 use std::sync::Arc;
 
@@ -334,13 +335,17 @@ pub type Store = Arc<dyn LeaderStore>;
 
 /// Opens the leader's storage a database URL names (`sqlite:...` or `postgres://...`),
 /// applying migrations.
-pub async fn open(url: &str) -> Result<Store, StoreError> {
-    open_with_clock(url, duet_common::clock::system()).await
+pub async fn open(url: &str, keys: Arc<DatabaseKeys>) -> Result<Store, StoreError> {
+    open_with_clock(url, keys, duet_common::clock::system()).await
 }
 
 /// [`open`], with the time read from `clock`.
-pub async fn open_with_clock(url: &str, clock: duet_common::clock::SharedClock) -> Result<Store, StoreError> {
-    Ok(Arc::new(duet_server::sql::SqlStore::open(url).await?.with_clock(clock)))
+pub async fn open_with_clock(
+    url: &str,
+    keys: Arc<DatabaseKeys>,
+    clock: duet_common::clock::SharedClock,
+) -> Result<Store, StoreError> {
+    Ok(Arc::new(duet_server::sql::SqlStore::open(url, keys).await?.with_clock(clock)))
 }
 
 #[cfg(test)]

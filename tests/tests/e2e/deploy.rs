@@ -29,9 +29,14 @@ struct Invocation {
     files: BTreeMap<String, PathBuf>,
 }
 
-/// A value good enough for a secret placeholder: a token, or a PostgreSQL URL.
+/// A database key for the placeholders that name one (32 bytes, base64).
+const STAND_IN_DATABASE_KEY: &str = "c3RhbmQtaW4gZGF0YWJhc2Uga2V5LCAzMiBieXRlcyE=";
+
+/// A value good enough for a secret placeholder: a token, a database key, or a PostgreSQL URL.
 fn stand_in(name: &str) -> String {
-    if name.contains("DATABASE") {
+    if name.contains("DATABASE_KEY") {
+        STAND_IN_DATABASE_KEY.into()
+    } else if name.contains("DATABASE") {
         "postgres://duet:secret@postgres.invalid:5432/duet".into()
     } else {
         "stand-in-token-0123456789".into()
@@ -93,7 +98,13 @@ fn compose_substitute(value: &str) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').map(|e| start + e).expect("closed ${...}");
         let name = rest[start + 2..end].split([':', '-', '?']).next().unwrap();
-        out.push_str(if name.contains("PASSWORD") { "hexpassword" } else { "stand-in-token-0123456789" });
+        out.push_str(if name.contains("PASSWORD") {
+            "hexpassword"
+        } else if name.contains("DATABASE_KEY") {
+            STAND_IN_DATABASE_KEY
+        } else {
+            "stand-in-token-0123456789"
+        });
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
@@ -108,7 +119,8 @@ fn strings(v: &Value) -> Vec<String> {
 fn example_configuration_files_pass_check_config() {
     for role in ["leader", "helper"] {
         let file = deploy_dir().join(format!("config/{role}.toml"));
-        let env = BTreeMap::from([("DUET_ADMIN_TOKEN".to_string(), stand_in("DUET_ADMIN_TOKEN"))]);
+        let env =
+            BTreeMap::from(["DUET_ADMIN_TOKEN", "DUET_DATABASE_KEYS"].map(|name| (name.to_string(), stand_in(name))));
         check(&Invocation {
             origin: format!("deploy/config/{role}.toml"),
             argv: vec![format!("duet-{role}"), "--config".into(), file.display().to_string()],
@@ -306,7 +318,8 @@ fn systemd_units_start_what_exists() {
             });
         let config = deploy_dir().join(format!("config/{role}.toml"));
         let files = BTreeMap::from([(format!("/etc/duet/{role}.toml"), config)]);
-        let env = BTreeMap::from([("DUET_ADMIN_TOKEN".to_string(), stand_in("DUET_ADMIN_TOKEN"))]);
+        let env =
+            BTreeMap::from(["DUET_ADMIN_TOKEN", "DUET_DATABASE_KEYS"].map(|name| (name.to_string(), stand_in(name))));
         for key in ["ExecStartPre", "ExecStart"] {
             for line in lines.get(key).unwrap_or_else(|| panic!("{path}: no {key}")) {
                 let argv: Vec<String> = line.split_whitespace().map(str::to_string).collect();

@@ -352,7 +352,11 @@ impl TwoHosts {
         ServerProcess::spawn(
             std::path::Path::new("ip"),
             &all,
-            &[("DUET_ADMIN_TOKEN", admin.expose()), ("RUST_LOG", &log)],
+            &[
+                ("DUET_ADMIN_TOKEN", admin.expose()),
+                ("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY),
+                ("RUST_LOG", &log),
+            ],
             Output::Prefixed(format!("{binary}@{host}")),
         )
         .unwrap()

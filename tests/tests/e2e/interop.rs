@@ -68,10 +68,17 @@ async fn the_test_api_answers_unknown_paths_and_bad_json_as_the_draft_says() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_interop_leaders_on_one_postgres_database() {
     let db = PgDatabase::create().await;
-    let leaders = [
-        role("duet-leader", &["interop", "--database", &db.url]),
-        role("duet-leader", &["interop", "--database", &db.url]),
-    ];
+    // A database given to an interop server outlives it: a key that seals its secrets must be
+    // given too, the same for both leaders.
+    let unkeyed = ServerProcess::spawn(
+        &sibling_binary("duet-leader").unwrap(),
+        &["interop", "--database", &db.url, "--port", "0"].map(String::from),
+        &[],
+        Output::Discard,
+    );
+    assert!(unkeyed.is_err(), "an interop leader on a given database without a key starts");
+    let keyed = ["interop", "--database", &db.url, "--database-keys", duet_tests::DATABASE_KEY];
+    let leaders = [role("duet-leader", &keyed), role("duet-leader", &keyed)];
     let lb = Balancer::start(leaders.iter().map(|l| l.addr).collect()).await;
     let helper = role("duet-helper", &["interop"]);
     let client = role("duet", &["interop-client"]);

@@ -41,7 +41,11 @@ fn slow_headers_are_cut_off_and_excess_connections_refused() {
     let helper = ServerProcess::spawn(
         &sibling_binary("duet-helper").unwrap(),
         &args,
-        &[("DUET_ADMIN_TOKEN", "admin-token-for-limits"), ("RUST_LOG", "warn")],
+        &[
+            ("DUET_ADMIN_TOKEN", "admin-token-for-limits"),
+            ("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY),
+            ("RUST_LOG", "warn"),
+        ],
         Output::Prefixed("duet-helper".into()),
     )
     .unwrap();

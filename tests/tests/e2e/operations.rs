@@ -286,7 +286,8 @@ async fn settings_from_a_file_the_environment_and_flags() {
     let check = |extra_env: &[(&str, &str)], args: &[&str]| {
         let mut cmd = std::process::Command::new(&leader);
         cmd.args(["--config", file.to_str().unwrap(), "--check-config"]).args(args);
-        cmd.env("DUET_ADMIN_TOKEN", "admin-token-for-check").env_remove("RUST_LOG");
+        cmd.env("DUET_ADMIN_TOKEN", "admin-token-for-check").env("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY);
+        cmd.env_remove("RUST_LOG");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -305,6 +306,8 @@ async fn settings_from_a_file_the_environment_and_flags() {
     assert!(out.contains("clock_skew_seconds = 300  # default"), "{out}");
     assert!(out.contains("admin_token = (set, redacted)  # environment DUET_ADMIN_TOKEN"), "{out}");
     assert!(!out.contains("admin-token-for-check"), "{out}");
+    assert!(out.contains("database_keys = (set, redacted)  # environment DUET_DATABASE_KEYS"), "{out}");
+    assert!(!out.contains(duet_tests::DATABASE_KEY), "{out}");
     assert!(out.ends_with("duet-leader: configuration OK\n"), "{out}");
 
     // Validation at start-up: clear messages, exit code 1, nothing served.
@@ -319,6 +322,14 @@ async fn settings_from_a_file_the_environment_and_flags() {
     assert!(err.contains("must start with sqlite: or postgres://"), "{err}");
     let (code, _, err) = check(&[("DUET_ADMIN_TOKEN", "")], &[]);
     assert_eq!(code, Some(1), "{err}");
+    // No database key, or a bad one: the secrets the database keeps could not be sealed.
+    let (code, _, err) = check(&[("DUET_DATABASE_KEYS", "")], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("database_keys is required: set DUET_DATABASE_KEYS"), "{err}");
+    let (code, _, err) = check(&[("DUET_DATABASE_KEYS", "c2hvcnQ")], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("database_keys: database key 1 holds 5 bytes, not 32"), "{err}");
+    assert!(!err.contains("c2hvcnQ"), "the key is not shown: {err}");
     let (code, _, err) = check(&[], &["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent.pem"), "{err}");
@@ -326,6 +337,7 @@ async fn settings_from_a_file_the_environment_and_flags() {
     let out = std::process::Command::new(&leader)
         .args(["--config", dir.path().join("bad.toml").to_str().unwrap(), "--check-config"])
         .env("DUET_ADMIN_TOKEN", "x")
+        .env("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -336,9 +348,13 @@ async fn settings_from_a_file_the_environment_and_flags() {
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let args: Vec<String> =
         vec!["--config".into(), file.to_str().unwrap().into(), "--listen".into(), "127.0.0.1:0".into()];
-    let server =
-        ServerProcess::spawn(&leader, &args, &[("DUET_ADMIN_TOKEN", "admin-token")], Output::Capture(lines.clone()))
-            .unwrap();
+    let server = ServerProcess::spawn(
+        &leader,
+        &args,
+        &[("DUET_ADMIN_TOKEN", "admin-token"), ("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY)],
+        Output::Capture(lines.clone()),
+    )
+    .unwrap();
     assert!(server.metrics_addr.is_some(), "the file's metrics_listen was applied");
     assert_eq!(ops_get(&server, "/healthz").await.0, 200);
     let resp = reqwest::get(format!("{}hpke_config", server.url())).await.unwrap();
@@ -351,13 +367,22 @@ async fn settings_from_a_file_the_environment_and_flags() {
     assert_eq!(listening["level"], "INFO");
     assert_eq!(listening["addr"], server.addr.to_string());
     assert!(listening["timestamp"].is_string());
-    // The migrate command takes the file's database.
-    let out = std::process::Command::new(&leader)
-        .args(["migrate", "--config", file.to_str().unwrap()])
-        .env_remove("DUET_DATABASE")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    // The migrate command takes the file's database, and needs the database key (it seals
+    // what it finds in the clear).
+    let migrate = |key: Option<&str>| {
+        let mut cmd = std::process::Command::new(&leader);
+        cmd.args(["migrate", "--config", file.to_str().unwrap()]).env_remove("DUET_DATABASE");
+        match key {
+            Some(key) => cmd.env("DUET_DATABASE_KEYS", key),
+            None => cmd.env_remove("DUET_DATABASE_KEYS"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = migrate(None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database_keys is required"));
+    let out = migrate(Some(duet_tests::DATABASE_KEY));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let newest = duet_server::sql::Backend::Sqlite.migrations().last().unwrap().0;
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("database {db} is at schema version {newest}")));
 }

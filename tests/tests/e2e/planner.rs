@@ -25,7 +25,7 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn the_leader_keeps_postgres_statistics_so_reports_are_found_by_key() {
     let db = PgDatabase::create().await;
-    let store = open(&db.url).await.unwrap();
+    let store = open(&db.url, duet_tests::database_keys()).await.unwrap();
     let task = store.put_task(Role::Leader, &storage_task_request("planner")).await.unwrap();
     let reports: Vec<Report> = (0..4000).map(|i| stub_report(1000 + i / 100, 64)).collect();
     for chunk in reports.chunks(500) {

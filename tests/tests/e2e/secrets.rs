@@ -1,6 +1,7 @@
 //! Secrets stay secret: after a whole run with both servers logging at trace level, no admin
 //! token, aggregator or collector token, verify key, or HPKE private key appears in any log
-//! line, and none appears in the `Debug` output of the types that hold them.
+//! line, and none appears in the `Debug` output of the types that hold them; and neither
+//! server's database file holds any of them in the clear.
 
 use duet_client::collect::Collector;
 use duet_client::upload::Client;
@@ -20,6 +21,12 @@ fn spellings(bytes: &[u8]) -> Vec<String> {
         bytes.iter().map(|b| format!("{b:02x}")).collect(),
         format!("{bytes:?}"),
     ]
+}
+
+/// A server's HPKE private key as its database holds it, opened with the tests' database key.
+fn open_private_key(config: &[u8], sealed: &[u8]) -> Vec<u8> {
+    use duet_server::sealing::SealedColumn;
+    duet_tests::database_keys().open(SealedColumn::HpkePrivateKey, config, sealed).expect("sealed").to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,8 +65,8 @@ async fn no_secret_in_any_log_line_or_debug_output() {
                 .unwrap()
         }),
     ] {
-        for row in sqlx::query("SELECT private_key FROM hpke_keys").fetch_all(&pool).await.unwrap() {
-            let key: Vec<u8> = row.get(0);
+        for row in sqlx::query("SELECT config, private_key FROM hpke_keys").fetch_all(&pool).await.unwrap() {
+            let key = open_private_key(&row.get::<Vec<u8>, _>(0), &row.get::<Vec<u8>, _>(1));
             for s in spellings(&key) {
                 secrets.push((format!("{who} HPKE private key"), s));
             }
@@ -90,6 +97,84 @@ async fn no_secret_in_any_log_line_or_debug_output() {
     for (what, secret) in &secrets {
         for text in &debug {
             assert!(!text.contains(secret.as_str()), "{what} appears in Debug output: {text}");
+        }
+    }
+}
+
+/// Every file of a SQLite database (the main file and its write-ahead log).
+fn database_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    bytes.extend(std::fs::read(wal).unwrap_or_default());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn neither_database_file_holds_a_secret_in_the_clear() {
+    let mut d = Deployment::start(LeaderOptions::default()).await;
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 5, None, None).await;
+    // A second HPKE key on the leader, so that the rotation path stores one too.
+    let added = d
+        .http
+        .post(format!("{}admin/hpke_keys", d.leader.url()))
+        .bearer_auth(d.leader_admin.expose())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201, "{}", added.text().await.unwrap());
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let items: Vec<_> = (0..6).map(|_| (Measurement::Count(true), past_hour())).collect();
+    client.upload(&items).await.unwrap();
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let result = collector.collect(collector.query(Some((past_hour(), 3600))).unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(result.unwrap().report_count, 6);
+
+    let mut secrets: Vec<(String, Vec<u8>)> = vec![
+        ("aggregator token".into(), task.leader_request.aggregator_auth_token.clone().into_bytes()),
+        ("collector token".into(), task.credentials.collector_auth_token.clone().into_bytes()),
+        ("verify key (base64)".into(), task.leader_request.vdaf_verify_key.clone().into_bytes()),
+        ("leader admin token".into(), d.leader_admin.expose().as_bytes().to_vec()),
+        ("helper admin token".into(), d.helper_admin.expose().as_bytes().to_vec()),
+    ];
+    let vk = duet_common::vdaf::VerifyKey::from_base64(&task.leader_request.vdaf_verify_key).unwrap();
+    secrets.push(("verify key".into(), vk.as_bytes().to_vec()));
+    let mut keys = 0;
+    for (who, file) in [("leader", "leader.db"), ("helper", "helper.db")] {
+        let url = format!("sqlite:{}?mode=ro", d.dir.path().join(file).display());
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        for row in sqlx::query("SELECT config, private_key FROM hpke_keys").fetch_all(&pool).await.unwrap() {
+            let private = open_private_key(&row.get::<Vec<u8>, _>(0), &row.get::<Vec<u8>, _>(1));
+            secrets.push((format!("{who} HPKE private key"), private));
+            keys += 1;
+        }
+        pool.close().await;
+    }
+    assert_eq!(keys, 3, "the leader's two keys and the helper's one");
+    // Restarted, each server opens what it sealed (the leader its task's secrets, to present
+    // and check tokens; both their HPKE keys).
+    d.restart();
+    let id = task.credentials.task.task_id;
+    let shown = d
+        .http
+        .get(format!("{}admin/tasks/{id}", d.leader.url()))
+        .bearer_auth(d.leader_admin.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), 200, "{}", shown.text().await.unwrap());
+    assert_eq!(d.http.get(format!("{}hpke_config", d.helper.url())).send().await.unwrap().status(), 200);
+    for file in ["leader.db", "helper.db"] {
+        let bytes = database_bytes(&d.dir.path().join(file));
+        // The right files: each holds the task, by its ID (no secret).
+        assert!(bytes.windows(32).any(|w| w == id.as_bytes()), "{file} holds the task");
+        for (what, secret) in &secrets {
+            assert!(secret.len() >= 16, "{what} is a real secret");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                "{file} holds the {what} in the clear"
+            );
         }
     }
 }

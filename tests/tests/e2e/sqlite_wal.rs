@@ -14,7 +14,7 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("leader.db");
     let url = format!("sqlite:{}", file.display());
-    let store = open(&url).await.unwrap();
+    let store = open(&url, duet_tests::database_keys()).await.unwrap();
     let task = store.put_task(Role::Leader, &storage_task_request("wal")).await.unwrap();
 
     // Readers on connections of their own, each holding a snapshot while the others start:
@@ -65,7 +65,7 @@ async fn the_log_stays_bounded_under_overlapping_readers() {
 async fn new_databases_take_16_kib_pages_and_older_ones_keep_theirs() {
     let dir = tempfile::tempdir().unwrap();
     let new = format!("sqlite:{}", dir.path().join("new.db").display());
-    let store = open(&new).await.unwrap();
+    let store = open(&new, duet_tests::database_keys()).await.unwrap();
     let task = store.put_task(Role::Leader, &storage_task_request("pages")).await.unwrap();
     let reports: Vec<Report> = (0..50).map(|_| stub_report(1000, 2700)).collect();
     let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
@@ -83,7 +83,7 @@ async fn new_databases_take_16_kib_pages_and_older_ones_keep_theirs() {
             .unwrap();
         conn.close().await.unwrap();
     }
-    let store = open(&old).await.unwrap();
+    let store = open(&old, duet_tests::database_keys()).await.unwrap();
     let task = store.put_task(Role::Leader, &storage_task_request("pages")).await.unwrap();
     let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
     assert!(answers.iter().all(Option::is_none));

@@ -43,7 +43,7 @@ async fn payload_rows(keep: &Keep) -> i64 {
 type Store = Arc<SqlStore>;
 
 async fn open(url: &str) -> Result<Store, StoreError> {
-    Ok(Arc::new(SqlStore::open(url).await?))
+    Ok(Arc::new(SqlStore::open(url, duet_tests::database_keys()).await?))
 }
 
 /// A fresh database of each backend, kept alive for the test's duration.

@@ -85,7 +85,7 @@ async fn sqlite_uploads_that_queue_together_share_one_transaction() {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("leader.db").display());
-    let store = open(&url).await.unwrap();
+    let store = open(&url, duet_tests::database_keys()).await.unwrap();
     assert!(store.writes_one_at_a_time());
     let task = store.put_task(Role::Leader, &storage_task_request("upload group")).await.unwrap();
     let queue = UploadQueue::default();
@@ -123,7 +123,7 @@ async fn sqlite_uploads_that_queue_together_share_one_transaction() {
 async fn postgres_uploads_are_stored_each_in_its_own_transaction() {
     sqlx::any::install_default_drivers();
     let pg = PgDatabase::create().await;
-    let store = open(&pg.url).await.unwrap();
+    let store = open(&pg.url, duet_tests::database_keys()).await.unwrap();
     assert!(!store.writes_one_at_a_time());
     let task = store.put_task(Role::Leader, &storage_task_request("upload group")).await.unwrap();
     let queue = UploadQueue::default();

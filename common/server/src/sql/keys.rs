@@ -3,6 +3,7 @@
 //! configuration), and deleted once no client can still hold them.
 
 use super::SqlStore;
+use crate::sealing::SealedColumn;
 use crate::storage::Storage as _;
 use crate::storage::{first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS};
 use duet_common::hpke::{HpkeKeypair, HpkePrivateKey};
@@ -56,13 +57,50 @@ impl SqlStore {
         ))
         .bind(i64::from(id.0))
         .bind(kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
-        .bind(kp.private_key().as_bytes())
+        .bind(self.sealed_private_key(&kp)?)
         .bind(now)
         .execute(self.pool())
         .await
         .map_err(StoreError::from)?;
         // Another replica may have won the race with a key of its own; either is fine.
         self.load_keypairs().await
+    }
+
+    /// A key's private key sealed, bound to its configuration (config ID and public key).
+    fn sealed_private_key(&self, kp: &HpkeKeypair) -> Result<Vec<u8>, StoreError> {
+        let config = kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(self.keys.seal(SealedColumn::HpkePrivateKey, &config, kp.private_key().as_bytes()))
+    }
+
+    /// Seals the private keys a database written before sealing holds in the clear, and seals
+    /// again under the first database key those an older key sealed (at start-up). Returns how
+    /// many it sealed.
+    pub(super) async fn seal_stored_private_keys(&self) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query("SELECT config_id, config, private_key FROM hpke_keys").fetch_all(&mut *tx).await?;
+        let mut sealed = 0;
+        for r in &rows {
+            let (config, stored): (Vec<u8>, Vec<u8>) = (r.get("config"), r.get("private_key"));
+            if !self.keys.needs_sealing(&stored) {
+                continue;
+            }
+            let id: i64 = r.get("config_id");
+            let private = if crate::sealing::is_sealed(&stored) {
+                self.keys
+                    .open(SealedColumn::HpkePrivateKey, &config, &stored)
+                    .map_err(|e| StoreError::Sealed(format!("stored HPKE key {id}: its private key {e}")))?
+            } else {
+                zeroize::Zeroizing::new(stored)
+            };
+            sqlx::query("UPDATE hpke_keys SET private_key = $1 WHERE config_id = $2")
+                .bind(self.keys.seal(SealedColumn::HpkePrivateKey, &config, &private))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sealed += 1;
+        }
+        tx.commit().await?;
+        Ok(sealed)
     }
 
     async fn load_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, StoreError> {
@@ -77,8 +115,18 @@ impl SqlStore {
         rows.iter()
             .map(|r| {
                 let rec = record(r)?;
-                let kp = HpkeKeypair::new(rec.config, HpkePrivateKey::new(r.get("private_key")))
-                    .map_err(|_| corrupt("key"))?;
+                let private = self
+                    .keys
+                    .open(
+                        SealedColumn::HpkePrivateKey,
+                        &r.get::<Vec<u8>, _>("config"),
+                        &r.get::<Vec<u8>, _>("private_key"),
+                    )
+                    .map_err(|e| {
+                        StoreError::Sealed(format!("stored HPKE key {}: its private key {e}", rec.config.id.0))
+                    })?;
+                let kp =
+                    HpkeKeypair::new(rec.config, HpkePrivateKey::new(private.to_vec())).map_err(|_| corrupt("key"))?;
                 Ok((kp, rec.state))
             })
             .collect()
@@ -108,7 +156,7 @@ impl SqlStore {
         sqlx::query(&format!("INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, $4)"))
             .bind(id)
             .bind(kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
-            .bind(kp.private_key().as_bytes())
+            .bind(self.sealed_private_key(kp)?)
             .bind(now)
             .execute(&mut *tx)
             .await

@@ -16,6 +16,7 @@ mod store;
 mod tasks;
 
 use super::storage::*;
+use crate::sealing::DatabaseKeys;
 use duet_common::clock::SharedClock;
 use duet_common::messages::*;
 use sqlx::any::AnyPoolOptions;
@@ -193,6 +194,8 @@ pub struct SqlStore {
     write_gate: Arc<tokio::sync::Mutex<()>>,
     /// Behind every time this store writes or compares (leases, retries, key ages).
     clock: SharedClock,
+    /// Seal the secrets this store keeps ([`crate::sealing`]).
+    keys: Arc<DatabaseKeys>,
 }
 
 /// SQLite's write-ahead log, which the leader checkpoints itself ([`SqlStore::after_commit`]).
@@ -269,7 +272,7 @@ const WAL_HOLD_BYTES: u64 = 2 * WAL_RESTART_BYTES;
 impl SqlStore {
     /// Connects to the database a `sqlite:` or `postgres:` URL names (creating a SQLite file if
     /// needed), without migrating it.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, keys: Arc<DatabaseKeys>) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).ok_or_else(|| {
             StoreError::Database(format!("unsupported database URL {:?}", super::runtime::redact_url(url)))
@@ -304,6 +307,7 @@ impl SqlStore {
             wal,
             write_gate: Arc::default(),
             clock: duet_common::clock::system(),
+            keys,
         })
     }
 
@@ -360,11 +364,28 @@ impl SqlStore {
             })
     }
 
-    /// Connects and applies the migrations not yet applied.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let store = Self::connect(url).await?;
+    /// Connects, applies the migrations not yet applied, and seals the secrets stored in the
+    /// clear or under an older database key ([`Self::seal_stored_secrets`]).
+    pub async fn open(url: &str, keys: Arc<DatabaseKeys>) -> Result<Self, StoreError> {
+        let store = Self::connect(url, keys).await?;
         store.migrate().await?;
+        store.seal_stored_secrets().await?;
         Ok(store)
+    }
+
+    /// Seals what a database written before secrets were sealed holds in the clear (and digests
+    /// the tokens the server only checks), and seals again under the first database key what an
+    /// older key sealed, so that the older key may go once every replica ran this. Idempotent,
+    /// and cheap once done: it reads the task and key tables, which hold a row per task and
+    /// per HPKE key. A secret that no configured key opens stops the start with an error
+    /// naming its row.
+    pub async fn seal_stored_secrets(&self) -> Result<(), StoreError> {
+        let tasks = self.retrying(|| self.seal_stored_task_secrets()).await?;
+        let keys = self.retrying(|| self.seal_stored_private_keys()).await?;
+        if tasks + keys > 0 {
+            tracing::info!(tasks, hpke_keys = keys, "sealed secrets under the current database key");
+        }
+        Ok(())
     }
 
     /// The shard of a batch bucket a commit adds to. On PostgreSQL, replicas committing into

@@ -1,17 +1,37 @@
-//! Provisioned tasks on SQL: stored once, read through a per-process cache.
+//! Provisioned tasks on SQL: stored once, their secrets sealed or digested
+//! ([`crate::sealing`]), read through a per-process cache.
 
 use super::SqlStore;
+use crate::sealing::{OpenError, SealedColumn};
 use crate::storage::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use duet_common::auth::{AuthenticationToken, TokenHash};
 use duet_common::messages::*;
 use duet_common::task::{AggregatorTaskRequest, TaskParameters};
 use duet_common::vdaf::VerifyKey;
 use duet_common::{Decode, Encode};
+use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::sync::Arc;
 
+const TASK_COLUMNS: &str = "role, parameters, vdaf_verify_key, aggregator_auth_token, collector_auth_token,
+    collector_hpke_config, max_batch_size";
+
+/// How a stored task's tokens are written in their text columns: a token the server presents
+/// is sealed (`sealed:` and the sealed value in URL-safe base64), one it only checks digested
+/// (`sha256:` and the digest). Tokens themselves never hold a `:`, so neither is mistaken for a
+/// token a database written before sealing holds in the clear.
+const SEALED: &str = "sealed:";
+const DIGEST: &str = "sha256:";
+
+fn digest_text(hash: &TokenHash) -> String {
+    format!("{DIGEST}{}", URL_SAFE_NO_PAD.encode(hash.as_bytes()))
+}
+
 impl SqlStore {
-    /// Provisions a task; provisioning the identical task again is a no-op, a different one
-    /// under the same ID is a conflict.
+    /// Provisions a task; provisioning the identical task again (secrets included) is a no-op,
+    /// a different one under the same ID is a conflict.
     pub(super) async fn put_task_inner(
         &self,
         role: Role,
@@ -20,18 +40,20 @@ impl SqlStore {
         let task = Task::from_request(role, req)?;
         let params = serde_json::to_string(&req.parameters).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin().await?;
-        let existing = sqlx::query("SELECT parameters, role FROM tasks WHERE task_id = $1")
+        let existing = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"))
             .bind(task.id.as_bytes().as_slice())
             .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::from)?;
         if let Some(row) = existing {
-            let stored: String = row.get(0);
-            let stored_role: i64 = row.get(1);
-            if stored != params || stored_role != role as i64 {
-                return Err(StoreError::Conflict(format!("task {} exists with other parameters", task.id)));
+            if !self.task_of_row(&task.id, &row)?.same_as(&task) {
+                return Err(StoreError::Conflict(format!(
+                    "task {} exists with other parameters or secrets; delete it first to provision it anew",
+                    task.id
+                )));
             }
         } else {
+            let (verify_key, aggregator_token, collector_token) = self.sealed_secrets(&task);
             sqlx::query(
                 "INSERT INTO tasks (task_id, role, parameters, vdaf_verify_key, aggregator_auth_token,
                  collector_auth_token, collector_hpke_config, max_batch_size, created_at_seconds)
@@ -40,9 +62,9 @@ impl SqlStore {
             .bind(task.id.as_bytes().as_slice())
             .bind(role as i64)
             .bind(&params)
-            .bind(task.verify_key.as_bytes().as_slice())
-            .bind(task.aggregator_auth_token.expose())
-            .bind(task.collector_auth_token.as_ref().map(|t| t.expose().to_string()))
+            .bind(verify_key)
+            .bind(aggregator_token)
+            .bind(collector_token)
             .bind(task.collector_hpke_config.get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
             .bind(task.max_batch_size.map(|m| m as i64))
             .bind(self.now_seconds())
@@ -56,42 +78,162 @@ impl SqlStore {
         Ok(task)
     }
 
+    /// A task's secrets as stored: the verify key sealed, the aggregator token sealed (leader)
+    /// or digested (helper), the collector's token digested.
+    fn sealed_secrets(&self, task: &Task) -> (Vec<u8>, String, Option<String>) {
+        let row = task.id.as_bytes().as_slice();
+        let verify_key = self.keys.seal(SealedColumn::VerifyKey, row, task.verify_key.as_bytes());
+        let aggregator_token = match &task.aggregator_token {
+            AggregatorToken::Presented(token) => format!(
+                "{SEALED}{}",
+                URL_SAFE_NO_PAD.encode(self.keys.seal(SealedColumn::AggregatorToken, row, token.expose().as_bytes()))
+            ),
+            AggregatorToken::Checked(hash) => digest_text(hash),
+        };
+        (verify_key, aggregator_token, task.collector_token.as_ref().map(digest_text))
+    }
+
     /// The task, from the cache or the database; `unrecognizedTask` if unknown.
     pub(super) async fn task_inner(&self, id: &TaskId) -> Result<Arc<Task>, StoreError> {
         if let Some(t) = self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(t.clone());
         }
-        let row = sqlx::query(
-            "SELECT role, parameters, vdaf_verify_key, aggregator_auth_token, collector_auth_token,
-             collector_hpke_config, max_batch_size FROM tasks WHERE task_id = $1",
-        )
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or(StoreError::UnknownTask(*id))?;
+        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"))
+            .bind(id.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or(StoreError::UnknownTask(*id))?;
+        let task = Arc::new(self.task_of_row(id, &row)?);
+        self.tasks.write().unwrap_or_else(|e| e.into_inner()).insert(*id, task.clone());
+        Ok(task)
+    }
+
+    /// A task from its row ([`TASK_COLUMNS`]), its secrets opened.
+    fn task_of_row(&self, id: &TaskId, row: &AnyRow) -> Result<Task, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("stored task {id}: bad {what}"));
-        let role = match row.get::<i64, _>(0) {
+        let unopened = |what: &str, e: OpenError| StoreError::Sealed(format!("stored task {id}: its {what} {e}"));
+        let role = match row.get::<i64, _>("role") {
             2 => Role::Leader,
             3 => Role::Helper,
             _ => return Err(corrupt("role")),
         };
-        let parameters: TaskParameters = serde_json::from_str(row.get(1)).map_err(|_| corrupt("parameters"))?;
-        let key: Vec<u8> = row.get(2);
-        let collector_config: Vec<u8> = row.get(5);
-        let req = AggregatorTaskRequest {
-            parameters,
-            vdaf_verify_key: VerifyKey::from_bytes(key.try_into().map_err(|_| corrupt("verify key"))?).to_base64(),
-            aggregator_auth_token: row.get(3),
-            collector_auth_token: row.get(4),
-            collector_hpke_config: duet_common::task::hpke_config_to_b64(
-                &HpkeConfig::get_decoded(&collector_config).map_err(|_| corrupt("collector config"))?,
-            ),
-            max_batch_size: row.get::<Option<i64>, _>(6).map(|m| m as u64),
+        let parameters: TaskParameters =
+            serde_json::from_str(row.get("parameters")).map_err(|_| corrupt("parameters"))?;
+        let tid = id.as_bytes().as_slice();
+        let key = self
+            .keys
+            .open(SealedColumn::VerifyKey, tid, &row.get::<Vec<u8>, _>("vdaf_verify_key"))
+            .map_err(|e| unopened("verify key", e))?;
+        let verify_key = VerifyKey::from_bytes(key.as_slice().try_into().map_err(|_| corrupt("verify key"))?);
+        let digest = |text: &str| -> Result<TokenHash, StoreError> {
+            let bytes = text.strip_prefix(DIGEST).and_then(|b| URL_SAFE_NO_PAD.decode(b).ok());
+            Ok(TokenHash::from_bytes(bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("token digest"))?))
         };
-        let task = Arc::new(Task::from_request(role, &req).map_err(|_| corrupt("task"))?);
-        self.tasks.write().unwrap_or_else(|e| e.into_inner()).insert(*id, task.clone());
-        Ok(task)
+        let aggregator_text: String = row.get("aggregator_auth_token");
+        let aggregator_token = match role {
+            Role::Leader => {
+                let sealed = aggregator_text
+                    .strip_prefix(SEALED)
+                    .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
+                    .ok_or_else(|| unopened("aggregator token", OpenError::NotSealed))?;
+                let token = self
+                    .keys
+                    .open(SealedColumn::AggregatorToken, tid, &sealed)
+                    .map_err(|e| unopened("aggregator token", e))?;
+                let token = std::str::from_utf8(&token).map_err(|_| corrupt("aggregator token"))?;
+                AggregatorToken::Presented(AuthenticationToken::new(token).map_err(|_| corrupt("aggregator token"))?)
+            }
+            _ => AggregatorToken::Checked(digest(&aggregator_text)?),
+        };
+        let collector_token = match role {
+            Role::Leader => row.get::<Option<String>, _>("collector_auth_token").map(|t| digest(&t)).transpose()?,
+            _ => None,
+        };
+        let collector_config: Vec<u8> = row.get("collector_hpke_config");
+        Task::stored(
+            role,
+            parameters,
+            verify_key,
+            aggregator_token,
+            collector_token,
+            HpkeConfig::get_decoded(&collector_config).map_err(|_| corrupt("collector config"))?,
+            row.get::<Option<i64>, _>("max_batch_size").map(|m| m as u64),
+        )
+        .map_err(|e| corrupt(&format!("task ({e})")))
+    }
+
+    /// Seals the task secrets a database written before sealing holds in the clear (and digests
+    /// the tokens the server only checks), and seals again under the first database key what an
+    /// older key sealed (at start-up). Returns how many tasks changed.
+    pub(super) async fn seal_stored_task_secrets(&self) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT task_id, role, vdaf_verify_key, aggregator_auth_token, collector_auth_token FROM tasks",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for r in &rows {
+            let tid: Vec<u8> = r.get("task_id");
+            let what = |what: &str, e: String| {
+                let id = TaskId::try_from(tid.as_slice()).map(|t| t.to_string()).unwrap_or_default();
+                StoreError::Sealed(format!("stored task {id}: its {what} {e}"))
+            };
+            // The value in the clear, or opened from its seal under an older key.
+            let reseal = |column: SealedColumn, stored: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+                if !self.keys.needs_sealing(stored) {
+                    return Ok(None);
+                }
+                let plain = if crate::sealing::is_sealed(stored) {
+                    let name = if column == SealedColumn::VerifyKey { "verify key" } else { "aggregator token" };
+                    self.keys.open(column, &tid, stored).map_err(|e| what(name, e.to_string()))?
+                } else {
+                    zeroize::Zeroizing::new(stored.to_vec())
+                };
+                Ok(Some(self.keys.seal(column, &tid, &plain)))
+            };
+            let token_digest = |text: &str| -> Result<String, StoreError> {
+                let token = AuthenticationToken::new(text).map_err(|e| what("token", format!("is malformed ({e})")))?;
+                Ok(digest_text(&TokenHash::of(&token)))
+            };
+            let verify_key = reseal(SealedColumn::VerifyKey, &r.get::<Vec<u8>, _>("vdaf_verify_key"))?;
+            let aggregator: String = r.get("aggregator_auth_token");
+            let aggregator = match (r.get::<i64, _>("role"), aggregator.strip_prefix(SEALED)) {
+                (2, Some(sealed)) => {
+                    let sealed = URL_SAFE_NO_PAD
+                        .decode(sealed)
+                        .map_err(|e| what("aggregator token", format!("is not base64 ({e})")))?;
+                    reseal(SealedColumn::AggregatorToken, &sealed)?
+                        .map(|s| format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(s)))
+                }
+                (2, None) => reseal(SealedColumn::AggregatorToken, aggregator.as_bytes())?
+                    .map(|s| format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(s))),
+                _ if aggregator.starts_with(DIGEST) => None,
+                _ => Some(token_digest(&aggregator)?),
+            };
+            let collector = match r.get::<Option<String>, _>("collector_auth_token") {
+                Some(text) if !text.starts_with(DIGEST) => Some(token_digest(&text)?),
+                _ => None,
+            };
+            if verify_key.is_none() && aggregator.is_none() && collector.is_none() {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE tasks SET vdaf_verify_key = COALESCE($1, vdaf_verify_key),
+                 aggregator_auth_token = COALESCE($2, aggregator_auth_token),
+                 collector_auth_token = COALESCE($3, collector_auth_token) WHERE task_id = $4",
+            )
+            .bind(verify_key)
+            .bind(aggregator)
+            .bind(collector)
+            .bind(&tid)
+            .execute(&mut *tx)
+            .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     pub(super) async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, StoreError> {
