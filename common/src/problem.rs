@@ -170,6 +170,9 @@ pub enum DapError {
     UnsupportedMediaType { expected: &'static str },
     #[error("request body too large")]
     PayloadTooLarge,
+    /// An upload request carrying more reports than the leader takes in one request.
+    #[error("an upload request may carry at most {max} reports")]
+    TooManyReports { max: usize },
     /// A bad request outside DAP's messages (admin API, interop API).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -269,6 +272,10 @@ impl DapError {
                 blank(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(format!("expected Content-Type {expected}")))
             }
             DapError::PayloadTooLarge => blank(StatusCode::PAYLOAD_TOO_LARGE, None),
+            DapError::TooManyReports { max } => blank(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(format!("an upload request may carry at most {max} reports; send the others in further requests")),
+            ),
             DapError::BadRequest(d) => blank(StatusCode::BAD_REQUEST, Some(d.clone())),
             DapError::Conflict(d) => blank(StatusCode::CONFLICT, Some(d.clone())),
             DapError::Internal(_) => blank(StatusCode::INTERNAL_SERVER_ERROR, None),

@@ -18,7 +18,7 @@ use duet_common::time::{Duration, Time};
 use duet_common::vdaf::Transition;
 use duet_common::Decode;
 use duet_server::checks;
-use duet_server::http::{dap_response, require_media_type, HttpResult};
+use duet_server::http::{dap_response, read_body, require_media_type, HttpResult};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -113,10 +113,11 @@ pub async fn init(
     State(state): State<HelperState>,
     Path(task_id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<Response> {
     let _timer = duet_server::metrics::StepTimer::start("aggregation_job_init");
     let task = helper_task(&state, &task_id, &headers).await?;
+    let body = read_body(body, state.config.max_body_bytes).await?;
     require_media_type(&headers, media_type::AGGREGATION_JOB_INIT_REQ)?;
     let tid = Some(task.id);
     let req = AggregationJobInitReq::get_decoded(&body)
@@ -281,10 +282,11 @@ pub async fn continue_job(
     State(state): State<HelperState>,
     Path((task_id, job_id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<Response> {
     let _timer = duet_server::metrics::StepTimer::start("aggregation_job_continue");
     let task = helper_task(&state, &task_id, &headers).await?;
+    let body = read_body(body, state.config.max_body_bytes).await?;
     require_media_type(&headers, media_type::AGGREGATION_JOB_CONTINUE_REQ)?;
     let tid = Some(task.id);
     let job_id = parse_job_id(&task, &job_id)?;

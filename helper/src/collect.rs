@@ -66,10 +66,11 @@ pub async fn create(
     State(state): State<HelperState>,
     Path(task_id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<Response> {
     let _timer = duet_server::metrics::StepTimer::start("aggregate_share");
     let task = helper_task(&state, &task_id, &headers).await?;
+    let body = duet_server::http::read_body(body, state.config.max_body_bytes).await?;
     require_media_type(&headers, media_type::AGGREGATE_SHARE_REQ)?;
     let tid = Some(task.id);
     let req = AggregateShareReq::get_decoded(&body)

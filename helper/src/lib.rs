@@ -98,8 +98,9 @@ pub(crate) async fn helper_task(
     Ok(task)
 }
 
-/// All of the helper's routes.
-pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationToken) -> Router {
+/// The helper's routes: DAP and `/hpke_config`, and the admin API when `admin_token` is given
+/// (else it is served elsewhere: [`admin_router`]).
+pub fn router(store: Store, config: HelperConfig, admin_token: Option<AuthenticationToken>) -> Router {
     let max_body = config.max_body_bytes;
     let state = HelperState::new(store.clone(), config);
     let dap = Router::new()
@@ -113,8 +114,16 @@ pub fn router(store: Store, config: HelperConfig, admin_token: AuthenticationTok
         .with_state(state);
     let hpke =
         Router::new().route("/hpke_config", get(duet_server::hpke_config::hpke_config)).with_state(store.clone());
-    duet_server::http::guarded(
-        dap.merge(hpke).merge(duet_server::admin::router(store, Role::Helper, admin_token)),
-        max_body,
-    )
+    let public = dap.merge(hpke);
+    match admin_token {
+        Some(token) => {
+            duet_server::http::guarded(public.merge(duet_server::admin::router(store, Role::Helper, token)), max_body)
+        }
+        None => duet_server::http::guarded(public, max_body),
+    }
+}
+
+/// The admin API alone, for a listener of its own (`--admin-listen`).
+pub fn admin_router(store: Store, config: &HelperConfig, admin_token: AuthenticationToken) -> Router {
+    duet_server::http::guarded(duet_server::admin::router(store, Role::Helper, admin_token), config.max_body_bytes)
 }

@@ -155,14 +155,21 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let ops = args.service.start_operations(store.clone(), None).await?;
+    let limits = args.connection.limits();
+    let (app, admin) = match args.service.admin_listen {
+        Some(_) => {
+            let admin = duet_helper::admin_router(store.clone(), &config, common.admin_token);
+            (router(store, config, None), args.service.start_admin(admin, tls.clone(), limits).await?)
+        }
+        None => (router(store, config, Some(common.admin_token)), None),
+    };
     tracing::info!(%addr, tls = tls.is_some(), "duet-helper listening");
     // Tests and the demo read this line to learn the port when listening on port 0. It goes to
     // standard error, so that standard output holds nothing but log lines (JSON ones included).
     eprintln!("listening on {addr}");
-    let limits = args.connection.limits();
-    let served = serve(listener, router(store, config, common.admin_token), tls, limits, shutdown_signal()).await;
-    if let Some(ops) = ops {
-        ops.abort();
+    let served = serve(listener, app, tls, limits, shutdown_signal()).await;
+    for listener in [ops, admin].into_iter().flatten() {
+        listener.abort();
     }
     served
 }
@@ -179,7 +186,7 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
     };
     let (_dir, database) = duet_server::runtime::interop_database(args.database, "helper")?;
     let store = duet_helper::store::open(&database, keys).await.map_err(|e| e.to_string())?;
-    let app = router(store.clone(), HelperConfig::default(), AuthenticationToken::random())
+    let app = router(store.clone(), HelperConfig::default(), Some(AuthenticationToken::random()))
         .merge(duet_server::interop::router(store, duet_common::messages::Role::Helper));
     let listen = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("listen {listen}: {e}"))?;

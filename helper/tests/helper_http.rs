@@ -34,7 +34,7 @@ async fn start_helper_with(config: HelperConfig) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = AuthenticationToken::new("admin-token").unwrap();
-    let app = router(store, config, token.clone());
+    let app = router(store, config, Some(token.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Harness { base: format!("http://{addr}/"), http: reqwest::Client::new(), token, _dir: dir }
 }

@@ -125,9 +125,10 @@ pub async fn create(
     State(state): State<LeaderState>,
     Path(task_id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<Response> {
     let task = leader_task(&state, &task_id, &headers).await?;
+    let body = duet_server::http::read_body(body, state.config.max_body_bytes).await?;
     require_media_type(&headers, media_type::COLLECTION_JOB_REQ)?;
     let req = CollectionJobReq::get_decoded(&body)
         .map_err(|e| DapError::invalid_message(Some(task.id), format!("malformed CollectionJobReq: {e}")))?;

@@ -27,6 +27,8 @@ pub struct LeaderConfig {
     /// How far in the future a report's timestamp may be before it is `report_too_early`.
     pub tolerable_clock_skew_seconds: u64,
     pub max_body_bytes: usize,
+    /// The most reports one upload request may carry (413 beyond).
+    pub max_reports_per_upload: usize,
     pub job_sizes: JobSizes,
     /// Pause between job creator passes.
     pub creator_interval: Duration,
@@ -56,6 +58,7 @@ impl Default for LeaderConfig {
         Self {
             tolerable_clock_skew_seconds: 300,
             max_body_bytes: 64 * 1024 * 1024,
+            max_reports_per_upload: 10_000,
             job_sizes: JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 16 },
             creator_interval: Duration::from_secs(1),
             driver_interval: Duration::from_millis(500),
@@ -88,7 +91,12 @@ pub struct LeaderState {
 
 impl LeaderState {
     pub fn new(store: Store, config: LeaderConfig) -> Result<Self, String> {
-        let peer = peer::Peer::new(config.helper_timeout, config.helper_token_scheme, config.helper_ca_pem.as_deref())?;
+        let peer = peer::Peer::new(
+            config.helper_timeout,
+            config.helper_token_scheme,
+            config.helper_ca_pem.as_deref(),
+            config.max_body_bytes,
+        )?;
         Ok(Self {
             store,
             config: Arc::new(config),
@@ -101,8 +109,9 @@ impl LeaderState {
     }
 }
 
-/// All of the leader's routes.
-pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
+/// The leader's routes: DAP and `/hpke_config`, and the admin API when `admin_token` is given
+/// (else it is served elsewhere: [`admin_router`]).
+pub fn router(state: LeaderState, admin_token: Option<AuthenticationToken>) -> Router {
     let max_body = state.config.max_body_bytes;
     let store = state.store.clone();
     let dap = Router::new()
@@ -112,9 +121,20 @@ pub fn router(state: LeaderState, admin_token: AuthenticationToken) -> Router {
         .with_state(state);
     let hpke =
         Router::new().route("/hpke_config", get(duet_server::hpke_config::hpke_config)).with_state(store.clone());
+    let public = dap.merge(hpke);
+    match admin_token {
+        Some(token) => {
+            duet_server::http::guarded(public.merge(duet_server::admin::router(store, Role::Leader, token)), max_body)
+        }
+        None => duet_server::http::guarded(public, max_body),
+    }
+}
+
+/// The admin API alone, for a listener of its own (`--admin-listen`).
+pub fn admin_router(state: &LeaderState, admin_token: AuthenticationToken) -> Router {
     duet_server::http::guarded(
-        dap.merge(hpke).merge(duet_server::admin::router(store, Role::Leader, admin_token)),
-        max_body,
+        duet_server::admin::router(state.store.clone(), Role::Leader, admin_token),
+        state.config.max_body_bytes,
     )
 }
 

@@ -80,6 +80,10 @@ struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// The most reports one upload request may carry; larger requests get 413 and store
+    /// nothing (the client SDK sends 1,000 a request).
+    #[arg(long, default_value_t = 10_000)]
+    max_reports_per_upload: usize,
     /// Smallest aggregation job, unless its reports have waited --max-job-delay-seconds.
     #[arg(long, default_value_t = 1)]
     min_job_size: usize,
@@ -166,6 +170,7 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
     Ok(LeaderConfig {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
+        max_reports_per_upload: args.max_reports_per_upload.max(1),
         job_sizes: duet_leader::store::JobSizes {
             min: args.min_job_size,
             max: args.max_job_size,
@@ -204,6 +209,7 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
             config.helper_timeout,
             config.helper_token_scheme,
             config.helper_ca_pem.as_deref(),
+            config.max_body_bytes,
         )?;
         print!("{described}");
         println!("duet-leader: configuration OK");
@@ -216,10 +222,16 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
     let gauges: std::sync::Arc<dyn duet_server::metrics::RoleGauges> =
         std::sync::Arc::new(duet_leader::gauges::LeaderGauges(store.clone()));
     let ops = args.service.start_operations(store, Some(gauges)).await?;
-    let app = router(state.clone(), common.admin_token);
+    let (app, admin) = match args.service.admin_listen {
+        Some(_) => {
+            let admin = duet_leader::admin_router(&state, common.admin_token);
+            (router(state.clone(), None), args.service.start_admin(admin, common.tls.clone(), limits).await?)
+        }
+        None => (router(state.clone(), Some(common.admin_token)), None),
+    };
     let served = serve_leader(state, app, &args.listen, &args.database, common.tls, limits).await;
-    if let Some(ops) = ops {
-        ops.abort();
+    for listener in [ops, admin].into_iter().flatten() {
+        listener.abort();
     }
     served
 }
@@ -281,7 +293,7 @@ async fn interop(args: InteropArgs) -> Result<(), String> {
         ..defaults
     };
     let state = LeaderState::new(store.clone(), config)?;
-    let app = router(state.clone(), AuthenticationToken::random())
+    let app = router(state.clone(), Some(AuthenticationToken::random()))
         .merge(duet_server::interop::router(store, duet_common::messages::Role::Leader));
     serve_leader(state, app, &format!("{}:{}", args.host, args.port), &database, None, ConnectionLimits::default())
         .await

@@ -95,6 +95,9 @@ pub struct Peer {
     http: reqwest::Client,
     /// How the aggregator token is presented to the helper.
     scheme: TokenScheme,
+    /// The largest answer read from the helper: a bigger one is refused as it arrives, so that
+    /// a faulty or hostile helper cannot make the leader buffer without end.
+    max_answer_bytes: usize,
 }
 
 /// `Retry-After` in either of its forms (RFC 9110, 10.2.3): delay-seconds, or an HTTP-date,
@@ -121,8 +124,14 @@ fn transport_reason(e: &reqwest::Error) -> RetryReason {
 }
 
 impl Peer {
-    /// `timeout` bounds each request, from connecting to the last byte of the answer.
-    pub fn new(timeout: Duration, scheme: TokenScheme, extra_roots_pem: Option<&[u8]>) -> Result<Self, String> {
+    /// `timeout` bounds each request, from connecting to the last byte of the answer, and
+    /// `max_answer_bytes` each answer's body.
+    pub fn new(
+        timeout: Duration,
+        scheme: TokenScheme,
+        extra_roots_pem: Option<&[u8]>,
+        max_answer_bytes: usize,
+    ) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = extra_roots_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("helper CA: {e}"))? {
@@ -133,11 +142,14 @@ impl Peer {
             // The aggregator token must never follow a redirect elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10).min(timeout))
+            // Well within the helper's idle deadline (duet's closes idle connections after 60 s),
+            // so that a request never goes out on a connection the helper is closing.
+            .pool_idle_timeout(Duration::from_secs(30))
             .timeout(timeout)
             .user_agent(concat!("duet-leader/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Self { http, scheme })
+        Ok(Self { http, scheme, max_answer_bytes })
     }
 
     /// Sends `body` (of `media`) to `url` with `method`. The answer is the resource (of media
@@ -223,7 +235,7 @@ impl Peer {
         request: reqwest::RequestBuilder,
         expect: &'static str,
     ) -> Result<Answer, PeerError> {
-        let resp =
+        let mut resp =
             request.send().await.map_err(|e| PeerError::transient(transport_reason(&e), format!("{url}: {e}")))?;
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -233,13 +245,33 @@ impl Peer {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         // The answer cut off mid-flight is a broken connection, as if it never arrived.
-        let bytes = resp.bytes().await.map_err(|e| PeerError::Transient {
-            reason: RetryReason::Connection,
-            detail: format!("{url}: reading the answer: {e}"),
-            retry_after,
-        })?;
-        // Resolved against the request's URL.
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| PeerError::Transient {
+                reason: RetryReason::Connection,
+                detail: format!("{url}: reading the answer: {e}"),
+                retry_after,
+            })?;
+            let Some(chunk) = chunk else { break };
+            if bytes.len() + chunk.len() > self.max_answer_bytes {
+                return Err(PeerError::Rejected {
+                    status: status.as_u16(),
+                    problem: None,
+                    detail: format!("{url}: the answer is larger than {} bytes", self.max_answer_bytes),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        // Resolved against the request's URL, and only on the helper's own origin: the leader
+        // presents its token wherever it polls, so a Location elsewhere would hand it over.
         let location = headers.get(LOCATION).and_then(|v| v.to_str().ok()).and_then(|loc| url.join(loc).ok());
+        if let Some(elsewhere) = location.as_ref().filter(|l| l.origin() != url.origin()) {
+            return Err(PeerError::Rejected {
+                status: status.as_u16(),
+                problem: None,
+                detail: format!("{url}: Location {elsewhere} is not on the helper's origin"),
+            });
+        }
         if status.is_success() {
             if bytes.is_empty() {
                 if expect.is_empty() {
@@ -298,6 +330,52 @@ pub fn endpoint_url(endpoint: &str, path: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A helper of a few routes on loopback; its base URL.
+    async fn serve(routes: axum::Router) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
+        Url::parse(&format!("http://{addr}/")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_location_off_the_helpers_origin_and_an_oversized_answer_are_refused() {
+        use axum::routing::post;
+        const RESP: &str = media_type::AGGREGATION_JOB_RESP;
+        let routes = axum::Router::new()
+            .route(
+                "/elsewhere",
+                post(|| async { (StatusCode::CREATED, [(LOCATION, "http://elsewhere.example/job")], "") }),
+            )
+            .route("/big", post(|| async { ([(CONTENT_TYPE, RESP)], vec![0u8; 2048]) }))
+            .route("/fine", post(|| async { ([(CONTENT_TYPE, RESP), (LOCATION, "/tasks/t/job")], vec![1u8; 1024]) }));
+        let base = serve(routes).await;
+        let peer = Peer::new(Duration::from_secs(5), TokenScheme::Bearer, None, 1024).unwrap();
+        let token = AuthenticationToken::random();
+        let send = |path: &str| {
+            let url = base.join(path).unwrap();
+            peer.send(Method::POST, url, &token, media_type::AGGREGATION_JOB_INIT_REQ, vec![], RESP)
+        };
+        match send("elsewhere").await {
+            Err(PeerError::Rejected { detail, .. }) => {
+                assert!(detail.contains("not on the helper's origin"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match send("big").await {
+            Err(PeerError::Rejected { detail, .. }) => assert!(detail.contains("larger than 1024 bytes"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        // At the bound, on the helper's origin: taken.
+        match send("fine").await {
+            Ok(Answer::Ready { body, location }) => {
+                assert_eq!(body, vec![1u8; 1024]);
+                assert_eq!(location, Some(base.join("/tasks/t/job").unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn endpoint_urls_keep_the_base_path() {

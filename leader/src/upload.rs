@@ -55,8 +55,10 @@ pub async fn upload(
     require_media_type(&headers, media_type::UPLOAD_REQ)?;
     // Read in place: the accepted reports are stored as these bytes, never copied into reports
     // of their own (a request may carry thousands).
-    let reports = UploadRequest::decode_in_place(&body)
-        .map_err(|e| DapError::invalid_message(Some(task_id), format!("malformed UploadRequest: {e}")))?;
+    let max = state.config.max_reports_per_upload;
+    let reports = UploadRequest::decode_in_place_at_most(&body, max)
+        .map_err(|e| DapError::invalid_message(Some(task_id), format!("malformed UploadRequest: {e}")))?
+        .ok_or(DapError::TooManyReports { max })?;
     let known: HashSet<HpkeConfigId> = state.store.hpke_keypairs().await?.iter().map(|(k, _)| k.config().id).collect();
     let skew =
         Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);

@@ -32,7 +32,7 @@ async fn upload_accepts_stores_and_rejects_per_report() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
     let admin = AuthenticationToken::new("admin").unwrap();
-    let app = router(LeaderState::new(store, LeaderConfig::default()).unwrap(), admin.clone());
+    let app = router(LeaderState::new(store, LeaderConfig::default()).unwrap(), Some(admin.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::new();
 

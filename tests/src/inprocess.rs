@@ -50,8 +50,9 @@ pub fn servers() -> &'static Servers {
             ls.put_task(Role::Leader, &task.leader_request).await.unwrap();
             hs.put_task(Role::Helper, &task.helper_request).await.unwrap();
             let state = duet_leader::LeaderState::new(ls, duet_leader::LeaderConfig::default()).unwrap();
-            let leader = duet_leader::router(state, AuthenticationToken::random());
-            let helper = duet_helper::router(hs, duet_helper::HelperConfig::default(), AuthenticationToken::random());
+            let leader = duet_leader::router(state, Some(AuthenticationToken::random()));
+            let helper =
+                duet_helper::router(hs, duet_helper::HelperConfig::default(), Some(AuthenticationToken::random()));
             (leader, helper, task)
         });
         Servers {

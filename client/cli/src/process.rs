@@ -46,11 +46,13 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The operations listener (`/metrics`, `/healthz`, `/readyz`), when the server has one.
     pub metrics_addr: Option<SocketAddr>,
+    /// The admin API's own listener (`--admin-listen`), when the server has one.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl ServerProcess {
-    /// Starts `binary` with `args` and waits for its `listening on ADDR` line (noting a
-    /// `metrics listening on ADDR` line printed before it).
+    /// Starts `binary` with `args` and waits for its `listening on ADDR` line (noting the
+    /// `metrics listening on ADDR` and `admin listening on ADDR` lines printed before it).
     pub fn spawn(binary: &Path, args: &[String], envs: &[(&str, &str)], output: Output) -> Result<Self, String> {
         let mut cmd = Command::new(binary);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -70,7 +72,10 @@ impl ServerProcess {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.starts_with("listening on ") || line.starts_with("metrics listening on ") {
+                    let listener = ["", "metrics ", "admin "]
+                        .iter()
+                        .any(|prefix| line.strip_prefix(prefix).is_some_and(|l| l.starts_with("listening on ")));
+                    if listener {
                         let _ = tx.send(line.clone());
                     }
                     match &output {
@@ -83,24 +88,21 @@ impl ServerProcess {
         }
         drop(tx);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut metrics_addr = None;
+        let (mut metrics_addr, mut admin_addr) = (None, None);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
-                    let (metrics, rest) = match line.strip_prefix("metrics ") {
-                        Some(rest) => (true, rest),
-                        None => (false, line.as_str()),
-                    };
-                    let addr: SocketAddr = rest["listening on ".len()..]
+                    let (which, rest) = line.split_once("listening on ").unwrap_or_default();
+                    let addr: SocketAddr = rest
                         .trim()
                         .parse()
                         .map_err(|e| format!("{}: bad start-up line {line:?}: {e}", binary.display()))?;
-                    if metrics {
-                        metrics_addr = Some(addr);
-                        continue;
+                    match which {
+                        "metrics " => metrics_addr = Some(addr),
+                        "admin " => admin_addr = Some(addr),
+                        _ => return Ok(Self { child, addr, metrics_addr, admin_addr }),
                     }
-                    return Ok(Self { child, addr, metrics_addr });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if left > Duration::ZERO => {
                     if let Ok(Some(status)) = child.try_wait() {

@@ -1,7 +1,7 @@
 //! The admin API both aggregators serve under `/admin`, behind their own bearer token:
 //! provisioning, inspecting and removing tasks, and rotating the aggregator's HPKE keys.
 
-use super::http::{parse_task_id, require_token, ErrorResponse, HttpResult};
+use super::http::{parse_task_id, read_body, require_token, ErrorResponse, HttpResult};
 use super::storage::{first_free_config_id, HpkeKeyRecord, HpkeKeyState, Store};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +15,9 @@ use duet_common::messages::{HpkeAeadId, HpkeConfigId, HpkeKdfId, HpkeKemId};
 use duet_common::problem::DapError;
 use duet_common::task::AggregatorTaskRequest;
 use std::sync::Arc;
+
+/// The largest admin request body: a task request or a key request is a few KiB.
+const ADMIN_BODY_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
 struct AdminState {
@@ -38,9 +41,10 @@ pub fn router(datastore: Store, role: Role, admin_token: AuthenticationToken) ->
 async fn put_task(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<(StatusCode, Json<serde_json::Value>)> {
     require_token(&headers, &s.admin_token, None)?;
+    let body = read_body(body, ADMIN_BODY_BYTES).await?;
     let req: AggregatorTaskRequest = serde_json::from_slice(&body)
         .map_err(|e| ErrorResponse(DapError::BadRequest(format!("not a task request: {e}"))))?;
     let task = s.datastore.put_task(s.role, &req).await?;
@@ -106,9 +110,10 @@ async fn list_keys(State(s): State<AdminState>, headers: HeaderMap) -> HttpResul
 async fn add_key(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<(StatusCode, Json<HpkeKeyInfo>)> {
     require_token(&headers, &s.admin_token, None)?;
+    let body = read_body(body, ADMIN_BODY_BYTES).await?;
     let req: NewHpkeKey = if body.is_empty() {
         NewHpkeKey::default()
     } else {

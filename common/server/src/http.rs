@@ -65,6 +65,24 @@ pub fn require_token(headers: &HeaderMap, expected: &TokenHash, task_id: Option<
     }
 }
 
+/// Reads a request's body, at most `limit` bytes (413 beyond). Handlers of authenticated
+/// requests take the body unread and call this once the token is checked, so that a client
+/// without the token cannot make the server read (and hold) a large body first.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, DapError> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(DapError::PayloadTooLarge);
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            DapError::PayloadTooLarge
+        } else {
+            DapError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
 /// A DAP message body with its media type.
 pub fn dap_response(status: StatusCode, media: &'static str, body: Vec<u8>) -> Response {
     let mut resp = (status, body).into_response();

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod checks;
 pub mod config;
+pub mod connections;
 pub mod hpke_config;
 pub mod http;
 pub mod interop;

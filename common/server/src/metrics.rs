@@ -163,13 +163,31 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let start = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     histogram!("duet_http_request_duration_seconds", "route" => route.clone()).record(start.elapsed().as_secs_f64());
     counter!("duet_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
     response
+}
+
+/// A request method as a metric label: the standard methods by name, any other as `other`, so
+/// that clients cannot mint one time series per made-up method.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    static STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD.iter().find(|m| *m == method).map_or("other", |m| m.as_str())
 }
 
 /// A role's own gauges, read from its database at scrape time (the leader's job counts and
@@ -236,4 +254,16 @@ pub async fn serve(
             tracing::error!(error = %e, "metrics listener failed");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_standard_methods_are_labels() {
+        use axum::http::Method;
+        assert_eq!(super::method_label(&Method::GET), "GET");
+        assert_eq!(super::method_label(&Method::DELETE), "DELETE");
+        assert_eq!(super::method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(super::method_label(&Method::from_bytes(b"X-1234").unwrap()), "other");
+    }
 }

@@ -110,6 +110,11 @@ pub struct ServiceFlags {
     /// readiness `/readyz` (off when unset). Keep it off the public network.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Address of a listener of its own for the admin API (`/admin/...`), e.g. an internal
+    /// interface; the public listener then serves no `/admin`. Unset: the admin API is served
+    /// beside DAP on `listen`.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -138,6 +143,29 @@ impl ServiceFlags {
         let handle = super::metrics::install();
         super::metrics::serve(listen, handle, store, gauges, shutdown_signal()).await.map(Some)
     }
+
+    /// Starts the admin API's own listener if `admin_listen` is set (with the public
+    /// listener's TLS and connection limits): the admin routes served there, `None` when they
+    /// belong on the public listener. It stops with the process.
+    pub async fn start_admin(
+        &self,
+        admin: axum::Router,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        limits: ConnectionLimits,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+        let Some(listen) = &self.admin_listen else { return Ok(None) };
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("admin listener {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%addr, "admin API listening");
+        // Tests read this line (on standard error, like the public listener's) to learn the port.
+        eprintln!("admin listening on {addr}");
+        Ok(Some(tokio::spawn(async move {
+            if let Err(e) = serve(listener, admin, tls, limits, shutdown_signal()).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        })))
+    }
 }
 
 /// Checks that a listen address is `HOST:PORT`, naming the setting in the message.
@@ -157,6 +185,9 @@ pub fn check_database_url(value: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The shortest admin token accepted: 32 characters (`openssl rand -hex 32` makes 64).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// What [`check_common`] built while checking: the admin token and the TLS acceptor (its files
 /// read and parsed once, here).
@@ -178,23 +209,44 @@ pub fn check_common(
 ) -> Result<CommonSettings, String> {
     check_listen_address("listen", listen)?;
     check_database_url(database)?;
+    // The same port on an overlapping address (equal hosts, or a wildcard on either side) would
+    // fail at bind time with a less helpful message.
+    let split = |a: &str| a.rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
+    let wildcard = |h: &str| h == "0.0.0.0" || h == "[::]";
+    let clash = |a: &str, b: &str| {
+        let ((ah, ap), (bh, bp)) = (split(a), split(b));
+        ap == bp && ap != "0" && (ah == bh || wildcard(&ah) || wildcard(&bh))
+    };
     if let Some(m) = &service.metrics_listen {
         check_listen_address("metrics_listen", m)?;
-        // The same port on an overlapping address (equal hosts, or a wildcard on either side)
-        // would fail at bind time with a less helpful message.
-        let split = |a: &str| a.rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
-        let ((mh, mp), (lh, lp)) = (split(m), split(listen));
-        let wildcard = |h: &str| h == "0.0.0.0" || h == "[::]";
-        if mp == lp && mp != "0" && (mh == lh || wildcard(&mh) || wildcard(&lh)) {
+        if clash(m, listen) {
+            let port = split(m).1;
             return Err(format!(
-                "metrics_listen {m} and listen {listen} share port {mp}; the operations listener needs its own port"
+                "metrics_listen {m} and listen {listen} share port {port}; the operations listener needs its own port"
             ));
+        }
+    }
+    if let Some(a) = &service.admin_listen {
+        check_listen_address("admin_listen", a)?;
+        for (name, other) in [("listen", Some(listen)), ("metrics_listen", service.metrics_listen.as_deref())] {
+            if other.is_some_and(|o| clash(a, o)) {
+                let port = split(a).1;
+                return Err(format!("admin_listen {a} and {name} share port {port}; the admin API needs its own port"));
+            }
         }
     }
     let tls = connection.tls()?;
     let token = admin_token.ok_or("admin_token is required: set DUET_ADMIN_TOKEN (or --admin-token)")?;
     let admin_token =
         duet_common::auth::AuthenticationToken::new(token.to_string()).map_err(|e| format!("admin_token: {e}"))?;
+    // Whoever holds the admin token provisions tasks (their secrets included) and keys: a token
+    // short enough to guess would hand that over.
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!(
+            "admin_token must be at least {MIN_ADMIN_TOKEN_LEN} characters (it has {}); make one with `openssl rand -hex 32`",
+            token.len()
+        ));
+    }
     let database_keys = check_database_keys(database_keys)?;
     Ok(CommonSettings { admin_token, database_keys, tls })
 }
@@ -305,96 +357,7 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
-/// Limits on connections, so that slow or numerous clients cannot exhaust a server.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
-    /// Connections served at once; more are closed on arrival.
-    pub max_connections: usize,
-    /// Time a client has to send a request's headers.
-    pub header_read_timeout: std::time::Duration,
-    /// Time a client has to finish the TLS handshake.
-    pub tls_handshake_timeout: std::time::Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            header_read_timeout: std::time::Duration::from_secs(30),
-            tls_handshake_timeout: std::time::Duration::from_secs(10),
-        }
-    }
-}
-
-/// Serves `app` on `listener` (over TLS when given an acceptor) until `shutdown` resolves, then
-/// lets requests in flight finish (up to 30 s). Connections are limited in number and in how
-/// long they may take to send their headers or finish the TLS handshake.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    limits: ConnectionLimits,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; connection closed");
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(
-            app.clone()
-                .into_service()
-                .map_request(|req: hyper::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
-        );
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("connections still open at shutdown"),
-    }
-    Ok(())
-}
+pub use crate::connections::{serve, ConnectionLimits};
 
 /// The connection flags both servers take: TLS and the connection limits.
 #[derive(clap::Args, Debug, Clone)]
@@ -408,9 +371,24 @@ pub struct ConnectionFlags {
     /// Connections served at once; more are closed on arrival.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Connections served at once from one IP address; more from it are closed on arrival.
+    /// Behind a load balancer or proxy that connects from a few addresses, raise it to
+    /// max_connections.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_address: usize,
+    /// Seconds a new connection has to finish the TLS handshake and send its first bytes.
+    #[arg(long, default_value_t = 10)]
+    pub first_bytes_timeout_seconds: u64,
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = 30)]
     pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no request in flight (HTTP/1 keep-alive and
+    /// HTTP/2 alike).
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_seconds: u64,
+    /// Requests in flight at once on one HTTP/2 connection.
+    #[arg(long, default_value_t = 32)]
+    pub max_streams_per_connection: u32,
 }
 
 impl ConnectionFlags {
@@ -423,10 +401,14 @@ impl ConnectionFlags {
     }
 
     pub fn limits(&self) -> ConnectionLimits {
+        let seconds = |s: u64| std::time::Duration::from_secs(s.max(1));
         ConnectionLimits {
             max_connections: self.max_connections.max(1),
-            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_seconds.max(1)),
-            ..ConnectionLimits::default()
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            first_bytes_timeout: seconds(self.first_bytes_timeout_seconds),
+            header_read_timeout: seconds(self.header_read_timeout_seconds),
+            idle_timeout: seconds(self.idle_timeout_seconds),
+            max_streams_per_connection: self.max_streams_per_connection.max(1),
         }
     }
 }

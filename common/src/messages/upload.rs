@@ -107,6 +107,21 @@ impl UploadRequest {
     pub fn decode_in_place(body: &[u8]) -> Result<Vec<EncodedReport<'_>>, CodecError> {
         crate::codec::read_all(body, EncodedReport::decode_in_place)
     }
+
+    /// As [`Self::decode_in_place`], reading at most `max` reports: `None` as soon as a request
+    /// turns out to carry more, so that refusing an oversized request costs no more than the
+    /// limit.
+    pub fn decode_in_place_at_most(body: &[u8], max: usize) -> Result<Option<Vec<EncodedReport<'_>>>, CodecError> {
+        let mut cursor = Cursor::new(body);
+        let mut reports = Vec::new();
+        while (cursor.position() as usize) < body.len() {
+            if reports.len() == max {
+                return Ok(None);
+            }
+            reports.push(EncodedReport::decode_in_place(&mut cursor)?);
+        }
+        Ok(Some(reports))
+    }
 }
 
 /// A [`Report`] read in place from the bytes it arrived in: the metadata and the leader's HPKE
@@ -309,6 +324,21 @@ pub(crate) mod tests {
                 payload: vec![0x08, 0x00, 0x0a, 0x0b],
             },
         }
+    }
+
+    #[test]
+    fn an_upload_of_more_reports_than_the_limit_is_refused_at_the_one_past_it() {
+        let mut body = Vec::new();
+        for id in 0..5 {
+            sample_report(id).encode(&mut body).unwrap();
+        }
+        let all = UploadRequest::decode_in_place_at_most(&body, 5).unwrap().expect("five fit");
+        assert_eq!(all.len(), 5);
+        assert_eq!(all[4].report_metadata.report_id, ReportId::from_bytes([4; 16]));
+        assert!(UploadRequest::decode_in_place_at_most(&body, 4).unwrap().is_none());
+        assert!(UploadRequest::decode_in_place_at_most(&[], 0).unwrap().unwrap().is_empty());
+        // Malformed bytes within the limit are still malformed.
+        assert!(UploadRequest::decode_in_place_at_most(&body[..body.len() - 1], 5).is_err());
     }
 
     /// The spec's upload example, written out by hand from the presentation language.

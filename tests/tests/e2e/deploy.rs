@@ -39,7 +39,7 @@ fn stand_in(name: &str) -> String {
     } else if name.contains("DATABASE") {
         "postgres://duet:secret@postgres.invalid:5432/duet".into()
     } else {
-        "stand-in-token-0123456789".into()
+        "stand-in-token-0123456789-abcdefghij".into()
     }
 }
 
@@ -103,7 +103,7 @@ fn compose_substitute(value: &str) -> String {
         } else if name.contains("DATABASE_KEY") {
             STAND_IN_DATABASE_KEY
         } else {
-            "stand-in-token-0123456789"
+            "stand-in-token-0123456789-abcdefghij"
         });
         rest = &rest[end + 1..];
     }

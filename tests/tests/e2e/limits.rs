@@ -42,7 +42,7 @@ fn slow_headers_are_cut_off_and_excess_connections_refused() {
         &sibling_binary("duet-helper").unwrap(),
         &args,
         &[
-            ("DUET_ADMIN_TOKEN", "admin-token-for-limits"),
+            ("DUET_ADMIN_TOKEN", "admin-token-for-the-limits-test-0123456789"),
             ("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY),
             ("RUST_LOG", "warn"),
         ],

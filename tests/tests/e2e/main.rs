@@ -10,6 +10,7 @@ mod continuation;
 mod demo;
 mod deploy;
 mod faults;
+mod hardening;
 mod interop;
 mod layout;
 mod limits;

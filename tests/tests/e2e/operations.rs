@@ -286,7 +286,8 @@ async fn settings_from_a_file_the_environment_and_flags() {
     let check = |extra_env: &[(&str, &str)], args: &[&str]| {
         let mut cmd = std::process::Command::new(&leader);
         cmd.args(["--config", file.to_str().unwrap(), "--check-config"]).args(args);
-        cmd.env("DUET_ADMIN_TOKEN", "admin-token-for-check").env("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY);
+        cmd.env("DUET_ADMIN_TOKEN", "admin-token-for-the-check-config-test-0123")
+            .env("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY);
         cmd.env_remove("RUST_LOG");
         for (k, v) in extra_env {
             cmd.env(k, v);
@@ -305,7 +306,7 @@ async fn settings_from_a_file_the_environment_and_flags() {
     assert!(out.contains("min_job_size = 7  # flag --min-job-size"), "{out}");
     assert!(out.contains("clock_skew_seconds = 300  # default"), "{out}");
     assert!(out.contains("admin_token = (set, redacted)  # environment DUET_ADMIN_TOKEN"), "{out}");
-    assert!(!out.contains("admin-token-for-check"), "{out}");
+    assert!(!out.contains("admin-token-for-the-check-config-test"), "{out}");
     assert!(out.contains("database_keys = (set, redacted)  # environment DUET_DATABASE_KEYS"), "{out}");
     assert!(!out.contains(duet_tests::DATABASE_KEY), "{out}");
     assert!(out.ends_with("duet-leader: configuration OK\n"), "{out}");
@@ -322,6 +323,9 @@ async fn settings_from_a_file_the_environment_and_flags() {
     assert!(err.contains("must start with sqlite: or postgres://"), "{err}");
     let (code, _, err) = check(&[("DUET_ADMIN_TOKEN", "")], &[]);
     assert_eq!(code, Some(1), "{err}");
+    let (code, _, err) = check(&[("DUET_ADMIN_TOKEN", "short-admin-token")], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("admin_token must be at least 32 characters (it has 17)"), "{err}");
     // No database key, or a bad one: the secrets the database keeps could not be sealed.
     let (code, _, err) = check(&[("DUET_DATABASE_KEYS", "")], &[]);
     assert_eq!(code, Some(1), "{err}");
@@ -336,7 +340,7 @@ async fn settings_from_a_file_the_environment_and_flags() {
     std::fs::write(dir.path().join("bad.toml"), "max_job_size = 250\nmax_jobsize = 3\n").unwrap();
     let out = std::process::Command::new(&leader)
         .args(["--config", dir.path().join("bad.toml").to_str().unwrap(), "--check-config"])
-        .env("DUET_ADMIN_TOKEN", "x")
+        .env("DUET_ADMIN_TOKEN", "an-admin-token-of-more-than-32-characters")
         .env("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY)
         .output()
         .unwrap();
@@ -351,7 +355,10 @@ async fn settings_from_a_file_the_environment_and_flags() {
     let server = ServerProcess::spawn(
         &leader,
         &args,
-        &[("DUET_ADMIN_TOKEN", "admin-token"), ("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY)],
+        &[
+            ("DUET_ADMIN_TOKEN", "an-admin-token-of-more-than-32-characters"),
+            ("DUET_DATABASE_KEYS", duet_tests::DATABASE_KEY),
+        ],
         Output::Capture(lines.clone()),
     )
     .unwrap();

@@ -766,3 +766,48 @@ async fn settled_reports_drop_their_payloads_and_stay_replays() {
         assert_eq!(payload_rows(&keep).await, 0, "{name}: a replay stores no payload");
     }
 }
+
+#[tokio::test]
+async fn a_replica_serves_tasks_and_keys_from_memory_for_a_bounded_time() {
+    use duet_common::clock::TestClock;
+    use duet_server::sql::{KEY_CACHE_SECONDS, TASK_CACHE_SECONDS, UNKNOWN_TASK_CACHE_SECONDS};
+    for (name, a, keep) in backends().await {
+        // Replica B of the same database, on a clock the test moves.
+        let clock = TestClock::now();
+        let b =
+            SqlStore::open(&keep.url(), duet_tests::database_keys()).await.unwrap().with_clock(Arc::new(clock.clone()));
+        let req = task_request(BatchMode::TimeInterval, 1, None, true);
+        let id = req.parameters.task_id;
+        // B asks for the task before it exists, and remembers that it does not.
+        assert!(matches!(b.task(&id).await, Err(StoreError::UnknownTask(_))), "{name}");
+        a.put_task(Role::Leader, &req).await.unwrap();
+        assert!(matches!(b.task(&id).await, Err(StoreError::UnknownTask(_))), "{name}: remembered");
+        clock.advance(UNKNOWN_TASK_CACHE_SECONDS as u64);
+        assert_eq!(b.task(&id).await.unwrap().id, id, "{name}: seen once the memory lapses");
+        // Deleted through A: B serves it until its memory of it lapses, then refuses it.
+        assert!(a.delete_task(&id).await.unwrap());
+        assert!(b.task(&id).await.is_ok(), "{name}: still in B's memory");
+        clock.advance(TASK_CACHE_SECONDS as u64);
+        assert!(matches!(b.task(&id).await, Err(StoreError::UnknownTask(_))), "{name}: deletion seen");
+
+        // Keys: a key activated through A reaches B's /hpke_config within the bound; one B
+        // changes itself at once.
+        let before: Vec<u8> = b.hpke_keypairs().await.unwrap().iter().map(|(k, _)| k.config().id.0).collect();
+        let kp = HpkeKeypair::generate_default(HpkeConfigId(200));
+        a.add_hpke_key(&kp).await.unwrap();
+        a.set_hpke_key_state(HpkeConfigId(200), HpkeKeyState::Active).await.unwrap();
+        let ids =
+            |keys: Vec<(HpkeKeypair, HpkeKeyState)>| keys.iter().map(|(k, _)| k.config().id.0).collect::<Vec<u8>>();
+        assert_eq!(ids(b.hpke_keypairs().await.unwrap()), before, "{name}: from memory");
+        clock.advance(KEY_CACHE_SECONDS as u64);
+        let after = ids(b.hpke_keypairs().await.unwrap());
+        assert!(after.contains(&200) && after.len() == before.len() + 1, "{name}: the new key seen: {after:?}");
+        b.add_hpke_key(&HpkeKeypair::generate_default(HpkeConfigId(201))).await.unwrap();
+        b.set_hpke_key_state(HpkeConfigId(201), HpkeKeyState::Active).await.unwrap();
+        assert_eq!(
+            ids(b.hpke_keypairs().await.unwrap())[0],
+            201,
+            "{name}: B's own change at once, first as the latest"
+        );
+    }
+}

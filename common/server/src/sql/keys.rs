@@ -2,7 +2,7 @@
 //! retired (no longer advertised, still opening what clients encrypted from a cached
 //! configuration), and deleted once no client can still hold them.
 
-use super::SqlStore;
+use super::{SqlStore, KEY_CACHE_SECONDS};
 use crate::sealing::SealedColumn;
 use crate::storage::Storage as _;
 use crate::storage::{first_free_config_id, HpkeKeyRecord, HpkeKeyState, StoreError, RETIRED_KEY_GRACE_SECONDS};
@@ -41,7 +41,27 @@ impl SqlStore {
     /// The keys that open input shares, active first; within a state the most recently changed
     /// first, so that clients, which take the first configuration they support, prefer the key
     /// activated last.
+    /// Served from memory for [`KEY_CACHE_SECONDS`] after each read ([`Self::forget_keypairs`]
+    /// makes the next call read).
     pub(super) async fn hpke_keypairs_inner(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, StoreError> {
+        let now = self.now_seconds();
+        if let Some((at, keys)) = &*self.keypairs.read().unwrap_or_else(|e| e.into_inner()) {
+            if now - at < KEY_CACHE_SECONDS {
+                return Ok(keys.clone());
+            }
+        }
+        let keys = self.read_keypairs().await?;
+        *self.keypairs.write().unwrap_or_else(|e| e.into_inner()) = Some((now, keys.clone()));
+        Ok(keys)
+    }
+
+    /// Makes the next [`Self::hpke_keypairs_inner`] read the keys (this replica changed them).
+    pub(super) fn forget_keypairs(&self) {
+        *self.keypairs.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The keys as stored; creates the first active key when there is none.
+    async fn read_keypairs(&self) -> Result<Vec<(HpkeKeypair, HpkeKeyState)>, StoreError> {
         let keys = self.load_keypairs().await?;
         if keys.iter().any(|(_, state)| *state == HpkeKeyState::Active) {
             return Ok(keys);

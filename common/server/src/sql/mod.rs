@@ -175,6 +175,30 @@ pub fn placeholder_list(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// A task as this process last read it (seconds by the clock), or that no task has its ID.
+#[derive(Clone)]
+enum CachedTask {
+    Known(Arc<Task>, i64),
+    Unknown(i64),
+}
+
+/// The HPKE keys, opened, and when they were read (seconds by the clock).
+type CachedKeys = (i64, Vec<(duet_common::hpke::HpkeKeypair, HpkeKeyState)>);
+
+/// How long a replica serves a task from memory before it reads it again: the bound on how
+/// long a task deleted (or re-provisioned) through another replica goes on being served here.
+pub const TASK_CACHE_SECONDS: i64 = 10;
+
+/// How long a replica remembers that a task ID is unknown, so that requests naming it are
+/// refused without a database query; a task provisioned through another replica meanwhile is
+/// seen here after this. At most [`UNKNOWN_TASKS_CACHED`] IDs are remembered.
+pub const UNKNOWN_TASK_CACHE_SECONDS: i64 = 2;
+const UNKNOWN_TASKS_CACHED: usize = 10_000;
+
+/// How long a replica serves the HPKE keys from memory; a change made through this replica is
+/// seen at once, one made through another replica after this.
+pub const KEY_CACHE_SECONDS: i64 = 10;
+
 /// Rows each batch bucket is spread over on PostgreSQL.
 pub const BUCKET_SHARDS: u8 = 16;
 
@@ -183,7 +207,10 @@ pub const BUCKET_SHARDS: u8 = 16;
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
-    tasks: Arc<RwLock<HashMap<TaskId, Arc<Task>>>>,
+    tasks: Arc<RwLock<HashMap<TaskId, CachedTask>>>,
+    /// The HPKE keys, opened, as last read (seconds by the clock): `/hpke_config` and every
+    /// job's decryption are served from memory ([`KEY_CACHE_SECONDS`]).
+    keypairs: Arc<RwLock<Option<CachedKeys>>>,
     /// When [`Self::refresh_statistics`] last looked (milliseconds since the epoch).
     statistics_checked_ms: Arc<std::sync::atomic::AtomicU64>,
     /// SQLite file: its write-ahead log ([`Self::after_commit`]).
@@ -303,6 +330,7 @@ impl SqlStore {
             writer,
             backend,
             tasks: Arc::default(),
+            keypairs: Arc::default(),
             statistics_checked_ms: Arc::default(),
             wal,
             write_gate: Arc::default(),
@@ -382,6 +410,7 @@ impl SqlStore {
     pub async fn seal_stored_secrets(&self) -> Result<(), StoreError> {
         let tasks = self.retrying(|| self.seal_stored_task_secrets()).await?;
         let keys = self.retrying(|| self.seal_stored_private_keys()).await?;
+        self.forget_keypairs();
         if tasks + keys > 0 {
             tracing::info!(tasks, hpke_keys = keys, "sealed secrets under the current database key");
         }

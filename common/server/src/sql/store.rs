@@ -34,13 +34,19 @@ impl Storage for SqlStore {
         self.retrying(|| self.hpke_keys_inner()).await
     }
     async fn add_hpke_key(&self, keypair: &HpkeKeypair) -> Result<HpkeKeyRecord, StoreError> {
-        self.retrying(|| self.add_hpke_key_inner(keypair)).await
+        let added = self.retrying(|| self.add_hpke_key_inner(keypair)).await;
+        self.forget_keypairs();
+        added
     }
     async fn set_hpke_key_state(&self, id: HpkeConfigId, state: HpkeKeyState) -> Result<HpkeKeyRecord, StoreError> {
-        self.retrying(|| self.set_hpke_key_state_inner(id, state)).await
+        let set = self.retrying(|| self.set_hpke_key_state_inner(id, state)).await;
+        self.forget_keypairs();
+        set
     }
     async fn delete_hpke_key(&self, id: HpkeConfigId, force: bool) -> Result<(), StoreError> {
-        self.retrying(|| self.delete_hpke_key_inner(id, force)).await
+        let deleted = self.retrying(|| self.delete_hpke_key_inner(id, force)).await;
+        self.forget_keypairs();
+        deleted
     }
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(StoreError::from)?;

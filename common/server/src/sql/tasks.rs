@@ -1,7 +1,7 @@
 //! Provisioned tasks on SQL: stored once, their secrets sealed or digested
 //! ([`crate::sealing`]), read through a per-process cache.
 
-use super::SqlStore;
+use super::{CachedTask, SqlStore, TASK_CACHE_SECONDS, UNKNOWN_TASKS_CACHED, UNKNOWN_TASK_CACHE_SECONDS};
 use crate::sealing::{OpenError, SealedColumn};
 use crate::storage::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -74,8 +74,19 @@ impl SqlStore {
         }
         tx.commit().await.map_err(StoreError::from)?;
         let task = Arc::new(task);
-        self.tasks.write().unwrap_or_else(|e| e.into_inner()).insert(task.id, task.clone());
+        self.cache_task(task.id, CachedTask::Known(task.clone(), self.now_seconds()));
         Ok(task)
+    }
+
+    fn cache_task(&self, id: TaskId, entry: CachedTask) {
+        let mut tasks = self.tasks.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(entry, CachedTask::Unknown(_))
+            && tasks.values().filter(|t| matches!(t, CachedTask::Unknown(_))).count() >= UNKNOWN_TASKS_CACHED
+        {
+            // A flood of made-up IDs: forget them rather than grow without bound.
+            tasks.retain(|_, t| matches!(t, CachedTask::Known(..)));
+        }
+        tasks.insert(id, entry);
     }
 
     /// A task's secrets as stored: the verify key sealed, the aggregator token sealed (leader)
@@ -93,19 +104,28 @@ impl SqlStore {
         (verify_key, aggregator_token, task.collector_token.as_ref().map(digest_text))
     }
 
-    /// The task, from the cache or the database; `unrecognizedTask` if unknown.
+    /// The task, from memory ([`TASK_CACHE_SECONDS`]) or the database; `unrecognizedTask` if
+    /// unknown (remembered for [`UNKNOWN_TASK_CACHE_SECONDS`]).
     pub(super) async fn task_inner(&self, id: &TaskId) -> Result<Arc<Task>, StoreError> {
-        if let Some(t) = self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(t.clone());
+        let now = self.now_seconds();
+        match self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id) {
+            Some(CachedTask::Known(task, at)) if now - at < TASK_CACHE_SECONDS => return Ok(task.clone()),
+            Some(CachedTask::Unknown(at)) if now - at < UNKNOWN_TASK_CACHE_SECONDS => {
+                return Err(StoreError::UnknownTask(*id))
+            }
+            _ => {}
         }
         let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"))
             .bind(id.as_bytes().as_slice())
             .fetch_optional(&self.pool)
             .await
-            .map_err(StoreError::from)?
-            .ok_or(StoreError::UnknownTask(*id))?;
+            .map_err(StoreError::from)?;
+        let Some(row) = row else {
+            self.cache_task(*id, CachedTask::Unknown(now));
+            return Err(StoreError::UnknownTask(*id));
+        };
         let task = Arc::new(self.task_of_row(id, &row)?);
-        self.tasks.write().unwrap_or_else(|e| e.into_inner()).insert(*id, task.clone());
+        self.cache_task(*id, CachedTask::Known(task.clone(), now));
         Ok(task)
     }
 

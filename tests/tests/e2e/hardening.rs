@@ -1,0 +1,136 @@
+//! Hardening with real processes: the admin API on a listener of its own, and metric labels
+//! that clients cannot multiply.
+
+use duet_common::auth::AuthenticationToken;
+use duet_tests::{metric, ops_get, spawn};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_on_its_own_listener_is_absent_from_the_public_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = AuthenticationToken::random();
+    let http = reqwest::Client::new();
+    for role in ["duet-leader", "duet-helper"] {
+        let args: Vec<String> = [
+            "--database",
+            &format!("sqlite:{}", dir.path().join(format!("{role}.db")).display()),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec();
+        let server = spawn(role, &args, &admin, "127.0.0.1:0");
+        let admin_addr = server.admin_addr.expect("the admin listener's address");
+        assert_ne!(admin_addr, server.addr);
+        let get = |url: String| {
+            let http = http.clone();
+            let token = admin.expose().to_string();
+            async move { http.get(url).bearer_auth(token).send().await.unwrap() }
+        };
+        // The admin API answers on its listener only, even with the right token.
+        let on_admin = get(format!("http://{admin_addr}/admin/tasks")).await;
+        assert_eq!(on_admin.status(), 200, "{role}");
+        assert_eq!(on_admin.json::<serde_json::Value>().await.unwrap()["task_ids"], serde_json::json!([]));
+        let on_public = get(format!("{}admin/tasks", server.url())).await;
+        assert_eq!(on_public.status(), 404, "{role}: no /admin on the public listener");
+        let keys = get(format!("{}admin/hpke_keys", server.url())).await;
+        assert_eq!(keys.status(), 404, "{role}");
+        // DAP stays on the public listener, and only there.
+        assert_eq!(get(format!("{}hpke_config", server.url())).await.status(), 200, "{role}");
+        assert_eq!(get(format!("http://{admin_addr}/hpke_config")).await.status(), 404, "{role}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_made_up_method_is_counted_as_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = AuthenticationToken::random();
+    let args: Vec<String> =
+        ["--database", &format!("sqlite:{}", dir.path().join("h.db").display()), "--metrics-listen", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec();
+    let server = spawn("duet-helper", &args, &admin, "127.0.0.1:0");
+    let http = reqwest::Client::new();
+    for method in ["BREW", "WHEN", "XYZZY"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = http.request(method, format!("{}hpke_config", server.url())).send().await.unwrap();
+        assert_eq!(resp.status(), 405);
+    }
+    http.get(format!("{}hpke_config", server.url())).send().await.unwrap();
+    let (_, text) = ops_get(&server, "/metrics").await;
+    let count =
+        |method: &str| metric(&text, "duet_http_requests_total", &[("route", "/hpke_config"), ("method", method)]);
+    assert_eq!(count("other"), Some(3.0), "{text}");
+    assert_eq!(count("GET"), Some(1.0), "{text}");
+    assert!(!text.contains("BREW") && !text.contains("XYZZY"), "{text}");
+}
+
+/// Sends the head of a POST announcing a body of `announced` bytes, and a few of them; the
+/// status line of the answer, if one comes within five seconds (the body never does).
+fn answer_before_the_body(addr: std::net::SocketAddr, path: &str, token: &str, media: &str, announced: u64) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {media}\r\n\
+         Content-Length: {announced}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[0u8; 64]).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or("no answer before the body").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_with_a_bad_token_is_refused_before_its_body_is_read() {
+    use duet_common::media_type;
+    use duet_common::messages::{BatchMode, TaskId};
+    use duet_common::vdaf::VdafConfig;
+    let d = duet_tests::Deployment::start(duet_tests::LeaderOptions::default()).await;
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
+    let id: TaskId = task.credentials.task.task_id;
+    let wrong = AuthenticationToken::random();
+    let big = 50 << 20;
+    for (addr, path, media, token) in [
+        (d.helper.addr, format!("/tasks/{id}/aggregation_jobs"), media_type::AGGREGATION_JOB_INIT_REQ, wrong.expose()),
+        (d.helper.addr, format!("/tasks/{id}/aggregate_shares"), media_type::AGGREGATE_SHARE_REQ, wrong.expose()),
+        (d.leader.addr, format!("/tasks/{id}/collection_jobs"), media_type::COLLECTION_JOB_REQ, wrong.expose()),
+        (d.leader.addr, "/admin/tasks".to_string(), "application/json", wrong.expose()),
+    ] {
+        let status = answer_before_the_body(addr, &path, token, media, big);
+        assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{path}");
+    }
+    // With the right token, a body over the limit is refused as announced, unread.
+    let status =
+        answer_before_the_body(d.leader.addr, "/admin/tasks", d.leader_admin.expose(), "application/json", big);
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_of_too_many_reports_is_refused_with_nothing_stored() {
+    use duet_client::upload::{Client, ClientOptions};
+    use duet_common::messages::BatchMode;
+    use duet_common::vdaf::{Measurement, VdafConfig};
+    let options = duet_tests::LeaderOptions {
+        leader_args: vec!["--max-reports-per-upload".into(), "10".into()],
+        ..duet_tests::LeaderOptions::default()
+    };
+    let d = duet_tests::Deployment::start(options).await;
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
+    let stored = || async {
+        let pool = d.leader_db().await;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_reports").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    };
+    let items = |n: usize| (0..n).map(|_| (Measurement::Count(true), duet_tests::past_hour())).collect::<Vec<_>>();
+    let eleven = ClientOptions { reports_per_request: 11, ..ClientOptions::default() };
+    let client = Client::with_options(task.credentials.task.clone(), d.http.clone(), eleven).unwrap();
+    let err = client.upload(&items(11)).await.expect_err("eleven reports in one request");
+    assert!(err.to_string().contains("at most 10 reports"), "{err}");
+    assert_eq!(stored().await, 0, "nothing of the refused request is stored");
+    let ten = ClientOptions { reports_per_request: 10, ..ClientOptions::default() };
+    let client = Client::with_options(task.credentials.task.clone(), d.http.clone(), ten).unwrap();
+    client.upload(&items(11)).await.unwrap();
+    assert_eq!(stored().await, 11, "the same reports in requests of ten");
+}
