@@ -46,6 +46,9 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// How long an idle connection told to close has to close by itself before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// The HTTP/2 connection preface: what a connection's first bytes are compared with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -128,6 +131,9 @@ pub async fn serve(
             tokio::pin!(conn);
             let mut tick = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(100)));
             let mut draining = false;
+            // Set when an idle connection is told to close: HTTP/2's graceful close waits for
+            // the client to answer a ping, which an idle client may never do.
+            let mut idle_close: Option<Pin<Box<tokio::time::Sleep>>> = None;
             loop {
                 tokio::select! {
                     _ = conn.as_mut() => break,
@@ -140,8 +146,10 @@ pub async fn serve(
                             tracing::debug!(%peer, "idle connection closed");
                             conn.as_mut().graceful_shutdown();
                             draining = true;
+                            idle_close = Some(Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE)));
                         }
                     }
+                    _ = async { idle_close.as_mut().expect("set").await }, if idle_close.is_some() => break,
                 }
             }
         });

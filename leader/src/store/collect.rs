@@ -264,33 +264,43 @@ pub(super) async fn commit_collection_batch(
     };
     let mut tx = s.begin().await?;
     // Another driver (this job's lease lapsed) may have got further meanwhile.
-    let current =
-        sqlx::query("SELECT state, batch_committed FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2")
-            .bind(tid)
-            .bind(job.id.as_bytes().as_slice())
-            .fetch_optional(&mut *tx)
-            .await?;
-    match current {
-        Some(r) if r.get::<String, _>(0) == CollectionJobState::Pending.db() && r.get::<i64, _>(1) == 0 => {}
+    let current = sqlx::query(
+        "SELECT state, batch_committed, created_at_seconds FROM collection_jobs
+         WHERE task_id = $1 AND collection_job_id = $2",
+    )
+    .bind(tid)
+    .bind(job.id.as_bytes().as_slice())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let created = match current {
+        Some(r) if r.get::<String, _>(0) == CollectionJobState::Pending.db() && r.get::<i64, _>(1) == 0 => {
+            r.get::<i64, _>(2)
+        }
         _ => return Ok(BatchReadiness::Wait("the job moved on meanwhile".into())),
-    }
+    };
     let batch = match (&job.request.query, batch_id) {
         (Query::TimeInterval(q), _) => {
             let interval = q.batch_interval;
             let end = interval.end().ok_or_else(|| internal("interval overflow"))?;
             // Waiting for a job, or in a job still active (a report in a finished job is
             // aggregated). The second count goes through the active jobs, not the batch's reports:
-            // as a join, SQLite walked every report of the task that was ever in a job.
+            // as a join, SQLite walked every report of the task that was ever in a job. Only the
+            // reports uploaded before the collection began are waited for: reports stamped in the
+            // interval and uploaded since (a trickle of them, junk or not) would otherwise keep it
+            // waiting for ever. Those not aggregated when the batch is committed fail with
+            // `batch_collected`.
             let pending = sqlx::query(
                 "SELECT (SELECT COUNT(*) FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
-                         AND report_time >= $2 AND report_time < $3)
+                         AND report_time >= $2 AND report_time < $3 AND created_at_seconds <= $4)
                       + (SELECT COUNT(*) FROM client_reports r WHERE r.task_id = $1 AND r.state = 'in_job'
-                           AND r.report_time >= $2 AND r.report_time < $3 AND r.job_id IN
+                           AND r.report_time >= $2 AND r.report_time < $3 AND r.created_at_seconds <= $4
+                           AND r.job_id IN
                              (SELECT j.job_id FROM leader_aggregation_jobs j WHERE j.task_id = $1 AND j.state = 'active'))",
             )
             .bind(tid)
             .bind(interval.start.units() as i64)
             .bind(end.units() as i64)
+            .bind(created)
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?

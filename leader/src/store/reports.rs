@@ -8,6 +8,34 @@ use duet_common::Decode;
 use duet_server::sql::{id_of, placeholder_list, Backend, SqlStore, Tx};
 use sqlx::Row;
 
+/// The collected time intervals (start and end, in time-precision units) that the reports of an
+/// upload may fall into, read before the upload's write transaction: one query for the whole
+/// request, rather than one per bucket inside the writer's critical section (on SQLite, the
+/// only writer), which a request of reports stamped each in a bucket of its own would hold for
+/// as many queries. A bucket collected in between is caught when the report's job commits: the
+/// report then fails with `batch_collected`.
+async fn collected_intervals(
+    s: &SqlStore,
+    task: &Task,
+    reports: &[&EncodedReport<'_>],
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    if task.configuration.batch_mode != BatchMode::TimeInterval || reports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let times = reports.iter().map(|r| r.report_metadata.time.units() as i64);
+    let (first, last) = times.fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+    let rows = sqlx::query(
+        "SELECT batch_start, batch_end FROM collected_batches
+         WHERE task_id = $1 AND batch_start <= $2 AND batch_end > $3",
+    )
+    .bind(task.id.as_bytes().as_slice())
+    .bind(last)
+    .bind(first)
+    .fetch_all(s.pool())
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Upload: stores the reports that passed the stateless checks, in one transaction. A report
 /// whose ID is known is a replay; one for a collected time-interval bucket is refused too (the
 /// spec lets the leader call it a replay).
@@ -16,9 +44,9 @@ pub(super) async fn put_reports(
     task: &Task,
     reports: &[&EncodedReport<'_>],
 ) -> Result<Vec<Option<ReportError>>, StoreError> {
+    let collected = collected_intervals(s, task, reports).await?;
     let mut tx = s.begin().await?;
     let mut out: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
-    let mut collected_cache = std::collections::HashMap::new();
     let now = s.now_seconds();
     let mut to_insert: Vec<&EncodedReport<'_>> = Vec::with_capacity(reports.len());
     let mut seen = std::collections::HashSet::with_capacity(reports.len());
@@ -28,12 +56,10 @@ pub(super) async fn put_reports(
             out.push(Some(ReportError::ReportReplayed));
             continue;
         }
-        if task.configuration.batch_mode == BatchMode::TimeInterval {
-            let bucket = BatchBucket::TimeInterval(report.report_metadata.time);
-            if SqlStore::bucket_collected_cached(&mut tx, task, &bucket, &mut collected_cache).await? {
-                out.push(Some(ReportError::ReportReplayed));
-                continue;
-            }
+        let time = report.report_metadata.time.units() as i64;
+        if collected.iter().any(|(start, end)| *start <= time && time < *end) {
+            out.push(Some(ReportError::ReportReplayed));
+            continue;
         }
         out.push(None);
         to_insert.push(report);

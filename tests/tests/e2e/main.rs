@@ -10,6 +10,7 @@ mod continuation;
 mod demo;
 mod deploy;
 mod faults;
+mod flood;
 mod hardening;
 mod interop;
 mod layout;

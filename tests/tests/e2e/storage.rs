@@ -811,3 +811,42 @@ async fn a_replica_serves_tasks_and_keys_from_memory_for_a_bounded_time() {
         );
     }
 }
+
+#[tokio::test]
+async fn reports_uploaded_after_a_collection_began_do_not_hold_it_back() {
+    use duet_common::clock::TestClock;
+    for (name, _, keep) in backends().await {
+        let clock = TestClock::now();
+        let store =
+            SqlStore::open(&keep.url(), duet_tests::database_keys()).await.unwrap().with_clock(Arc::new(clock.clone()));
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 2, None, true)).await.unwrap();
+        let early: Vec<Report> = (0..3).map(|_| report(1000)).collect();
+        duet_tests::put_reports(&store, &task, &early).await.unwrap();
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
+        let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        let held = store.aggregation_job_reports(&job).await.unwrap();
+        store.commit_aggregation_job(&task, &job, all_aggregated(&task, &held)).await.unwrap();
+
+        let interval = Interval { start: Time::from_units(1000), duration: Duration::from_units(1) };
+        let (body, digest) =
+            collection_request(Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }));
+        let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
+        // A second later, more reports stamped in the interval: pending, and one in a job.
+        clock.advance(1);
+        let late: Vec<Report> = (0..3).map(|_| report(1000)).collect();
+        duet_tests::put_reports(&store, &task, &late[..1]).await.unwrap();
+        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
+        let late_job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        duet_tests::put_reports(&store, &task, &late[1..]).await.unwrap();
+        // The collection waits for none of them.
+        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
+        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row).await.unwrap() else {
+            panic!("{name}: the reports uploaded before the collection are aggregated")
+        };
+        assert_eq!(values.report_count, 3, "{name}");
+        // The late report in a job fails as its bucket is collected now.
+        let held = store.aggregation_job_reports(&late_job).await.unwrap();
+        let counts = store.commit_aggregation_job(&task, &late_job, all_aggregated(&task, &held)).await.unwrap();
+        assert_eq!(counts, StepCounts { aggregated: 0, failed: 1 }, "{name}");
+    }
+}
