@@ -156,6 +156,7 @@ impl NewTask {
             collector_auth_token: Some(collector_token.expose().to_string()),
             collector_hpke_config: hpke_config_to_b64(collector_keypair.config()),
             max_batch_size,
+            report_expiry_age: None,
         };
         // The helper never hears from the collector, so it gets no collector token.
         let helper_request = AggregatorTaskRequest { collector_auth_token: None, ..leader_request.clone() };

@@ -134,6 +134,10 @@ pub struct AggregatorTaskRequest {
     /// `min_batch_size`; defaults to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<u64>,
+    /// Seconds after which a report is too old to take (`report_dropped`, DAP-18 "Input Share
+    /// Validation"): at least `time_precision`. None: the server's default, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_expiry_age: Option<u64>,
 }
 
 impl std::fmt::Debug for AggregatorTaskRequest {
@@ -141,6 +145,7 @@ impl std::fmt::Debug for AggregatorTaskRequest {
         f.debug_struct("AggregatorTaskRequest")
             .field("parameters", &self.parameters)
             .field("max_batch_size", &self.max_batch_size)
+            .field("report_expiry_age", &self.report_expiry_age)
             .finish_non_exhaustive()
     }
 }

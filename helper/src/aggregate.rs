@@ -45,10 +45,11 @@ fn init_report(
     keys: &[duet_common::hpke::HpkeKeypair],
     now: Time,
     skew: Duration,
+    oldest: Option<Time>,
     vi: &VerifyInit,
 ) -> Outcome {
     let meta = &vi.report_share.report_metadata;
-    if let Err(e) = checks::check_report_time(task.configuration.task_interval(), meta.time, now, skew) {
+    if let Err(e) = checks::check_report_time(task.configuration.task_interval(), meta.time, now, skew, oldest) {
         return Outcome::Reject(e);
     }
     let cx = checks::ShareContext {
@@ -215,11 +216,15 @@ impl InitWork {
         let skew =
             Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
         let now = Time::from_seconds(state.store.clock().now_seconds(), task.configuration.time_precision);
+        let oldest = task.oldest_report_time(now, state.config.default_report_expiry_seconds);
         let task_cpu = task.clone();
         // Spawned once a worker is free: spawning starts the work.
         let verify = async move {
             tokio::task::spawn_blocking(move || {
-                req.verify_inits.iter().map(|vi| init_report(&task_cpu, &keys, now, skew, vi)).collect::<Vec<_>>()
+                req.verify_inits
+                    .iter()
+                    .map(|vi| init_report(&task_cpu, &keys, now, skew, oldest, vi))
+                    .collect::<Vec<_>>()
             })
             .await
         };

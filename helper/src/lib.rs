@@ -23,6 +23,8 @@ pub struct HelperConfig {
     pub max_body_bytes: usize,
     /// The aggregation work queue's sizes.
     pub queue: queue::QueueLimits,
+    /// The report expiry age, in seconds, of tasks provisioned without one.
+    pub default_report_expiry_seconds: Option<u64>,
 }
 
 impl Default for HelperConfig {
@@ -31,6 +33,7 @@ impl Default for HelperConfig {
             tolerable_clock_skew_seconds: 300,
             max_body_bytes: 64 * 1024 * 1024,
             queue: queue::QueueLimits::default(),
+            default_report_expiry_seconds: None,
         }
     }
 }

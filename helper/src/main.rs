@@ -75,6 +75,11 @@ struct ServeArgs {
     /// Seconds a report's timestamp may lie in the future.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
+    /// Seconds after which a report is too old to take (report_dropped, at upload and at
+    /// aggregation), for tasks provisioned without a report_expiry_age of their own. Unset: no
+    /// limit.
+    #[arg(long)]
+    default_report_expiry_seconds: Option<u64>,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -149,6 +154,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
         tolerable_clock_skew_seconds: args.clock_skew_seconds,
         max_body_bytes: args.max_body_bytes,
         queue,
+        default_report_expiry_seconds: args.default_report_expiry_seconds,
     };
     let tls = common.tls;
     let listener =

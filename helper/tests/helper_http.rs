@@ -78,6 +78,7 @@ async fn provision_vdaf(h: &Harness, batch_mode: BatchMode, min_batch_size: u64,
         collector_auth_token: None,
         collector_hpke_config: hpke_config_to_b64(collector.config()),
         max_batch_size: None,
+        report_expiry_age: None,
     };
     let (name, value) = h.token.header(TokenScheme::Bearer);
     let resp = h.http.post(format!("{}admin/tasks", h.base)).header(name, value).json(&req).send().await.unwrap();

@@ -29,6 +29,8 @@ pub struct LeaderConfig {
     pub max_body_bytes: usize,
     /// The most reports one upload request may carry (413 beyond).
     pub max_reports_per_upload: usize,
+    /// The report expiry age, in seconds, of tasks provisioned without one.
+    pub default_report_expiry_seconds: Option<u64>,
     pub job_sizes: JobSizes,
     /// Pause between job creator passes.
     pub creator_interval: Duration,
@@ -59,6 +61,7 @@ impl Default for LeaderConfig {
             tolerable_clock_skew_seconds: 300,
             max_body_bytes: 64 * 1024 * 1024,
             max_reports_per_upload: 10_000,
+            default_report_expiry_seconds: None,
             job_sizes: JobSizes { min: 1, max: 1000, max_delay_seconds: 10, max_jobs_per_pass: 16 },
             creator_interval: Duration::from_secs(1),
             driver_interval: Duration::from_millis(500),

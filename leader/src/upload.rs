@@ -29,9 +29,10 @@ fn precheck(
     known_configs: &HashSet<HpkeConfigId>,
     now: Time,
     skew: Duration,
+    oldest: Option<Time>,
 ) -> Option<ReportError> {
     let meta = &report.report_metadata;
-    checks::check_upload_time(task.configuration.task_interval(), meta.time, now, skew).err().or_else(|| {
+    checks::check_upload_time(task.configuration.task_interval(), meta.time, now, skew, oldest).err().or_else(|| {
         if !known_configs.contains(&report.leader_config_id) {
             return Some(ReportError::OutdatedConfig);
         }
@@ -64,11 +65,12 @@ pub async fn upload(
         Duration::from_seconds_ceil(state.config.tolerable_clock_skew_seconds, task.configuration.time_precision);
 
     let now = Time::from_seconds(state.store.clock().now_seconds(), task.configuration.time_precision);
+    let oldest = task.oldest_report_time(now, state.config.default_report_expiry_seconds);
     // Stateless checks first; the survivors go to storage in one transaction.
     let mut errors: Vec<Option<ReportError>> = Vec::with_capacity(reports.len());
     let mut to_store = Vec::new();
     for report in &reports {
-        let error = precheck(&task, report, &known, now, skew);
+        let error = precheck(&task, report, &known, now, skew, oldest);
         if error.is_none() {
             to_store.push(report);
         }

@@ -56,6 +56,7 @@ async fn upload_accepts_stores_and_rejects_per_report() {
         collector_auth_token: Some(AuthenticationToken::random().expose().into()),
         collector_hpke_config: hpke_config_to_b64(collector.config()),
         max_batch_size: None,
+        report_expiry_age: None,
     };
     let (n, v) = admin.header(TokenScheme::Bearer);
     let resp = http.post(format!("{base}admin/tasks")).header(n, v).json(&req).send().await.unwrap();

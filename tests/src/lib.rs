@@ -477,6 +477,7 @@ pub fn storage_task_request(task_info: &str) -> duet_common::task::AggregatorTas
             HpkeKeypair::generate_default(HpkeConfigId(1)).config(),
         ),
         max_batch_size: None,
+        report_expiry_age: None,
     }
 }
 

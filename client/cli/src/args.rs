@@ -348,6 +348,10 @@ pub struct CreateArgs {
     /// Leader-selected batches are filled up to this size (default: min-batch-size).
     #[arg(long)]
     pub max_batch_size: Option<u64>,
+    /// Seconds after which a report is too old to take: both aggregators drop older reports
+    /// (at least --time-precision; default: each server's own default, if it has one).
+    #[arg(long)]
+    pub report_expiry_age: Option<u64>,
     /// The task's `task_info` text.
     #[arg(long, default_value = "duet")]
     pub task_info: String,

@@ -246,6 +246,12 @@ fn task_parameters(args: &CreateArgs, task_id: TaskId) -> CliResult<TaskParamete
         }
         _ => {}
     }
+    if let Some(age) = args.report_expiry_age.filter(|age| *age < args.time_precision) {
+        return Err(CliError::usage(format!(
+            "--report-expiry-age {age} is shorter than --time-precision {}: every report would be too old before its time unit ends",
+            args.time_precision
+        )));
+    }
     let params = TaskParameters {
         task_id,
         task_info: args.task_info.clone(),
@@ -297,8 +303,10 @@ async fn task_create(args: CreateArgs) -> CliResult {
         let _ = std::fs::remove_file(path);
     };
 
-    let NewTask { leader_request, helper_request, credentials } =
+    let NewTask { mut leader_request, mut helper_request, credentials } =
         NewTask::generate(params.clone(), args.max_batch_size);
+    leader_request.report_expiry_age = args.report_expiry_age;
+    helper_request.report_expiry_age = args.report_expiry_age;
 
     if let Err(e) = provision_task(&leader, &leader_request, &helper, &helper_request).await {
         discard_file();

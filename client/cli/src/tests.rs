@@ -89,6 +89,15 @@ fn task_create_builds_checked_parameters() {
         bad(&["--vdaf", "count", "--batch-mode", "time-interval", "--task-start", "1", "--task-end", "3600"]);
     assert_eq!(unaligned.code, 1);
     assert!(unaligned.message.contains("aligned"), "{}", unaligned.message);
+    let short = bad(&["--vdaf", "count", "--batch-mode", "time-interval", "--report-expiry-age", "600"]);
+    assert!(
+        short.message.contains("--report-expiry-age 600 is shorter than --time-precision 3600"),
+        "{}",
+        short.message
+    );
+    let fine = ["--vdaf", "count", "--batch-mode", "time-interval", "--report-expiry-age", "86400"];
+    assert_eq!(create_args(&fine).report_expiry_age, Some(86400));
+    assert!(task_parameters(&create_args(&fine), TaskId::random()).is_ok());
 }
 
 #[test]

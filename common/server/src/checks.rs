@@ -13,6 +13,10 @@
 //! - The leader refuses public extensions at upload already (it recognises none), and both refuse
 //!   any extension when they open their share; duet recognises no report extension yet, so any is
 //!   "unrecognised", hence `invalid_message`.
+//!
+//! Alike on both: a report older than the task's report expiry age is `report_dropped`, at
+//! upload and at aggregation: the replay records it would be checked against may be gone
+//! ("Input Share Validation", and "Reducing Storage Requirements").
 
 use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::messages::{
@@ -26,15 +30,25 @@ fn too_early(time: Time, now: Time, skew: Duration) -> bool {
     now.checked_add(skew).is_some_and(|limit| time > limit)
 }
 
-/// The time checks of "Input Share Validation" (2 to 4), at aggregation.
+/// Too old: before the `oldest` report time the task takes ([`expired`]).
+fn expired(time: Time, oldest: Option<Time>) -> bool {
+    oldest.is_some_and(|oldest| time < oldest)
+}
+
+/// The time checks of "Input Share Validation" (2 to 4, and a report too old to check for
+/// replays), at aggregation.
 pub fn check_report_time(
     task_interval: Option<Interval>,
     time: Time,
     now: Time,
     skew: Duration,
+    oldest: Option<Time>,
 ) -> Result<(), ReportError> {
     if too_early(time, now, skew) {
         return Err(ReportError::ReportTooEarly);
+    }
+    if expired(time, oldest) {
+        return Err(ReportError::ReportDropped);
     }
     if let Some(interval) = task_interval {
         if time < interval.start {
@@ -53,11 +67,12 @@ pub fn check_upload_time(
     time: Time,
     now: Time,
     skew: Duration,
+    oldest: Option<Time>,
 ) -> Result<(), ReportError> {
     if too_early(time, now, skew) {
         return Err(ReportError::ReportTooEarly);
     }
-    if task_interval.is_some_and(|i| !i.contains(time)) {
+    if expired(time, oldest) || task_interval.is_some_and(|i| !i.contains(time)) {
         return Err(ReportError::ReportDropped);
     }
     Ok(())
@@ -123,16 +138,22 @@ mod tests {
         let interval = Some(Interval::new(t(100), Duration::from_units(50)));
         let now = t(120);
         // Within the skew: fine; past it: too early, at both steps.
-        assert_eq!(check_report_time(interval, t(125), now, skew), Ok(()));
-        assert_eq!(check_report_time(interval, t(126), now, skew), Err(ReportError::ReportTooEarly));
-        assert_eq!(check_upload_time(interval, t(126), now, skew), Err(ReportError::ReportTooEarly));
+        assert_eq!(check_report_time(interval, t(125), now, skew, None), Ok(()));
+        assert_eq!(check_report_time(interval, t(126), now, skew, None), Err(ReportError::ReportTooEarly));
+        assert_eq!(check_upload_time(interval, t(126), now, skew, None), Err(ReportError::ReportTooEarly));
         // Outside the task interval: rejected with the reason at aggregation, dropped at upload.
-        assert_eq!(check_report_time(interval, t(99), now, skew), Err(ReportError::TaskNotStarted));
-        assert_eq!(check_upload_time(interval, t(99), now, skew), Err(ReportError::ReportDropped));
+        assert_eq!(check_report_time(interval, t(99), now, skew, None), Err(ReportError::TaskNotStarted));
+        assert_eq!(check_upload_time(interval, t(99), now, skew, None), Err(ReportError::ReportDropped));
         let later = t(160);
-        assert_eq!(check_report_time(interval, t(150), later, skew), Err(ReportError::TaskExpired));
-        assert_eq!(check_upload_time(interval, t(150), later, skew), Err(ReportError::ReportDropped));
-        assert_eq!(check_upload_time(None, t(1), now, skew), Ok(()));
+        assert_eq!(check_report_time(interval, t(150), later, skew, None), Err(ReportError::TaskExpired));
+        assert_eq!(check_upload_time(interval, t(150), later, skew, None), Err(ReportError::ReportDropped));
+        assert_eq!(check_upload_time(None, t(1), now, skew, None), Ok(()));
+        // Older than the task takes: dropped, at both steps; the oldest time itself is taken.
+        let oldest = Some(t(110));
+        assert_eq!(check_report_time(interval, t(109), now, skew, oldest), Err(ReportError::ReportDropped));
+        assert_eq!(check_upload_time(interval, t(109), now, skew, oldest), Err(ReportError::ReportDropped));
+        assert_eq!(check_report_time(interval, t(110), now, skew, oldest), Ok(()));
+        assert_eq!(check_upload_time(None, t(110), now, skew, oldest), Ok(()));
     }
 
     #[test]

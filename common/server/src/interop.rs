@@ -110,6 +110,7 @@ fn request(role: Role, t: AddTask) -> Result<AggregatorTaskRequest, String> {
         collector_auth_token: if role == Role::Leader { t.collector_authentication_token } else { None },
         collector_hpke_config: t.collector_hpke_config,
         max_batch_size: t.max_batch_size,
+        report_expiry_age: None,
     })
 }
 

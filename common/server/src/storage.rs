@@ -31,6 +31,8 @@ pub struct Task {
     pub collector_token: Option<TokenHash>,
     pub collector_hpke_config: HpkeConfig,
     pub max_batch_size: Option<u64>,
+    /// Seconds after which a report is too old to take; none: the server's default, if any.
+    pub report_expiry_age: Option<u64>,
 }
 
 /// The aggregator token as each role holds it: the leader presents it to the helper, so keeps it
@@ -79,6 +81,14 @@ impl Task {
                 return Err(DapError::BadRequest("max_batch_size is below min_batch_size".into()));
             }
         }
+        if let Some(age) = req.report_expiry_age {
+            if age < req.parameters.time_precision {
+                return Err(DapError::BadRequest(format!(
+                    "report_expiry_age {age} is shorter than the task's time_precision {}",
+                    req.parameters.time_precision
+                )));
+            }
+        }
         Ok(Task {
             id: req.parameters.task_id,
             role,
@@ -91,6 +101,7 @@ impl Task {
             collector_token: collector_auth_token.filter(|_| role == Role::Leader).as_ref().map(TokenHash::of),
             collector_hpke_config: req.collector_config().map_err(bad)?,
             max_batch_size: req.max_batch_size,
+            report_expiry_age: req.report_expiry_age,
         })
     }
 
@@ -104,6 +115,7 @@ impl Task {
         collector_token: Option<TokenHash>,
         collector_hpke_config: HpkeConfig,
         max_batch_size: Option<u64>,
+        report_expiry_age: Option<u64>,
     ) -> Result<Self, String> {
         let configuration = parameters.task_configuration().map_err(|e| e.to_string())?;
         Ok(Task {
@@ -118,6 +130,7 @@ impl Task {
             collector_token,
             collector_hpke_config,
             max_batch_size,
+            report_expiry_age,
         })
     }
 
@@ -141,6 +154,15 @@ impl Task {
             && self.collector_token == other.collector_token
             && self.collector_hpke_config == other.collector_hpke_config
             && self.max_batch_size == other.max_batch_size
+            && self.report_expiry_age == other.report_expiry_age
+    }
+
+    /// The oldest report time taken at `now`: `report_expiry_age` (or the server's `default`)
+    /// before it, if there is one.
+    pub fn oldest_report_time(&self, now: Time, default: Option<u64>) -> Option<Time> {
+        let age = self.report_expiry_age.or(default)?;
+        let age = duet_common::time::Duration::from_seconds_ceil(age, self.configuration.time_precision);
+        Some(Time::from_units(now.units().saturating_sub(age.units())))
     }
 
     /// The VDAF context `"dap-18" || task_id`.

@@ -134,3 +134,55 @@ async fn an_upload_of_too_many_reports_is_refused_with_nothing_stored() {
     client.upload(&items(11)).await.unwrap();
     assert_eq!(stored().await, 11, "the same reports in requests of ten");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_older_than_the_expiry_age_are_dropped_by_both_aggregators() {
+    use duet_client::admin::{provision_task, AdminClient, NewTask};
+    use duet_client::upload::Client;
+    use duet_common::messages::{BatchMode, ReportError};
+    use duet_common::vdaf::{Measurement, VdafConfig};
+    // The helper drops reports older than two hours by default; the leader has no default.
+    let options = duet_tests::LeaderOptions {
+        helper_args: vec!["--default-report-expiry-seconds".into(), "7200".into()],
+        ..duet_tests::LeaderOptions::default()
+    };
+    let d = duet_tests::Deployment::start(options).await;
+    let old = duet_tests::past_hour() - 5 * 3600;
+    let count = |items: &[(Measurement, u64)]| items.to_vec();
+    let fresh: Vec<_> = (0..4).map(|_| (Measurement::Count(true), duet_tests::past_hour())).collect();
+    let stale: Vec<_> = (0..3).map(|_| (Measurement::Count(true), old)).collect();
+
+    // A task without an age of its own: the leader takes the stale reports, the helper drops
+    // them when they come up for aggregation.
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let outcome = client.upload(&[count(&fresh), count(&stale)].concat()).await.unwrap();
+    assert_eq!((outcome.accepted, outcome.rejected.len()), (7, 0));
+    d.wait_aggregated().await;
+    let pool = d.leader_db().await;
+    let failed: Vec<i64> = sqlx::query_scalar("SELECT report_error FROM client_reports WHERE state = 'failed'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, vec![ReportError::ReportDropped as i64; 3], "the helper dropped the stale reports");
+    pool.close().await;
+
+    // A task of its own age (two hours): the leader drops stale reports at upload.
+    let mut params = task.credentials.task.clone();
+    params.task_id = duet_common::messages::TaskId::random();
+    let mut new = NewTask::generate(params.clone(), None);
+    let la = AdminClient::new(d.http.clone(), &d.leader.url(), d.leader_admin.clone()).unwrap();
+    let ha = AdminClient::new(d.http.clone(), &d.helper.url(), d.helper_admin.clone()).unwrap();
+    // Shorter than the time precision: refused, with the reason.
+    new.leader_request.report_expiry_age = Some(600);
+    let err = la.create_task(&new.leader_request).await.expect_err("an age shorter than the precision");
+    assert!(err.to_string().contains("report_expiry_age 600 is shorter than the task's time_precision 3600"), "{err}");
+    new.leader_request.report_expiry_age = Some(7200);
+    new.helper_request.report_expiry_age = Some(7200);
+    provision_task(&la, &new.leader_request, &ha, &new.helper_request).await.unwrap();
+    let client = Client::new(params, d.http.clone()).unwrap();
+    let outcome = client.upload(&[count(&fresh), count(&stale)].concat()).await.unwrap();
+    assert_eq!(outcome.accepted, 4);
+    let errors: Vec<ReportError> = outcome.rejected.iter().map(|(_, e)| *e).collect();
+    assert_eq!(errors, vec![ReportError::ReportDropped; 3]);
+}

@@ -81,6 +81,7 @@ fn task_request(
         collector_auth_token: leader.then(|| AuthenticationToken::random().expose().to_string()),
         collector_hpke_config: hpke_config_to_b64(collector.config()),
         max_batch_size,
+        report_expiry_age: None,
     }
 }
 

@@ -92,6 +92,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../../../migrations/sqlite/0008_reports_settle_with_their_job.sql")),
     (9, include_str!("../../../../migrations/sqlite/0009_helper_outages.sql")),
     (10, include_str!("../../../../migrations/sqlite/0010_leader_continuation.sql")),
+    (11, include_str!("../../../../migrations/sqlite/0011_report_expiry_age.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -106,6 +107,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../../../migrations/postgres/0008_reports_settle_with_their_job.sql")),
     (9, include_str!("../../../../migrations/postgres/0009_helper_outages.sql")),
     (10, include_str!("../../../../migrations/postgres/0010_leader_continuation.sql")),
+    (11, include_str!("../../../../migrations/postgres/0011_report_expiry_age.sql")),
 ];
 
 pub fn internal(e: impl std::fmt::Display) -> StoreError {

@@ -16,7 +16,7 @@ use sqlx::Row;
 use std::sync::Arc;
 
 const TASK_COLUMNS: &str = "role, parameters, vdaf_verify_key, aggregator_auth_token, collector_auth_token,
-    collector_hpke_config, max_batch_size";
+    collector_hpke_config, max_batch_size, report_expiry_age";
 
 /// How a stored task's tokens are written in their text columns: a token the server presents
 /// is sealed (`sealed:` and the sealed value in URL-safe base64), one it only checks digested
@@ -56,8 +56,8 @@ impl SqlStore {
             let (verify_key, aggregator_token, collector_token) = self.sealed_secrets(&task);
             sqlx::query(
                 "INSERT INTO tasks (task_id, role, parameters, vdaf_verify_key, aggregator_auth_token,
-                 collector_auth_token, collector_hpke_config, max_batch_size, created_at_seconds)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 collector_auth_token, collector_hpke_config, max_batch_size, created_at_seconds, report_expiry_age)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(task.id.as_bytes().as_slice())
             .bind(role as i64)
@@ -68,6 +68,7 @@ impl SqlStore {
             .bind(task.collector_hpke_config.get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
             .bind(task.max_batch_size.map(|m| m as i64))
             .bind(self.now_seconds())
+            .bind(task.report_expiry_age.map(|a| a as i64))
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -179,6 +180,7 @@ impl SqlStore {
             collector_token,
             HpkeConfig::get_decoded(&collector_config).map_err(|_| corrupt("collector config"))?,
             row.get::<Option<i64>, _>("max_batch_size").map(|m| m as u64),
+            row.get::<Option<i64>, _>("report_expiry_age").map(|a| a as u64),
         )
         .map_err(|e| corrupt(&format!("task ({e})")))
     }
