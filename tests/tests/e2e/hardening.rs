@@ -186,3 +186,46 @@ async fn reports_older_than_the_expiry_age_are_dropped_by_both_aggregators() {
     let errors: Vec<ReportError> = outcome.rejected.iter().map(|(_, e)| *e).collect();
     assert_eq!(errors, vec![ReportError::ReportDropped; 3]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_provisioned_again_with_other_secrets_is_refused() {
+    use duet_client::admin::AdminClient;
+    use duet_common::messages::BatchMode;
+    use duet_common::vdaf::VdafConfig;
+    let d = duet_tests::Deployment::start(duet_tests::LeaderOptions::default()).await;
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
+    for (url, admin, request) in [
+        (d.leader.url(), &d.leader_admin, &task.leader_request),
+        (d.helper.url(), &d.helper_admin, &task.helper_request),
+    ] {
+        let client = AdminClient::new(d.http.clone(), &url, admin.clone()).unwrap();
+        // The identical request again: a no-op.
+        client.create_task(request).await.unwrap();
+        let mut other_token = request.clone();
+        other_token.aggregator_auth_token = AuthenticationToken::random().expose().into();
+        let mut other_key = request.clone();
+        other_key.vdaf_verify_key = duet_common::vdaf::VerifyKey::random().to_base64();
+        for other in [other_token, other_key] {
+            let resp = d.http.post(format!("{url}admin/tasks")).bearer_auth(admin.expose()).json(&other).send().await;
+            let resp = resp.unwrap();
+            assert_eq!(resp.status(), 409, "{url}");
+            let problem: serde_json::Value = resp.json().await.unwrap();
+            assert!(
+                problem["detail"].as_str().unwrap().contains("exists with other parameters or secrets"),
+                "{problem}"
+            );
+        }
+    }
+    // The task still runs on its first secrets.
+    let client = duet_client::upload::Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let items = [(duet_common::vdaf::Measurement::Count(true), duet_tests::past_hour())];
+    assert_eq!(client.upload(&items).await.unwrap().accepted, 1);
+    d.wait_aggregated().await;
+    let pool = d.leader_db().await;
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_reports WHERE state = 'failed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0, "the helper verified with the verify key both hold");
+    pool.close().await;
+}
