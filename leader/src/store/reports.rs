@@ -199,11 +199,16 @@ pub(super) async fn create_jobs(s: &SqlStore, task: &Task, sizes: &JobSizes) -> 
     }
     let limit = (sizes.max.max(1) * sizes.max_jobs_per_pass) as i64;
     let pending: Vec<PendingReport> = sqlx::query(
-        // By time only: among reports of one time, the index yields them in storage order, so a
-        // job's reports sit on few pages and reading and settling them touches few (ordering by
-        // the random report ID would scatter every job over the whole table).
+        // In the order they arrived (row IDs count up), not by the time their clients stamped
+        // them: a client chooses its stamps, and old ones would jump the queue ahead of fresh
+        // reports. Arrival order is storage order too, so a job's reports sit on few pages and
+        // reading and settling them touches few (ordering by the random report ID would scatter
+        // every job over the whole table). The index this takes (`client_reports_arrival`) cost
+        // uploads about 6% (two alternating runs of `duet bench`, 50,000 reports: Count on SQLite
+        // 176,000 against 189,000 reports/s, on PostgreSQL 86,900 against 94,000; histograms
+        // 66,400 against 71,300 and 43,200 against 43,700), aggregation nothing measurable.
         "SELECT report_id, created_at_seconds FROM client_reports WHERE task_id = $1 AND state = 'unaggregated'
-         ORDER BY report_time LIMIT $2",
+         ORDER BY row_id LIMIT $2",
     )
     .bind(tid)
     .bind(limit)

@@ -93,6 +93,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../../../migrations/sqlite/0009_helper_outages.sql")),
     (10, include_str!("../../../../migrations/sqlite/0010_leader_continuation.sql")),
     (11, include_str!("../../../../migrations/sqlite/0011_report_expiry_age.sql")),
+    (12, include_str!("../../../../migrations/sqlite/0012_reports_arrival_order.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -108,6 +109,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../../../migrations/postgres/0009_helper_outages.sql")),
     (10, include_str!("../../../../migrations/postgres/0010_leader_continuation.sql")),
     (11, include_str!("../../../../migrations/postgres/0011_report_expiry_age.sql")),
+    (12, include_str!("../../../../migrations/postgres/0012_reports_arrival_order.sql")),
 ];
 
 pub fn internal(e: impl std::fmt::Display) -> StoreError {

@@ -17,6 +17,9 @@ use duet_server::sql::SqlStore;
 use duet_tests::PgDatabase;
 use std::sync::Arc;
 
+mod helper;
+mod timing;
+
 /// What keeps a test database alive: a SQLite file's folder or a PostgreSQL database.
 #[allow(dead_code)]
 enum Keep {
@@ -480,93 +483,6 @@ async fn a_failed_collection_gives_its_batch_back() {
 }
 
 #[tokio::test]
-async fn helper_jobs_check_replays_and_aggregate_shares_release_once() {
-    for (name, store, _dir) in backends().await {
-        let task = store.put_task(Role::Helper, &task_request(BatchMode::TimeInterval, 2, None, false)).await.unwrap();
-        let ids: Vec<ReportId> = (0..3).map(|_| ReportId::random()).collect();
-        let step = |job_id, ids: &[ReportId], digest: u8| HelperStep {
-            job_id,
-            digest: [digest; 32],
-            batch_id: None,
-            step: AggregationJobStep(0),
-            report_ids: ids.to_vec(),
-            outcomes: ids
-                .iter()
-                .map(|id| HelperOutcome::Commit {
-                    out_share: output_shares(&task, id, true).1,
-                    outbound: Some(vec![1]),
-                    time: Time::from_units(77),
-                })
-                .collect(),
-        };
-        let job1 = AggregationJobId::random();
-        let resp = store.helper_init_job(&task, step(job1, &ids, 1)).await.unwrap().expect("created");
-        assert!(store.helper_init_job(&task, step(job1, &ids, 1)).await.unwrap().is_none(), "{name}: exists");
-        let stored = store.helper_job(&task, &job1).await.unwrap().unwrap();
-        // What is stored for a repeated request is the answer's encoding, byte for byte.
-        let body = duet_common::Encode::get_encoded(&resp).unwrap();
-        assert_eq!((stored.last_response, stored.state), (body, HelperJobState::Finished));
-        // The same reports in another job are replays.
-        let job2 = AggregationJobId::random();
-        let resp = store.helper_init_job(&task, step(job2, &ids[..1], 2)).await.unwrap().unwrap();
-        assert_eq!(
-            resp.verify_resps[0].verify_resp_type,
-            VerifyRespType::Reject { report_error: ReportError::ReportReplayed }
-        );
-
-        let interval = Interval { start: Time::from_units(77), duration: Duration::ONE };
-        let batch = Batch::TimeInterval(interval);
-        let share_id = AggregateShareId::random();
-        // The leader's request, claiming `ids` in the batch.
-        let share_req = |ids: &[ReportId]| {
-            let mut checksum = BatchChecksum::default();
-            ids.iter().for_each(|id| checksum.update(id));
-            AggregateShareReq {
-                collection_job_req: CollectionJobReq {
-                    query: Query::time_interval(interval),
-                    agg_param: vec![],
-                    extensions: vec![],
-                },
-                batch_selector: BatchSelector::time_interval(interval),
-                report_count: ids.len() as u64,
-                checksum,
-            }
-        };
-        // A request the batch does not match (the leader counts two of the three reports)
-        // releases nothing and leaves the batch open.
-        let err = store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &share_req(&ids[..2])).await;
-        assert!(
-            matches!(err, Err(StoreError::Step(ref e)) if e.kind() == Some(DapProblemType::BatchMismatch)),
-            "{name}"
-        );
-        assert!(!store.batch_overlaps_collected(&task, &batch).await.unwrap());
-        let ShareRelease::Released(resp) =
-            store.helper_release_aggregate_share(&task, &share_id, &[1; 32], &batch, &share_req(&ids)).await.unwrap()
-        else {
-            panic!("{name}: released")
-        };
-        let share = <AggregateShare as duet_common::Decode>::get_decoded(&resp).expect("an AggregateShare");
-        assert_eq!(share.encrypted_aggregate_share.config_id, HpkeConfigId(1), "{name}: sealed to the collector");
-        assert_eq!(store.helper_aggregate_share(&task, &share_id).await.unwrap(), Some(resp.clone()));
-        // Another request for an overlapping batch is refused.
-        let other = AggregateShareId::random();
-        assert!(matches!(
-            store.helper_release_aggregate_share(&task, &other, &[2; 32], &batch, &share_req(&ids)).await.unwrap(),
-            ShareRelease::Overlap
-        ));
-        assert!(store.helper_delete_aggregate_share(&task, &share_id).await.unwrap());
-        assert_eq!(store.helper_aggregate_share(&task, &share_id).await.unwrap(), None);
-        // A report committed after collection is refused with batch_collected.
-        let late = [ReportId::random()];
-        let resp = store.helper_init_job(&task, step(AggregationJobId::random(), &late, 3)).await.unwrap().unwrap();
-        assert_eq!(
-            resp.verify_resps[0].verify_resp_type,
-            VerifyRespType::Reject { report_error: ReportError::BatchCollected }
-        );
-    }
-}
-
-#[tokio::test]
 async fn a_job_committed_by_two_drivers_counts_once() {
     for (name, store, _keep) in backends().await {
         let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 1, None, true)).await.unwrap();
@@ -765,89 +681,5 @@ async fn settled_reports_drop_their_payloads_and_stay_replays() {
         let answers = duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
         assert_eq!(answers, vec![Some(ReportError::ReportReplayed); 6], "{name}");
         assert_eq!(payload_rows(&keep).await, 0, "{name}: a replay stores no payload");
-    }
-}
-
-#[tokio::test]
-async fn a_replica_serves_tasks_and_keys_from_memory_for_a_bounded_time() {
-    use duet_common::clock::TestClock;
-    use duet_server::sql::{KEY_CACHE_SECONDS, TASK_CACHE_SECONDS, UNKNOWN_TASK_CACHE_SECONDS};
-    for (name, a, keep) in backends().await {
-        // Replica B of the same database, on a clock the test moves.
-        let clock = TestClock::now();
-        let b =
-            SqlStore::open(&keep.url(), duet_tests::database_keys()).await.unwrap().with_clock(Arc::new(clock.clone()));
-        let req = task_request(BatchMode::TimeInterval, 1, None, true);
-        let id = req.parameters.task_id;
-        // B asks for the task before it exists, and remembers that it does not.
-        assert!(matches!(b.task(&id).await, Err(StoreError::UnknownTask(_))), "{name}");
-        a.put_task(Role::Leader, &req).await.unwrap();
-        assert!(matches!(b.task(&id).await, Err(StoreError::UnknownTask(_))), "{name}: remembered");
-        clock.advance(UNKNOWN_TASK_CACHE_SECONDS as u64);
-        assert_eq!(b.task(&id).await.unwrap().id, id, "{name}: seen once the memory lapses");
-        // Deleted through A: B serves it until its memory of it lapses, then refuses it.
-        assert!(a.delete_task(&id).await.unwrap());
-        assert!(b.task(&id).await.is_ok(), "{name}: still in B's memory");
-        clock.advance(TASK_CACHE_SECONDS as u64);
-        assert!(matches!(b.task(&id).await, Err(StoreError::UnknownTask(_))), "{name}: deletion seen");
-
-        // Keys: a key activated through A reaches B's /hpke_config within the bound; one B
-        // changes itself at once.
-        let before: Vec<u8> = b.hpke_keypairs().await.unwrap().iter().map(|(k, _)| k.config().id.0).collect();
-        let kp = HpkeKeypair::generate_default(HpkeConfigId(200));
-        a.add_hpke_key(&kp).await.unwrap();
-        a.set_hpke_key_state(HpkeConfigId(200), HpkeKeyState::Active).await.unwrap();
-        let ids =
-            |keys: Vec<(HpkeKeypair, HpkeKeyState)>| keys.iter().map(|(k, _)| k.config().id.0).collect::<Vec<u8>>();
-        assert_eq!(ids(b.hpke_keypairs().await.unwrap()), before, "{name}: from memory");
-        clock.advance(KEY_CACHE_SECONDS as u64);
-        let after = ids(b.hpke_keypairs().await.unwrap());
-        assert!(after.contains(&200) && after.len() == before.len() + 1, "{name}: the new key seen: {after:?}");
-        b.add_hpke_key(&HpkeKeypair::generate_default(HpkeConfigId(201))).await.unwrap();
-        b.set_hpke_key_state(HpkeConfigId(201), HpkeKeyState::Active).await.unwrap();
-        assert_eq!(
-            ids(b.hpke_keypairs().await.unwrap())[0],
-            201,
-            "{name}: B's own change at once, first as the latest"
-        );
-    }
-}
-
-#[tokio::test]
-async fn reports_uploaded_after_a_collection_began_do_not_hold_it_back() {
-    use duet_common::clock::TestClock;
-    for (name, _, keep) in backends().await {
-        let clock = TestClock::now();
-        let store =
-            SqlStore::open(&keep.url(), duet_tests::database_keys()).await.unwrap().with_clock(Arc::new(clock.clone()));
-        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 2, None, true)).await.unwrap();
-        let early: Vec<Report> = (0..3).map(|_| report(1000)).collect();
-        duet_tests::put_reports(&store, &task, &early).await.unwrap();
-        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
-        let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
-        let held = store.aggregation_job_reports(&job).await.unwrap();
-        store.commit_aggregation_job(&task, &job, all_aggregated(&task, &held)).await.unwrap();
-
-        let interval = Interval { start: Time::from_units(1000), duration: Duration::from_units(1) };
-        let (body, digest) =
-            collection_request(Query::TimeInterval(TimeIntervalQueryConfig { batch_interval: interval }));
-        let cj = store.insert_collection_job(&task, &body, &digest).await.unwrap();
-        // A second later, more reports stamped in the interval: pending, and one in a job.
-        clock.advance(1);
-        let late: Vec<Report> = (0..3).map(|_| report(1000)).collect();
-        duet_tests::put_reports(&store, &task, &late[..1]).await.unwrap();
-        assert_eq!(store.create_aggregation_jobs(&task, &sizes(10)).await.unwrap(), 1);
-        let late_job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
-        duet_tests::put_reports(&store, &task, &late[1..]).await.unwrap();
-        // The collection waits for none of them.
-        let row = store.collection_job(&task, &cj).await.unwrap().unwrap();
-        let BatchReadiness::Committed { values, .. } = store.commit_collection_batch(&task, &row).await.unwrap() else {
-            panic!("{name}: the reports uploaded before the collection are aggregated")
-        };
-        assert_eq!(values.report_count, 3, "{name}");
-        // The late report in a job fails as its bucket is collected now.
-        let held = store.aggregation_job_reports(&late_job).await.unwrap();
-        let counts = store.commit_aggregation_job(&task, &late_job, all_aggregated(&task, &held)).await.unwrap();
-        assert_eq!(counts, StepCounts { aggregated: 0, failed: 1 }, "{name}");
     }
 }
