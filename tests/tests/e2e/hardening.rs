@@ -229,3 +229,54 @@ async fn a_task_provisioned_again_with_other_secrets_is_refused() {
     assert_eq!(failed, 0, "the helper verified with the verify key both hold");
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_deleted_through_one_replica_is_refused_by_the_other_within_the_cache_bound() {
+    use duet_client::admin::{AdminClient, NewTask};
+    use duet_client::upload::Client;
+    use duet_common::vdaf::Measurement;
+    let db = duet_tests::PgDatabase::create().await;
+    let admin = AuthenticationToken::random();
+    let args = vec!["--database".to_string(), db.url.clone()];
+    let (a, b) =
+        (spawn("duet-leader", &args, &admin, "127.0.0.1:0"), spawn("duet-leader", &args, &admin, "127.0.0.1:0"));
+    // A helper only for its HPKE configuration: the clients encrypt to it, nothing is aggregated.
+    let dir = tempfile::tempdir().unwrap();
+    let helper_db = vec!["--database".to_string(), format!("sqlite:{}", dir.path().join("h.db").display())];
+    let helper = spawn("duet-helper", &helper_db, &admin, "127.0.0.1:0");
+    let http = reqwest::Client::new();
+    let params = duet_tests::count_task("cache bound", a.url(), helper.url());
+    let task = NewTask::generate(params.clone(), None);
+    let through_a = AdminClient::new(http.clone(), &a.url(), admin.clone()).unwrap();
+    through_a.create_task(&task.leader_request).await.unwrap();
+    // Replica B serves the task (and now holds it in memory).
+    let mut on_b = params.clone();
+    on_b.leader_endpoint = b.url();
+    let upload_to_b = || {
+        let client = Client::new(on_b.clone(), http.clone()).unwrap();
+        async move { client.upload(&[(Measurement::Count(true), duet_tests::past_hour())]).await }
+    };
+    assert_eq!(upload_to_b().await.unwrap().accepted, 1);
+    // Deleted through A: B refuses it within its cache bound (10 s), not only after a restart.
+    let deleted = http
+        .delete(format!("{}admin/tasks/{}", a.url(), params.task_id))
+        .bearer_auth(admin.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let start = std::time::Instant::now();
+    let refused = loop {
+        match upload_to_b().await {
+            Err(e) => break e.to_string(),
+            Ok(_) if start.elapsed() < std::time::Duration::from_secs(15) => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Ok(_) => panic!("replica B still takes uploads for a task deleted 15 s ago"),
+        }
+    };
+    let waited = start.elapsed();
+    assert!(refused.contains("unrecognizedTask"), "{refused}");
+    assert!(waited <= std::time::Duration::from_secs(12), "seen after {waited:?}");
+    eprintln!("replica B refused the deleted task after {waited:?}");
+}
