@@ -132,6 +132,9 @@ fn http_client() -> CliResult<reqwest::Client> {
     builder
         // Tokens must never follow a redirect to another host.
         .redirect(reqwest::redirect::Policy::none())
+        // Within duet servers' idle deadline (60 s by default), so that no request goes out on
+        // a connection the server is closing.
+        .pool_idle_timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
         .user_agent(concat!("duet/", env!("CARGO_PKG_VERSION")))
