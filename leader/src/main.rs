@@ -277,15 +277,7 @@ async fn serve_leader(
 }
 
 async fn interop(args: InteropArgs) -> Result<(), String> {
-    let keys = match (args.database_keys.as_deref(), &args.database) {
-        (Some(keys), _) => duet_server::runtime::check_database_keys(Some(keys))?,
-        (None, None) => std::sync::Arc::new(duet_server::sealing::DatabaseKeys::ephemeral()),
-        (None, Some(_)) => {
-            return Err("database_keys is required with --database: the database outlives this process, and \
-                        so must the key that seals its secrets (set DUET_DATABASE_KEYS)"
-                .into())
-        }
-    };
+    let keys = duet_server::runtime::interop_database_keys(args.database_keys.as_deref(), args.database.is_some())?;
     let (_dir, database) = duet_server::runtime::interop_database(args.database, "leader")?;
     let store = duet_leader::store::open(&database, keys).await.map_err(|e| e.to_string())?;
     let defaults = LeaderConfig::default();

@@ -294,6 +294,22 @@ pub async fn migrate(database: &str, database_keys: Option<&str>) -> Result<(), 
     Ok(())
 }
 
+/// The database keys of an interop aggregator: those given, else, for the temporary database
+/// ([`interop_database`]), a key that lives as long as the process; a database given with
+/// `--database` outlives the process, and so must the key that seals its secrets.
+pub fn interop_database_keys(
+    keys: Option<&str>,
+    database_given: bool,
+) -> Result<std::sync::Arc<crate::sealing::DatabaseKeys>, String> {
+    match (keys, database_given) {
+        (Some(keys), _) => check_database_keys(Some(keys)),
+        (None, false) => Ok(std::sync::Arc::new(crate::sealing::DatabaseKeys::ephemeral())),
+        (None, true) => Err("database_keys is required with --database: the database outlives this process, and \
+                             so must the key that seals its secrets (set DUET_DATABASE_KEYS)"
+            .into()),
+    }
+}
+
 /// The database of an interop aggregator: the URL given, or a fresh SQLite file in a temporary
 /// folder (kept while the returned guard lives).
 pub fn interop_database(url: Option<String>, role: &str) -> Result<(Option<tempfile::TempDir>, String), String> {

@@ -134,18 +134,12 @@ impl DatabaseKeys {
         // Random 96-bit nonces: a key seals a few values per task and HPKE key, far below the
         // 2^32 messages after which random nonces could collide.
         let nonce: [u8; NONCE_LEN] = rand::random();
-        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&current.id);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let mut body = out.split_off(HEADER_LEN);
+        let mut body = plaintext.to_vec();
         current
             .key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(column.aad(row)), &mut body)
             .expect("sealing a short value cannot fail");
-        out.extend_from_slice(&body);
-        out
+        [MAGIC.as_slice(), &current.id, &nonce, &body].concat()
     }
 
     /// Opens what [`Self::seal`] sealed for the same column and row, under whichever configured
@@ -171,6 +165,16 @@ impl DatabaseKeys {
     /// clear, or an older key sealed it.
     pub fn needs_sealing(&self, stored: &[u8]) -> bool {
         !is_sealed(stored) || stored[MAGIC.len()..MAGIC.len() + KEY_ID_LEN] != self.keys[0].id
+    }
+
+    /// A stored value sealed under the first key, if it needs it ([`Self::needs_sealing`]): the
+    /// value in the clear sealed, or the value an older key sealed opened and sealed again.
+    pub fn reseal(&self, column: SealedColumn, row: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>, OpenError> {
+        if !self.needs_sealing(stored) {
+            return Ok(None);
+        }
+        let plain = if is_sealed(stored) { self.open(column, row, stored)? } else { Zeroizing::new(stored.to_vec()) };
+        Ok(Some(self.seal(column, row, &plain)))
     }
 }
 

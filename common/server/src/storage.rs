@@ -146,11 +146,10 @@ impl Task {
     /// Whether `other` provisions the same task: parameters, role and every secret. (Tokens
     /// one side keeps as digests compare by digest.)
     pub fn same_as(&self, other: &Task) -> bool {
-        let token = |t: &AggregatorToken| t.hash();
         self.role == other.role
             && self.parameters == other.parameters
             && self.verify_key.as_bytes() == other.verify_key.as_bytes()
-            && token(&self.aggregator_token) == token(&other.aggregator_token)
+            && self.aggregator_token.hash() == other.aggregator_token.hash()
             && self.collector_token == other.collector_token
             && self.collector_hpke_config == other.collector_hpke_config
             && self.max_batch_size == other.max_batch_size

@@ -98,13 +98,7 @@ fn compose_substitute(value: &str) -> String {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}').map(|e| start + e).expect("closed ${...}");
         let name = rest[start + 2..end].split([':', '-', '?']).next().unwrap();
-        out.push_str(if name.contains("PASSWORD") {
-            "hexpassword"
-        } else if name.contains("DATABASE_KEY") {
-            STAND_IN_DATABASE_KEY
-        } else {
-            "stand-in-token-0123456789-abcdefghij"
-        });
+        out.push_str(&if name.contains("PASSWORD") { "hexpassword".to_string() } else { stand_in(name) });
         rest = &rest[end + 1..];
     }
     out.push_str(rest);

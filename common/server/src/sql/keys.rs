@@ -71,13 +71,14 @@ impl SqlStore {
         let id = first_free_config_id(&taken)
             .ok_or_else(|| StoreError::Conflict("all 256 HPKE config IDs are taken and none is active".into()))?;
         let kp = HpkeKeypair::generate_default(id);
+        let (config, sealed) = self.stored_key(&kp)?;
         let now = self.now_seconds();
         sqlx::query(&format!(
             "INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT DO NOTHING"
         ))
         .bind(i64::from(id.0))
-        .bind(kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
-        .bind(self.sealed_private_key(&kp)?)
+        .bind(config)
+        .bind(sealed)
         .bind(now)
         .execute(self.pool())
         .await
@@ -86,10 +87,12 @@ impl SqlStore {
         self.load_keypairs().await
     }
 
-    /// A key's private key sealed, bound to its configuration (config ID and public key).
-    fn sealed_private_key(&self, kp: &HpkeKeypair) -> Result<Vec<u8>, StoreError> {
+    /// A key as stored: its encoded configuration, and its private key sealed, bound to that
+    /// configuration (config ID and public key).
+    fn stored_key(&self, kp: &HpkeKeypair) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         let config = kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?;
-        Ok(self.keys.seal(SealedColumn::HpkePrivateKey, &config, kp.private_key().as_bytes()))
+        let sealed = self.keys.seal(SealedColumn::HpkePrivateKey, &config, kp.private_key().as_bytes());
+        Ok((config, sealed))
     }
 
     /// Seals the private keys a database written before sealing holds in the clear, and seals
@@ -101,19 +104,14 @@ impl SqlStore {
         let mut sealed = 0;
         for r in &rows {
             let (config, stored): (Vec<u8>, Vec<u8>) = (r.get("config"), r.get("private_key"));
-            if !self.keys.needs_sealing(&stored) {
-                continue;
-            }
             let id: i64 = r.get("config_id");
-            let private = if crate::sealing::is_sealed(&stored) {
-                self.keys
-                    .open(SealedColumn::HpkePrivateKey, &config, &stored)
-                    .map_err(|e| StoreError::Sealed(format!("stored HPKE key {id}: its private key {e}")))?
-            } else {
-                zeroize::Zeroizing::new(stored)
-            };
+            let resealed = self
+                .keys
+                .reseal(SealedColumn::HpkePrivateKey, &config, &stored)
+                .map_err(|e| StoreError::Sealed(format!("stored HPKE key {id}: its private key {e}")))?;
+            let Some(resealed) = resealed else { continue };
             sqlx::query("UPDATE hpke_keys SET private_key = $1 WHERE config_id = $2")
-                .bind(self.keys.seal(SealedColumn::HpkePrivateKey, &config, &private))
+                .bind(resealed)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -173,10 +171,11 @@ impl SqlStore {
             return Err(StoreError::Conflict(format!("HPKE config ID {id} is taken")));
         }
         let now = self.now_seconds();
+        let (config, sealed) = self.stored_key(kp)?;
         sqlx::query(&format!("INSERT INTO hpke_keys ({COLUMNS}) VALUES ($1, $2, $3, 'pending', $4, $4)"))
             .bind(id)
-            .bind(kp.config().get_encoded().map_err(|e| StoreError::Internal(e.to_string()))?)
-            .bind(self.sealed_private_key(kp)?)
+            .bind(config)
+            .bind(sealed)
             .bind(now)
             .execute(&mut *tx)
             .await

@@ -179,11 +179,12 @@ pub fn placeholder_list(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
-/// A task as this process last read it (seconds by the clock), or that no task has its ID.
-#[derive(Clone)]
-enum CachedTask {
-    Known(Arc<Task>, i64),
-    Unknown(i64),
+/// The tasks as this process last read them, and the IDs it found no task under, each with
+/// when (seconds by the clock).
+#[derive(Default)]
+struct TaskCache {
+    known: HashMap<TaskId, (Arc<Task>, i64)>,
+    unknown: HashMap<TaskId, i64>,
 }
 
 /// The HPKE keys, opened, and when they were read (seconds by the clock).
@@ -211,7 +212,7 @@ pub const BUCKET_SHARDS: u8 = 16;
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
-    tasks: Arc<RwLock<HashMap<TaskId, CachedTask>>>,
+    tasks: Arc<RwLock<TaskCache>>,
     /// The HPKE keys, opened, as last read (seconds by the clock): `/hpke_config` and every
     /// job's decryption are served from memory ([`KEY_CACHE_SECONDS`]).
     keypairs: Arc<RwLock<Option<CachedKeys>>>,

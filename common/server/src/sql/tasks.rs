@@ -1,7 +1,7 @@
 //! Provisioned tasks on SQL: stored once, their secrets sealed or digested
 //! ([`crate::sealing`]), read through a per-process cache.
 
-use super::{CachedTask, SqlStore, TASK_CACHE_SECONDS, UNKNOWN_TASKS_CACHED, UNKNOWN_TASK_CACHE_SECONDS};
+use super::{SqlStore, TaskCache, TASK_CACHE_SECONDS, UNKNOWN_TASKS_CACHED, UNKNOWN_TASK_CACHE_SECONDS};
 use crate::sealing::{OpenError, SealedColumn};
 use crate::storage::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,6 +27,10 @@ const DIGEST: &str = "sha256:";
 
 fn digest_text(hash: &TokenHash) -> String {
     format!("{DIGEST}{}", URL_SAFE_NO_PAD.encode(hash.as_bytes()))
+}
+
+fn sealed_text(sealed: &[u8]) -> String {
+    format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(sealed))
 }
 
 impl SqlStore {
@@ -75,19 +79,28 @@ impl SqlStore {
         }
         tx.commit().await.map_err(StoreError::from)?;
         let task = Arc::new(task);
-        self.cache_task(task.id, CachedTask::Known(task.clone(), self.now_seconds()));
+        self.cache_task(task.id, Some(task.clone()), self.now_seconds());
         Ok(task)
     }
 
-    fn cache_task(&self, id: TaskId, entry: CachedTask) {
-        let mut tasks = self.tasks.write().unwrap_or_else(|e| e.into_inner());
-        if matches!(entry, CachedTask::Unknown(_))
-            && tasks.values().filter(|t| matches!(t, CachedTask::Unknown(_))).count() >= UNKNOWN_TASKS_CACHED
-        {
-            // A flood of made-up IDs: forget them rather than grow without bound.
-            tasks.retain(|_, t| matches!(t, CachedTask::Known(..)));
+    /// Remembers the task read under `id` at `now`, or that there is none.
+    fn cache_task(&self, id: TaskId, task: Option<Arc<Task>>, now: i64) {
+        let mut cache = self.tasks.write().unwrap_or_else(|e| e.into_inner());
+        let TaskCache { known, unknown } = &mut *cache;
+        match task {
+            Some(task) => {
+                unknown.remove(&id);
+                known.insert(id, (task, now));
+            }
+            None => {
+                if unknown.len() >= UNKNOWN_TASKS_CACHED {
+                    // A flood of made-up IDs: forget them rather than grow without bound.
+                    unknown.clear();
+                }
+                known.remove(&id);
+                unknown.insert(id, now);
+            }
         }
-        tasks.insert(id, entry);
     }
 
     /// A task's secrets as stored: the verify key sealed, the aggregator token sealed (leader)
@@ -96,10 +109,9 @@ impl SqlStore {
         let row = task.id.as_bytes().as_slice();
         let verify_key = self.keys.seal(SealedColumn::VerifyKey, row, task.verify_key.as_bytes());
         let aggregator_token = match &task.aggregator_token {
-            AggregatorToken::Presented(token) => format!(
-                "{SEALED}{}",
-                URL_SAFE_NO_PAD.encode(self.keys.seal(SealedColumn::AggregatorToken, row, token.expose().as_bytes()))
-            ),
+            AggregatorToken::Presented(token) => {
+                sealed_text(&self.keys.seal(SealedColumn::AggregatorToken, row, token.expose().as_bytes()))
+            }
             AggregatorToken::Checked(hash) => digest_text(hash),
         };
         (verify_key, aggregator_token, task.collector_token.as_ref().map(digest_text))
@@ -109,12 +121,14 @@ impl SqlStore {
     /// unknown (remembered for [`UNKNOWN_TASK_CACHE_SECONDS`]).
     pub(super) async fn task_inner(&self, id: &TaskId) -> Result<Arc<Task>, StoreError> {
         let now = self.now_seconds();
-        match self.tasks.read().unwrap_or_else(|e| e.into_inner()).get(id) {
-            Some(CachedTask::Known(task, at)) if now - at < TASK_CACHE_SECONDS => return Ok(task.clone()),
-            Some(CachedTask::Unknown(at)) if now - at < UNKNOWN_TASK_CACHE_SECONDS => {
-                return Err(StoreError::UnknownTask(*id))
+        {
+            let cache = self.tasks.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((task, _)) = cache.known.get(id).filter(|(_, at)| now - at < TASK_CACHE_SECONDS) {
+                return Ok(task.clone());
             }
-            _ => {}
+            if cache.unknown.get(id).is_some_and(|at| now - at < UNKNOWN_TASK_CACHE_SECONDS) {
+                return Err(StoreError::UnknownTask(*id));
+            }
         }
         let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"))
             .bind(id.as_bytes().as_slice())
@@ -122,11 +136,11 @@ impl SqlStore {
             .await
             .map_err(StoreError::from)?;
         let Some(row) = row else {
-            self.cache_task(*id, CachedTask::Unknown(now));
+            self.cache_task(*id, None, now);
             return Err(StoreError::UnknownTask(*id));
         };
         let task = Arc::new(self.task_of_row(id, &row)?);
-        self.cache_task(*id, CachedTask::Known(task.clone(), now));
+        self.cache_task(*id, Some(task.clone()), now);
         Ok(task)
     }
 
@@ -204,16 +218,8 @@ impl SqlStore {
             };
             // The value in the clear, or opened from its seal under an older key.
             let reseal = |column: SealedColumn, stored: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
-                if !self.keys.needs_sealing(stored) {
-                    return Ok(None);
-                }
-                let plain = if crate::sealing::is_sealed(stored) {
-                    let name = if column == SealedColumn::VerifyKey { "verify key" } else { "aggregator token" };
-                    self.keys.open(column, &tid, stored).map_err(|e| what(name, e.to_string()))?
-                } else {
-                    zeroize::Zeroizing::new(stored.to_vec())
-                };
-                Ok(Some(self.keys.seal(column, &tid, &plain)))
+                let name = if column == SealedColumn::VerifyKey { "verify key" } else { "aggregator token" };
+                self.keys.reseal(column, &tid, stored).map_err(|e| what(name, e.to_string()))
             };
             let token_digest = |text: &str| -> Result<String, StoreError> {
                 let token = AuthenticationToken::new(text).map_err(|e| what("token", format!("is malformed ({e})")))?;
@@ -226,11 +232,9 @@ impl SqlStore {
                     let sealed = URL_SAFE_NO_PAD
                         .decode(sealed)
                         .map_err(|e| what("aggregator token", format!("is not base64 ({e})")))?;
-                    reseal(SealedColumn::AggregatorToken, &sealed)?
-                        .map(|s| format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(s)))
+                    reseal(SealedColumn::AggregatorToken, &sealed)?.map(|s| sealed_text(&s))
                 }
-                (2, None) => reseal(SealedColumn::AggregatorToken, aggregator.as_bytes())?
-                    .map(|s| format!("{SEALED}{}", URL_SAFE_NO_PAD.encode(s))),
+                (2, None) => reseal(SealedColumn::AggregatorToken, aggregator.as_bytes())?.map(|s| sealed_text(&s)),
                 _ if aggregator.starts_with(DIGEST) => None,
                 _ => Some(token_digest(&aggregator)?),
             };
@@ -264,7 +268,7 @@ impl SqlStore {
             .execute(&self.pool)
             .await
             .map_err(StoreError::from)?;
-        self.tasks.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.tasks.write().unwrap_or_else(|e| e.into_inner()).known.remove(id);
         Ok(done.rows_affected() > 0)
     }
 
