@@ -126,6 +126,19 @@ pub fn router(store: Store, config: HelperConfig, admin_token: Option<Authentica
     }
 }
 
+/// Starts the garbage collector ([`store::HelperStore::collect_garbage`] every
+/// `settings.interval`, jittered) until `stop` turns true.
+pub fn spawn_garbage_collector(
+    store: Store,
+    settings: duet_server::gc::GcSettings,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let pass_settings = settings.clone();
+        duet_server::gc::run(settings, stop, || store.collect_garbage(&pass_settings)).await
+    })
+}
+
 /// The admin API alone, for a listener of its own (`--admin-listen`).
 pub fn admin_router(store: Store, config: &HelperConfig, admin_token: AuthenticationToken) -> Router {
     duet_server::http::guarded(duet_server::admin::router(store, Role::Helper, admin_token), config.max_body_bytes)

@@ -94,6 +94,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     max_queued_jobs: usize,
     #[command(flatten)]
+    gc: duet_server::gc::GcFlags,
+    #[command(flatten)]
     connection: ConnectionFlags,
     #[command(flatten)]
     service: ServiceFlags,
@@ -156,6 +158,11 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
         queue,
         default_report_expiry_seconds: args.default_report_expiry_seconds,
     };
+    let (stop_gc, stop_rx) = tokio::sync::watch::channel(false);
+    let gc = args
+        .gc
+        .settings(args.default_report_expiry_seconds)
+        .map(|settings| duet_helper::spawn_garbage_collector(store.clone(), settings, stop_rx));
     let tls = common.tls;
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("listen {}: {e}", args.listen))?;
@@ -174,7 +181,8 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
     // standard error, so that standard output holds nothing but log lines (JSON ones included).
     eprintln!("listening on {addr}");
     let served = serve(listener, app, tls, limits, shutdown_signal()).await;
-    for listener in [ops, admin].into_iter().flatten() {
+    let _ = stop_gc.send(true);
+    for listener in [ops, admin, gc].into_iter().flatten() {
         listener.abort();
     }
     served

@@ -16,6 +16,7 @@ use duet_common::hpke::{seal, HpkeApplicationInfo};
 use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
+use duet_common::time::Time;
 use duet_common::{Decode, Encode};
 use duet_server::http::{dap_response, parse_task_id, require_media_type, require_token, ErrorResponse, HttpResult};
 use duet_server::metrics;
@@ -140,6 +141,23 @@ pub async fn create(
     }
     validate_request(&task, &req)?;
     if let Query::TimeInterval(q) = &req.query {
+        // Reports older than the expiry age are refused, and the garbage collector deletes
+        // their buckets: a batch reaching back before them cannot be collected whole.
+        let now = Time::from_seconds(state.store.clock().now_seconds(), task.configuration.time_precision);
+        if let Some(oldest) = task.oldest_report_time(now, state.config.default_report_expiry_seconds) {
+            if q.batch_interval.start < oldest {
+                return Err(DapError::dap(
+                    DapProblemType::BatchInvalid,
+                    Some(task.id),
+                    format!(
+                        "the batch interval begins before the task's reports expire (the oldest kept is stamped {} s); \
+                         its reports older than that are deleted",
+                        oldest.to_seconds(task.configuration.time_precision).unwrap_or(u64::MAX)
+                    ),
+                )
+                .into());
+            }
+        }
         let overlap = state.store.batch_overlaps_collected(&task, &Batch::TimeInterval(q.batch_interval)).await?;
         if overlap {
             return Err(DapError::dap(

@@ -1,7 +1,8 @@
 //! duet-leader: the DAP-18 leader aggregator. It takes clients' reports ([`upload`]), runs
 //! aggregation jobs with the helper ([`aggregate`]), serves collection jobs to the collector
 //! ([`collect`]), and provisions tasks through the admin API. Background workers (the job
-//! creator and the two drivers) run in the same process; see [`spawn_workers`].
+//! creator, the two drivers and the garbage collector) run in the same process; see
+//! [`spawn_workers`].
 
 pub mod aggregate;
 pub mod collect;
@@ -53,6 +54,8 @@ pub struct LeaderConfig {
     pub helper_token_scheme: TokenScheme,
     /// Extra trust roots (PEM) for the helper's TLS certificate.
     pub helper_ca_pem: Option<Vec<u8>>,
+    /// The garbage collector's settings; `None`: it does not run.
+    pub gc: Option<duet_server::gc::GcSettings>,
 }
 
 impl Default for LeaderConfig {
@@ -72,6 +75,7 @@ impl Default for LeaderConfig {
             max_concurrent_collections: 8,
             helper_token_scheme: TokenScheme::Bearer,
             helper_ca_pem: None,
+            gc: None,
         }
     }
 }
@@ -224,6 +228,13 @@ pub fn spawn_workers(state: LeaderState, stop: watch::Receiver<bool>) -> JoinSet
             }
         }
     });
+    if let Some(settings) = state.config.gc.clone() {
+        let (store, rx) = (state.store.clone(), stop.clone());
+        set.spawn(async move {
+            let pass_settings = settings.clone();
+            duet_server::gc::run(settings, rx, || store.collect_garbage(&pass_settings)).await
+        });
+    }
     let (s, mut rx) = (state, stop);
     set.spawn(async move {
         // Jobs run side by side, so that one waiting on a slow helper holds up no other.

@@ -122,6 +122,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     max_concurrent_collections: usize,
     #[command(flatten)]
+    gc: duet_server::gc::GcFlags,
+    #[command(flatten)]
     connection: ConnectionFlags,
     /// Extra trust roots (PEM) for the helper's TLS certificate, besides the bundled Mozilla
     /// roots (webpki-roots).
@@ -190,6 +192,7 @@ fn leader_config(args: &Args) -> Result<LeaderConfig, String> {
         lease_seconds: args.lease_seconds,
         max_retry_delay: Duration::from_secs(args.max_retry_delay_seconds),
         helper_timeout: Duration::from_secs(args.helper_timeout_seconds),
+        gc: args.gc.settings(args.default_report_expiry_seconds),
         helper_ca_pem: match &args.helper_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| format!("helper_ca_file {}: {e}", path.display()))?),
             None => None,

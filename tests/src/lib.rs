@@ -57,6 +57,7 @@ pub struct Deployment {
     leader_args: Vec<String>,
     helper_args: Vec<String>,
     leader_db_url: String,
+    helper_db_url: String,
     _databases: Vec<PgDatabase>,
     pub http: reqwest::Client,
 }
@@ -110,7 +111,7 @@ impl Deployment {
         // Every deployment serves metrics too, so that recording them runs in every scenario.
         let mut helper_args = vec![
             "--database".into(),
-            helper_db,
+            helper_db.clone(),
             "--max-body-bytes".into(),
             "1048576".into(),
             "--metrics-listen".into(),
@@ -149,9 +150,20 @@ impl Deployment {
             leader_args,
             helper_args,
             leader_db_url: leader_db,
+            helper_db_url: helper_db,
             _databases: databases,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
         }
+    }
+
+    /// The URL of the leader's database.
+    pub fn leader_db_url(&self) -> String {
+        self.leader_db_url.clone()
+    }
+
+    /// The URL of the helper's database.
+    pub fn helper_db_url(&self) -> String {
+        self.helper_db_url.clone()
     }
 
     /// The leader's database, for checks on what it stored (queries use `$1` parameters).

@@ -79,6 +79,22 @@ fn describe() {
         "duet_upload_group_requests",
         "Upload requests stored in one transaction (SQLite, where concurrent uploads share one)."
     );
+    describe_counter!("duet_gc_deleted_rows_total", "Rows the garbage collector deleted, by table.");
+    describe_gauge!(
+        "duet_oldest_report_age_seconds",
+        Unit::Seconds,
+        "Age (by its timestamp) of the oldest report the server still holds, as of the last garbage-collection pass (0 when it holds none)."
+    );
+}
+
+/// The garbage collector deleted `rows` rows of `table`.
+pub fn gc_deleted(table: &'static str, rows: u64) {
+    counter!("duet_gc_deleted_rows_total", "table" => table).increment(rows);
+}
+
+/// The age in seconds of the oldest report the server holds.
+pub fn oldest_report_age(seconds: i64) {
+    gauge!("duet_oldest_report_age_seconds").set(seconds.max(0) as f64);
 }
 
 /// Reports the leader accepted (`accepted`) and refused, by report error.

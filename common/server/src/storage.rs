@@ -164,6 +164,17 @@ impl Task {
         Some(Time::from_units(now.units().saturating_sub(age.units())))
     }
 
+    /// The report timestamp before which the garbage collector deletes what a report left (its
+    /// row and payload, the helper's replay record, its batch bucket) at `now_seconds`: one time
+    /// unit before [`Self::oldest_report_time`], so that a replica whose clock runs ahead of
+    /// another's never deletes the record of a report that the other would still take (and so
+    /// take twice). `None` when the task's reports never expire.
+    pub fn expired_before(&self, now_seconds: u64, default: Option<u64>) -> Option<Time> {
+        let now = Time::from_seconds(now_seconds, self.configuration.time_precision);
+        let oldest = self.oldest_report_time(now, default)?;
+        Some(Time::from_units(oldest.units().saturating_sub(1)))
+    }
+
     /// The VDAF context `"dap-18" || task_id`.
     pub fn vdaf_context(&self) -> [u8; 38] {
         duet_common::vdaf::vdaf_context(&self.id)

@@ -1,9 +1,10 @@
 //! The helper's storage: the [`HelperStore`] trait, whose methods are each one transaction of one
 //! of the helper's protocol steps (a job's initialisation or continuation, a deferred step, an
 //! aggregate share's release), with the records they exchange; and its SQL implementation
-//! ([`sql`], the steps in [`steps`]). What both servers store (tasks, HPKE keys, batch buckets)
+//! ([`sql`], the steps in [`steps`], garbage collection in [`gc`]). What both servers store (tasks, HPKE keys, batch buckets)
 //! is duet-server's [`Storage`], which this trait extends.
 
+mod gc;
 mod sql;
 mod steps;
 
@@ -124,6 +125,15 @@ pub trait HelperStore: Storage {
         req: &AggregateShareReq,
     ) -> Result<ShareRelease, StoreError>;
     async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, StoreError>;
+
+    // -- helper: data lifecycle --
+
+    /// One garbage-collection pass (see [`gc`]): deletes what expired or is over, in bounded
+    /// transactions.
+    async fn collect_garbage(
+        &self,
+        settings: &duet_server::gc::GcSettings,
+    ) -> Result<duet_server::gc::GcReport, StoreError>;
 }
 
 /// The storage the helper holds.

@@ -1,7 +1,7 @@
 //! [`HelperStore`] on duet-server's [`SqlStore`]: each method runs its step's transaction (in
 //! [`super::steps`]), again when it lost a serialization race ([`SqlStore::retrying`]).
 
-use super::{steps, *};
+use super::{gc, steps, *};
 use duet_common::messages::*;
 use duet_server::sql::SqlStore;
 use std::collections::HashMap;
@@ -77,5 +77,11 @@ impl HelperStore for SqlStore {
     }
     async fn helper_delete_aggregate_share(&self, task: &Task, id: &AggregateShareId) -> Result<bool, StoreError> {
         self.retrying(|| steps::helper_delete_aggregate_share(self, task, id)).await
+    }
+    async fn collect_garbage(
+        &self,
+        settings: &duet_server::gc::GcSettings,
+    ) -> Result<duet_server::gc::GcReport, StoreError> {
+        gc::collect_garbage(self, settings).await
     }
 }

@@ -23,7 +23,7 @@ async fn commit_outcomes(
     let mut collected_cache: HashMap<BatchBucket, bool> = HashMap::new();
     // Replay protection for every report about to be aggregated, in multi-row inserts: the IDs
     // the insert returns are fresh, the others were aggregated before.
-    let mut candidates: Vec<&[u8]> = Vec::new();
+    let mut candidates: Vec<(&[u8], i64)> = Vec::new();
     let mut collected_flags = Vec::with_capacity(outcomes.len());
     for (report_id, outcome) in step.report_ids.iter().zip(&outcomes) {
         let collected = match outcome {
@@ -31,7 +31,7 @@ async fn commit_outcomes(
                 let bucket = BatchBucket::of(step.batch_id, *time);
                 let collected = SqlStore::bucket_collected_cached(tx, task, &bucket, &mut collected_cache).await?;
                 if !collected {
-                    candidates.push(report_id.as_bytes().as_slice());
+                    candidates.push((report_id.as_bytes().as_slice(), time.units() as i64));
                 }
                 collected
             }
@@ -40,15 +40,17 @@ async fn commit_outcomes(
         collected_flags.push(collected);
     }
     let mut fresh: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::with_capacity(candidates.len());
-    for chunk in s.statement_chunks(&candidates, 1) {
+    // Each record keeps its report's timestamp, so that the garbage collector deletes it once
+    // the report is too old to be taken again.
+    for chunk in s.statement_chunks(&candidates, 2) {
         let sql = format!(
-            "INSERT INTO aggregated_report_ids (report_id, task_id, job_id) VALUES {}
+            "INSERT INTO aggregated_report_ids (report_id, report_time, task_id, job_id) VALUES {}
              ON CONFLICT DO NOTHING RETURNING report_id",
-            value_rows(chunk.len(), 1, &format!("${}, ${}", chunk.len() + 1, chunk.len() + 2))
+            value_rows(chunk.len(), 2, &format!("${}, ${}", 2 * chunk.len() + 1, 2 * chunk.len() + 2))
         );
         let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
+        for (id, time) in chunk {
+            q = q.bind(*id).bind(*time);
         }
         q = q.bind(tid).bind(step.job_id.as_bytes().as_slice());
         for row in q.fetch_all(&mut **tx).await? {
@@ -169,13 +171,23 @@ pub(super) async fn helper_init_job(
     {
         return Ok(None);
     }
+    // The job's newest report: once it expired, no retried request can add to the job's
+    // batches any more, and the garbage collector may delete the job.
+    let max_report_time = step
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            HelperOutcome::Commit { time, .. } | HelperOutcome::Keep { time, .. } => Some(time.units() as i64),
+            HelperOutcome::Reject(_) => None,
+        })
+        .max();
     let resps = commit_outcomes(s, &mut tx, task, &mut step).await?;
     let continuing = resps.iter().any(|r| matches!(r.verify_resp_type, VerifyRespType::Continue { .. }))
         && has_states(&mut tx, task, &step.job_id).await?;
     let (resp, body) = answer(resps)?;
     sqlx::query(
         "INSERT INTO helper_aggregation_jobs (task_id, job_id, init_digest, step, last_request_digest, last_response,
-         batch_id, state, created_at_seconds) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8)",
+         batch_id, state, created_at_seconds, max_report_time) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9)",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(step.job_id.as_bytes().as_slice())
@@ -185,6 +197,7 @@ pub(super) async fn helper_init_job(
     .bind(step.batch_id.map(|b| b.as_bytes().to_vec()))
     .bind(if continuing { HelperJobState::Active } else { HelperJobState::Finished }.db())
     .bind(s.now_seconds())
+    .bind(max_report_time)
     .execute(&mut *tx)
     .await?;
     // Done: a poll finds the answer now, not the deferral.
@@ -311,15 +324,22 @@ pub(super) async fn helper_release_aggregate_share(
     let values = SqlStore::batch_values(&mut tx, task, batch).await?;
     let response = crate::collect::build_share(task, req, values.as_ref())?;
     SqlStore::mark_collected(&mut tx, task, batch, s.now_seconds()).await?;
+    // The newest report the share may hold, after which the garbage collector may delete it.
+    let batch_max_time = match batch {
+        Batch::TimeInterval(interval) => interval.end().map(|end| end.units() as i64 - 1),
+        Batch::LeaderSelected(_) => values.as_ref().map(|v| v.max_time.units() as i64),
+    };
     sqlx::query(
-        "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds)
-         VALUES ($1, $2, $3, $4, 'finished', $5)",
+        "INSERT INTO helper_aggregate_shares (task_id, share_id, request_digest, response, state, created_at_seconds,
+           batch_max_time)
+         VALUES ($1, $2, $3, $4, 'finished', $5, $6)",
     )
     .bind(task.id.as_bytes().as_slice())
     .bind(id.as_bytes().as_slice())
     .bind(digest.as_slice())
     .bind(&response)
     .bind(s.now_seconds())
+    .bind(batch_max_time)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

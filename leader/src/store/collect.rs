@@ -132,11 +132,13 @@ pub(super) async fn insert_collection_job(
 }
 
 /// The epsilon a task has spent: every collection that released a result or may still do so
-/// (a job deleted or failed before its batch was committed gives its reservation back).
+/// (a job deleted or failed before its batch was committed gives its reservation back), and
+/// what the collections the garbage collector deleted had spent.
 async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, StoreError> {
     let row = sqlx::query(
-        "SELECT COALESCE(SUM(epsilon), 0.0) FROM collection_jobs
-         WHERE task_id = $1 AND (batch_committed = 1 OR state = 'pending')",
+        "SELECT COALESCE((SELECT SUM(epsilon) FROM collection_jobs
+                          WHERE task_id = $1 AND (batch_committed = 1 OR state = 'pending')), 0.0)
+              + COALESCE((SELECT epsilon FROM leader_spent_budgets WHERE task_id = $1), 0.0)",
     )
     .bind(task.id.as_bytes().as_slice())
     .fetch_one(&mut **tx)

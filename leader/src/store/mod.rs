@@ -2,7 +2,7 @@
 //! of the leader's protocol steps (an upload, a job's creation, a committed aggregation step, a
 //! batch's collection, ...), with the records they exchange; and its SQL implementation
 //! ([`sql`]), with the steps in [`reports`] (upload, job creation and commitment), [`leases`] (a
-//! job's life between them) and [`collect`] (collection jobs). What both servers store (tasks,
+//! job's life between them) and [`collect`] (collection jobs), and garbage collection ([`gc`]). What both servers store (tasks,
 //! HPKE keys, batch buckets) is duet-server's [`Storage`], which this trait extends.
 //!
 //! Aggregation and collection jobs carry typed states ([`LeaderJobState`],
@@ -13,6 +13,7 @@
 //! literal, never for a bound parameter.
 
 mod collect;
+mod gc;
 mod leases;
 mod reports;
 mod sql;
@@ -328,6 +329,15 @@ pub trait LeaderStore: Storage {
         id: &CollectionJobId,
         outcome: Result<Vec<u8>, JobFailure>,
     ) -> Result<(), StoreError>;
+
+    // -- leader: data lifecycle --
+
+    /// One garbage-collection pass (see [`gc`]): deletes what expired or is over, in bounded
+    /// transactions.
+    async fn collect_garbage(
+        &self,
+        settings: &duet_server::gc::GcSettings,
+    ) -> Result<duet_server::gc::GcReport, StoreError>;
 }
 
 /// The storage the leader holds.

@@ -2,7 +2,7 @@
 //! [`super::reports`], [`super::leases`] and [`super::collect`]), again when it lost a
 //! serialization race ([`SqlStore::retrying`]).
 
-use super::{collect, leases, reports, *};
+use super::{collect, gc, leases, reports, *};
 use duet_common::messages::*;
 use duet_server::sql::{Backend, SqlStore};
 use sqlx::Row;
@@ -161,5 +161,11 @@ impl LeaderStore for SqlStore {
         outcome: Result<Vec<u8>, JobFailure>,
     ) -> Result<(), StoreError> {
         self.retrying(|| collect::end_collection_job(self, task, id, outcome.clone())).await
+    }
+    async fn collect_garbage(
+        &self,
+        settings: &duet_server::gc::GcSettings,
+    ) -> Result<duet_server::gc::GcReport, StoreError> {
+        gc::collect_garbage(self, settings).await
     }
 }

@@ -14,6 +14,7 @@ mod flood;
 mod hardening;
 mod interop;
 mod layout;
+mod lifecycle;
 mod limits;
 mod migrations;
 mod operations;

@@ -7,13 +7,16 @@
 //! (connections, transactions, migrations, statement sizes, SQLite's write-ahead log) and the
 //! helpers the steps build statements with; [`Storage`] is implemented in `store.rs`, on
 //! what both roles store: tasks (`tasks.rs`), HPKE keys (`keys.rs`) and batch buckets
-//! (`buckets.rs`). The leader's steps are in duet-leader (`leader/src/store/`), the helper's in
+//! (`buckets.rs`), and the garbage collection both roles share (`gc.rs`). The leader's steps are in duet-leader (`leader/src/store/`), the helper's in
 //! duet-helper (`helper/src/store/`), each behind its role's own store trait on [`SqlStore`].
 
 mod buckets;
+mod gc;
 mod keys;
 mod store;
 mod tasks;
+
+pub use gc::Param;
 
 use super::storage::*;
 use crate::sealing::DatabaseKeys;
@@ -94,6 +97,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../../../migrations/sqlite/0010_leader_continuation.sql")),
     (11, include_str!("../../../../migrations/sqlite/0011_report_expiry_age.sql")),
     (12, include_str!("../../../../migrations/sqlite/0012_reports_arrival_order.sql")),
+    (13, include_str!("../../../../migrations/sqlite/0013_data_lifecycle.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -110,6 +114,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../../../migrations/postgres/0010_leader_continuation.sql")),
     (11, include_str!("../../../../migrations/postgres/0011_report_expiry_age.sql")),
     (12, include_str!("../../../../migrations/postgres/0012_reports_arrival_order.sql")),
+    (13, include_str!("../../../../migrations/postgres/0013_data_lifecycle.sql")),
 ];
 
 pub fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -362,6 +367,10 @@ impl SqlStore {
                         // The page size only takes on a new database (before its first
                         // table); an existing one keeps its own.
                         conn.execute(format!("PRAGMA page_size = {SQLITE_PAGE_SIZE}").as_str()).await?;
+                        // So does the vacuum mode: a new file gives the pages of deleted rows
+                        // back in steps ([`SqlStore::reclaim_space`]); an older one is converted
+                        // at start-up ([`SqlStore::use_incremental_vacuum`]).
+                        conn.execute("PRAGMA auto_vacuum = INCREMENTAL").await?;
                         // WAL with NORMAL sync survives process crashes (only power loss can
                         // lose the last transactions); writers wait for each other.
                         conn.execute(
@@ -402,6 +411,7 @@ impl SqlStore {
     pub async fn open(url: &str, keys: Arc<DatabaseKeys>) -> Result<Self, StoreError> {
         let store = Self::connect(url, keys).await?;
         store.migrate().await?;
+        store.use_incremental_vacuum().await?;
         store.seal_stored_secrets().await?;
         Ok(store)
     }

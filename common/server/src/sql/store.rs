@@ -16,7 +16,7 @@ impl Storage for SqlStore {
         &self.clock
     }
     async fn put_task(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, StoreError> {
-        self.retrying(|| self.put_task_inner(role, req)).await
+        self.put_task_afresh(role, req).await
     }
     async fn task(&self, id: &TaskId) -> Result<Arc<Task>, StoreError> {
         self.retrying(|| self.task_inner(id)).await

@@ -57,6 +57,10 @@ impl SqlStore {
                 )));
             }
         } else {
+            sqlx::query("DELETE FROM deleted_tasks WHERE task_id = $1")
+                .bind(task.id.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await?;
             let (verify_key, aggregator_token, collector_token) = self.sealed_secrets(&task);
             sqlx::query(
                 "INSERT INTO tasks (task_id, role, parameters, vdaf_verify_key, aggregator_auth_token,
@@ -262,14 +266,44 @@ impl SqlStore {
         Ok(changed)
     }
 
+    /// Deletes a task and remembers its ID, so that the garbage collector deletes every row it
+    /// left ([`SqlStore::purge_deleted_tasks`]).
     pub(super) async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query("DELETE FROM tasks WHERE task_id = $1")
             .bind(id.as_bytes().as_slice())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
+        if done.rows_affected() > 0 {
+            sqlx::query(
+                "INSERT INTO deleted_tasks (task_id, deleted_at_seconds) VALUES ($1, $2)
+                 ON CONFLICT (task_id) DO UPDATE SET deleted_at_seconds = excluded.deleted_at_seconds",
+            )
+            .bind(id.as_bytes().as_slice())
+            .bind(self.now_seconds())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         self.tasks.write().unwrap_or_else(|e| e.into_inner()).known.remove(id);
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Provisions a task after deleting what an earlier task under its ID left, if one was
+    /// deleted and the garbage collector has not got to it yet: the new task starts empty.
+    pub(super) async fn put_task_afresh(
+        &self,
+        role: Role,
+        req: &AggregatorTaskRequest,
+    ) -> Result<Arc<Task>, StoreError> {
+        let id = req.parameters.task_id;
+        if self.is_deleted_task(&id).await? {
+            let mut report = crate::gc::GcReport::default();
+            let rows = self.purge_task_rows(&id, crate::gc::DEFAULT_BATCH_ROWS, &mut report).await?;
+            tracing::info!(task_id = %id, rows, "deleted what a deleted task left before provisioning it anew");
+        }
+        self.retrying(|| self.put_task_inner(role, req)).await
     }
 
     pub(super) async fn task_ids_inner(&self) -> Result<Vec<TaskId>, StoreError> {
