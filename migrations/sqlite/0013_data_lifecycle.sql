@@ -1,8 +1,12 @@
 -- Data lifecycle: what the garbage collector needs to delete old rows without scanning tables.
--- Both roles: a deleted task's ID, until the collector has deleted every row it left. Tasks
--- deleted before this version left their rows behind: their IDs are listed here now.
+-- Both roles: a deleted task's ID, until the collector has deleted every row it left (after the
+-- grace period, within which provisioning the identical task again restores it, rows and all:
+-- `fingerprint` is the SHA-256 of what provisioned it). Tasks deleted before this version left
+-- their rows behind: their IDs are listed here now, without a fingerprint (a task provisioned
+-- under such an ID within the grace period keeps the rows, as it did before this version).
 CREATE TABLE deleted_tasks (
     task_id BLOB PRIMARY KEY,
+    fingerprint BLOB,
     deleted_at_seconds INTEGER NOT NULL
 );
 INSERT INTO deleted_tasks (task_id, deleted_at_seconds)

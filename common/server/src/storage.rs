@@ -156,6 +156,27 @@ impl Task {
             && self.report_expiry_age == other.report_expiry_age
     }
 
+    /// A digest of everything that provisioned the task (parameters, role, every secret as the
+    /// role keeps it): equal for [`Self::same_as`] tasks, so that a deleted task provisioned
+    /// again identically is recognised without keeping its secrets.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(&[self.role as u8]);
+        field(serde_json::to_string(&self.parameters).unwrap_or_default().as_bytes());
+        field(self.verify_key.as_bytes());
+        field(self.aggregator_token.hash().as_bytes());
+        field(self.collector_token.as_ref().map_or(&[][..], |t| t.as_bytes()));
+        field(&self.collector_hpke_config.get_encoded().unwrap_or_default());
+        field(&self.max_batch_size.map_or([0xff; 8], u64::to_be_bytes));
+        field(&self.report_expiry_age.map_or([0xff; 8], u64::to_be_bytes));
+        h.finalize().into()
+    }
+
     /// The oldest report time taken at `now`: `report_expiry_age` (or the server's `default`)
     /// before it, if there is one.
     pub fn oldest_report_time(&self, now: Time, default: Option<u64>) -> Option<Time> {

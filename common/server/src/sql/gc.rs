@@ -120,22 +120,35 @@ impl SqlStore {
         Ok(total)
     }
 
-    /// Whether a task deleted under `id` still has its rows in the database.
-    pub(super) async fn is_deleted_task(&self, id: &TaskId) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM deleted_tasks WHERE task_id = $1")
+    /// If a task deleted under `id` may still have rows in the database: the fingerprint it had
+    /// (`None` inside when unknown).
+    pub(super) async fn deleted_task_fingerprint(&self, id: &TaskId) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        Ok(sqlx::query("SELECT fingerprint FROM deleted_tasks WHERE task_id = $1")
             .bind(id.as_bytes().as_slice())
             .fetch_optional(&self.pool)
             .await?
-            .is_some())
+            .map(|r| r.get::<Option<Vec<u8>>, _>(0)))
     }
 
-    /// Deletes the rows of deleted tasks; a task's ID is forgotten once a pass found none of its
-    /// rows left after [`TOMBSTONE_SECONDS`].
+    /// Deletes the rows of tasks deleted more than the grace period ago (within it, provisioning
+    /// the identical task again restores it); a task's ID is forgotten once a pass found none of
+    /// its rows left, and [`TOMBSTONE_SECONDS`] at least have passed.
     pub async fn purge_deleted_tasks(&self, settings: &GcSettings, report: &mut GcReport) -> Result<(), StoreError> {
-        let rows = sqlx::query("SELECT task_id, deleted_at_seconds FROM deleted_tasks").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT task_id, deleted_at_seconds FROM deleted_tasks WHERE deleted_at_seconds < $1")
+            .bind(self.now_seconds() - settings.grace_seconds)
+            .fetch_all(&self.pool)
+            .await?;
         for row in rows {
             let Ok(id) = TaskId::try_from(row.get::<Vec<u8>, _>(0).as_slice()) else { continue };
             let deleted_at: i64 = row.get(1);
+            // Provisioned again meanwhile (restored): its rows are the live task's.
+            let live = sqlx::query("SELECT 1 FROM tasks WHERE task_id = $1")
+                .bind(id.as_bytes().as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
+            if live.is_some() {
+                continue;
+            }
             let purged = self.purge_task_rows(&id, settings.batch_rows, report).await?;
             if purged == 0 && self.now_seconds() - deleted_at > TOMBSTONE_SECONDS {
                 sqlx::query("DELETE FROM deleted_tasks WHERE task_id = $1 AND deleted_at_seconds = $2")
@@ -176,7 +189,7 @@ impl SqlStore {
                 _ => false,
             };
             if ended {
-                if self.delete_task_inner(&id).await? {
+                if self.retrying(|| self.delete_task_inner(&id)).await? {
                     tracing::info!(task_id = %id, "deleted a task whose interval ended more than its expiry age ago");
                     report.tasks_ended += 1;
                 }

@@ -266,10 +266,19 @@ impl SqlStore {
         Ok(changed)
     }
 
-    /// Deletes a task and remembers its ID, so that the garbage collector deletes every row it
-    /// left ([`SqlStore::purge_deleted_tasks`]).
+    /// Deletes a task and remembers its ID (and its fingerprint), so that the garbage collector
+    /// deletes every row it left once the grace period has passed
+    /// ([`SqlStore::purge_deleted_tasks`]); until then, provisioning the identical task again
+    /// restores it.
     pub(super) async fn delete_task_inner(&self, id: &TaskId) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"))
+            .bind(id.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await?;
+        // A task whose secrets no configured key opens is deleted all the same, just not
+        // restorable.
+        let fingerprint = row.as_ref().and_then(|r| self.task_of_row(id, r).ok()).map(|t| t.fingerprint().to_vec());
         let done = sqlx::query("DELETE FROM tasks WHERE task_id = $1")
             .bind(id.as_bytes().as_slice())
             .execute(&mut *tx)
@@ -277,10 +286,12 @@ impl SqlStore {
             .map_err(StoreError::from)?;
         if done.rows_affected() > 0 {
             sqlx::query(
-                "INSERT INTO deleted_tasks (task_id, deleted_at_seconds) VALUES ($1, $2)
-                 ON CONFLICT (task_id) DO UPDATE SET deleted_at_seconds = excluded.deleted_at_seconds",
+                "INSERT INTO deleted_tasks (task_id, fingerprint, deleted_at_seconds) VALUES ($1, $2, $3)
+                 ON CONFLICT (task_id) DO UPDATE SET fingerprint = excluded.fingerprint,
+                   deleted_at_seconds = excluded.deleted_at_seconds",
             )
             .bind(id.as_bytes().as_slice())
+            .bind(fingerprint)
             .bind(self.now_seconds())
             .execute(&mut *tx)
             .await?;
@@ -290,18 +301,28 @@ impl SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Provisions a task after deleting what an earlier task under its ID left, if one was
-    /// deleted and the garbage collector has not got to it yet: the new task starts empty.
+    /// Provisions a task. Under the ID of a task deleted whose rows the garbage collector has
+    /// not deleted yet: the identical task is restored with its rows (an accidental deletion
+    /// undone); any other starts empty, what the deleted one left deleted first. (Rows left by
+    /// a task deleted before schema 13, whose fingerprint is unknown, are kept.)
     pub(super) async fn put_task_afresh(
         &self,
         role: Role,
         req: &AggregatorTaskRequest,
     ) -> Result<Arc<Task>, StoreError> {
         let id = req.parameters.task_id;
-        if self.is_deleted_task(&id).await? {
-            let mut report = crate::gc::GcReport::default();
-            let rows = self.purge_task_rows(&id, crate::gc::DEFAULT_BATCH_ROWS, &mut report).await?;
-            tracing::info!(task_id = %id, rows, "deleted what a deleted task left before provisioning it anew");
+        if let Some(fingerprint) = self.deleted_task_fingerprint(&id).await? {
+            // Without a fingerprint (a task deleted before schema 13, or whose secrets did not
+            // open), the rows are kept, as they always were.
+            let same = fingerprint
+                .is_none_or(|f| Task::from_request(role, req).is_ok_and(|t| f.as_slice() == &t.fingerprint()[..]));
+            if same {
+                tracing::info!(task_id = %id, "a deleted task provisioned again identically: restored with its data");
+            } else {
+                let mut report = crate::gc::GcReport::default();
+                let rows = self.purge_task_rows(&id, crate::gc::DEFAULT_BATCH_ROWS, &mut report).await?;
+                tracing::info!(task_id = %id, rows, "deleted what a deleted task left before provisioning it anew");
+            }
         }
         self.retrying(|| self.put_task_inner(role, req)).await
     }

@@ -8,8 +8,10 @@ use duet_tests::{ops_get, past_hour, Deployment, LeaderOptions};
 
 const GC_EVERY_SECOND: [&str; 2] = ["--gc-interval-seconds", "1"];
 
+/// Both servers collect garbage every second; deleted tasks' rows go two seconds after their
+/// deletion (the grace period within which provisioning the identical task restores it).
 fn gc_options(postgres: bool) -> LeaderOptions {
-    let gc: Vec<String> = GC_EVERY_SECOND.iter().map(|s| s.to_string()).collect();
+    let gc: Vec<String> = GC_EVERY_SECOND.iter().chain(&["--gc-grace-seconds", "2"]).map(|s| s.to_string()).collect();
     LeaderOptions { postgres, leader_args: gc.clone(), helper_args: gc, ..LeaderOptions::default() }
 }
 
@@ -85,8 +87,9 @@ async fn a_tasks_rows_go_once_its_reports_expire(postgres: bool) {
     let kept = Client::new(keeping.credentials.task.clone(), d.http.clone()).unwrap();
     let items: Vec<(Measurement, u64)> = (0..10).map(|_| (Measurement::Count(true), past_hour())).collect();
     assert_eq!(kept.upload(&items).await.unwrap().accepted, 10);
-    let collector = Collector::new(&expiring.credentials, d.http.clone()).unwrap();
-    let result = collector.collect(collector.query(Some((now - now % 2, 2))).unwrap(), Duration::from_secs(60)).await;
+    let expiring_collector = Collector::new(&expiring.credentials, d.http.clone()).unwrap();
+    let expired_query = expiring_collector.query(Some((now - now % 2, 2))).unwrap();
+    let result = expiring_collector.collect(expired_query, Duration::from_secs(60)).await;
     let result = result.unwrap();
     assert_eq!((result.report_count, result.result), (6, AggregateResult::Scalar(3)));
     let collector = Collector::new(&keeping.credentials, d.http.clone()).unwrap();
@@ -105,6 +108,9 @@ async fn a_tasks_rows_go_once_its_reports_expire(postgres: bool) {
     );
     assert!(leader_left.iter().all(|n| *n == 0), "leader rows left {LEADER_TABLES:?}: {leader_left:?}");
     assert!(helper_left.iter().all(|n| *n == 0), "helper rows left {HELPER_TABLES:?}: {helper_left:?}");
+    // The expired batch cannot be collected again: its reports are gone.
+    let err = expiring_collector.start(expired_query).await.unwrap_err();
+    assert_eq!(err.dap_problem(), Some(duet_common::problem::DapProblemType::BatchInvalid), "{err}");
     // The task itself stays provisioned; the task without an expiry keeps its reports.
     assert_eq!(task_rows(&leader_db, &["tasks"], &id).await, [1]);
     let keeping_id = keeping.leader_request.parameters.task_id;
@@ -203,4 +209,68 @@ async fn deleting_a_task_during_its_collection_corrupts_nothing_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_task_during_its_collection_corrupts_nothing_on_postgres() {
     deleting_a_task_during_its_collection_corrupts_nothing(true).await
+}
+
+/// The privacy budget a collection spent stays spent once the garbage collector has deleted the
+/// collection job (its result expired): the next collection counts it, and the one past the
+/// budget is refused.
+async fn the_budget_a_deleted_collection_spent_stays_spent(postgres: bool) {
+    use duet_common::dp::{DpConfig, DpMechanism};
+    let d = Deployment::start(gc_options(postgres)).await;
+    let mut params = duet_tests::count_task("budget", d.leader.url(), d.helper.url());
+    params.vdaf = VdafConfig::Prio3Histogram { length: 3, chunk_length: 1 };
+    params.time_precision = 2;
+    params.min_batch_size = 5;
+    params.dp = Some(DpConfig {
+        mechanism: DpMechanism::DiscreteLaplace,
+        epsilon: "1".into(),
+        budget_epsilon: Some("2".into()),
+    });
+    let mut task = NewTask::generate(params, None);
+    task.leader_request.report_expiry_age = Some(4);
+    task.helper_request.report_expiry_age = Some(4);
+    provision(&d, &task).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let leader_db = open_db(&d.leader_db_url()).await;
+    let id = task.leader_request.parameters.task_id;
+    let mut spent = Vec::new();
+    for round in 0..3 {
+        // Each round in a time unit of its own: a collected unit takes no more reports.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = duet_common::clock::Clock::now_seconds(&duet_common::clock::SystemClock);
+        let items: Vec<(Measurement, u64)> = (0..5).map(|i| (Measurement::Histogram(i % 3), now)).collect();
+        let outcome = client.upload(&items).await.unwrap();
+        assert_eq!(outcome.accepted, 5, "round {round}: {:?}", outcome.rejected);
+        let query = collector.query(Some((now - now % 2, 2))).unwrap();
+        match collector.collect(query, Duration::from_secs(60)).await {
+            Ok(result) => {
+                assert_eq!(result.report_count, 5);
+                spent.push(result.guarantee.budget.expect("a budget").spent);
+            }
+            Err(e) => {
+                assert_eq!(round, 2, "only the third collection is refused: {e}");
+                assert_eq!(e.status(), Some(403), "{e}");
+                let problem = e.problem().map(|p| p.type_uri.clone()).unwrap_or_default();
+                assert_eq!(problem, "urn:duet:params:error:privacyBudgetExhausted", "{e}");
+            }
+        }
+        if round == 0 {
+            // The first collection's job goes once its reports expired.
+            let left = wait_until_empty(&leader_db, &["collection_jobs"], &id, 60).await;
+            assert_eq!(left, [0], "the finished collection job was deleted");
+        }
+    }
+    assert_eq!(spent, [1.0, 2.0], "the deleted job's epsilon is still counted");
+    leader_db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_budget_a_deleted_collection_spent_stays_spent_on_sqlite() {
+    the_budget_a_deleted_collection_spent_stays_spent(false).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_budget_a_deleted_collection_spent_stays_spent_on_postgres() {
+    the_budget_a_deleted_collection_spent_stays_spent(true).await
 }

@@ -18,6 +18,7 @@ use duet_tests::PgDatabase;
 use std::sync::Arc;
 
 mod helper;
+mod lifecycle;
 mod timing;
 
 /// What keeps a test database alive: a SQLite file's folder or a PostgreSQL database.
