@@ -348,7 +348,8 @@ pub struct CreateArgs {
     /// Leader-selected batches are filled up to this size (default: min-batch-size).
     #[arg(long)]
     pub max_batch_size: Option<u64>,
-    /// Seconds after which a report is too old to take: both aggregators drop older reports
+    /// Seconds after which a report is too old to take: both aggregators drop older reports,
+    /// and their garbage collectors delete what such reports left, batch results included
     /// (at least --time-precision; default: each server's own default, if it has one).
     #[arg(long)]
     pub report_expiry_age: Option<u64>,

@@ -2,7 +2,8 @@
 //! report payloads had a table of their own (version 6) is opened by the current servers, and
 //! every report it held keeps its state, its bytes and its place in the replay check; and the
 //! secrets a database written before sealing holds in the clear are sealed (or digested) when
-//! a server opens it, then open as they were, and are sealed again when the key rotates.
+//! a server opens it, then open as they were, and are sealed again when the key rotates. A
+//! SQLite file written without auto-vacuum is converted to incremental auto-vacuum.
 
 use duet_common::messages::*;
 use duet_common::Encode;
@@ -69,8 +70,15 @@ async fn reports_stored_before_payloads_had_their_own_table_survive_the_migratio
         let pending: Vec<Report> = (0..5).map(|i| stub_report(1000, 40 + 300 * i)).collect();
         let settled: Vec<Report> = (0..3).map(|_| stub_report(1000, 40)).collect();
         version_6_database(backend, url, &task_id, &pending, &settled).await;
+        if backend == Backend::Sqlite {
+            assert_eq!(count_rows(url, "PRAGMA auto_vacuum").await, 0, "written without auto-vacuum");
+        }
 
         let store = open(url, duet_tests::database_keys()).await.unwrap();
+        if backend == Backend::Sqlite {
+            // Converted on opening: the pages of deleted rows go back to the file system.
+            assert_eq!(count_rows(url, "PRAGMA auto_vacuum").await, 2, "incremental auto-vacuum");
+        }
         let newest = backend.migrations().last().unwrap().0;
         assert_eq!(count_rows(url, "SELECT MAX(version) FROM duet_migrations").await, newest, "{backend:?}");
         let task = store.put_task(Role::Leader, &request).await.unwrap();
