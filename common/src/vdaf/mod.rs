@@ -131,6 +131,42 @@ impl AggregateShare {
     }
 }
 
+impl AggregateShare {
+    /// Adds an independent sample of `noise` to every entry, drawing from `rng`
+    /// ([`crate::dp::noise`]).
+    pub fn add_noise_with<R: rand_0_10::Rng + ?Sized>(
+        &mut self,
+        noise: &crate::dp::noise::NoiseDistribution,
+        rng: &mut R,
+    ) -> Result<(), VdafFailure> {
+        match self {
+            AggregateShare::F64(a) => {
+                let mut entries = a.as_ref().to_vec();
+                crate::dp::noise::add_noise(&mut entries, noise, rng);
+                *a = PrioAggregateShare::from(entries);
+            }
+            AggregateShare::F128(a) => {
+                let mut entries = a.as_ref().to_vec();
+                crate::dp::noise::add_noise(&mut entries, noise, rng);
+                *a = PrioAggregateShare::from(entries);
+            }
+            #[cfg(feature = "test-vdaf")]
+            AggregateShare::Dummy(_) => return Err(VdafFailure::BadConfig("no noise for the dummy VDAF".into())),
+        }
+        Ok(())
+    }
+
+    /// The entries read as signed integers (values past half the modulus are negative).
+    pub fn signed_entries(&self) -> Vec<i128> {
+        match self {
+            AggregateShare::F64(a) => a.as_ref().iter().map(|x| crate::dp::noise::signed(*x)).collect(),
+            AggregateShare::F128(a) => a.as_ref().iter().map(|x| crate::dp::noise::signed(*x)).collect(),
+            #[cfg(feature = "test-vdaf")]
+            AggregateShare::Dummy(_) => Vec::new(),
+        }
+    }
+}
+
 /// Conversions between prio's typed values and the field-level enums above.
 trait FieldWrap: FieldElement + Sized {
     fn wrap_out(o: PrioOutputShare<Self>) -> OutputShare;
