@@ -188,9 +188,11 @@ pub(super) async fn acquire_collection_jobs(
 ) -> Result<Vec<LeasedCollectionJob>, StoreError> {
     let now = s.now_seconds();
     let mut tx = s.begin_claiming().await?;
+    // As aggregation jobs: a deleted task's wait for the garbage collector.
     let sql = format!(
-        "SELECT task_id, collection_job_id, attempts FROM collection_jobs
+        "SELECT task_id, collection_job_id, attempts FROM collection_jobs c
          WHERE state = 'pending' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
+           AND EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = c.task_id)
          ORDER BY created_at_seconds LIMIT $3{}",
         s.skip_locked()
     );

@@ -13,11 +13,14 @@ use sqlx::Row;
 /// died) is runnable again.
 pub(super) async fn acquire_jobs(s: &SqlStore, limit: usize, lease_seconds: i64) -> Result<Vec<LeasedJob>, StoreError> {
     let now = s.now_seconds();
-    // Replicas lease disjoint jobs: rows another replica is leasing right now are skipped.
+    // Replicas lease disjoint jobs: rows another replica is leasing right now are skipped. The
+    // jobs of a deleted task wait, untouched, for the garbage collector (or for the task to be
+    // provisioned again).
     let mut tx = s.begin_claiming().await?;
     let sql = format!(
-        "SELECT task_id, job_id, batch_id, step, attempts, helper_job_url FROM leader_aggregation_jobs
+        "SELECT task_id, job_id, batch_id, step, attempts, helper_job_url FROM leader_aggregation_jobs j
          WHERE state = 'active' AND next_attempt_seconds <= $1 AND lease_expiry_seconds <= $2
+           AND EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = j.task_id)
          ORDER BY created_at_seconds, job_id LIMIT $3{}",
         s.skip_locked()
     );
