@@ -3,6 +3,7 @@
 //! result stays ε-DP while either aggregator is honest), and the per-task budget the leader
 //! spends one collection at a time.
 
+pub mod accounting;
 pub mod noise;
 
 use crate::vdaf::VdafConfig;
