@@ -20,8 +20,8 @@ INSERT INTO deleted_tasks (task_id, deleted_at_seconds)
 -- Leader: reports by timestamp, so that expired ones are found without a scan. Timestamps mostly
 -- grow as reports arrive, so the index is written at its end (unlike the random report IDs).
 -- With the helper's index below, the price in alternating `duet bench` runs of 50,000 Count
--- reports on SQLite: uploads about 10% slower (127,000 against 142,000/s, means of five),
--- aggregation about 7% (8,700 against 9,340/s); on PostgreSQL no difference beyond the noise.
+-- reports on SQLite: uploads about 11% slower (127,000 against 143,400/s, means of five),
+-- aggregation about 8% (8,560 against 9,340/s); on PostgreSQL no difference beyond the noise.
 CREATE INDEX client_reports_time ON client_reports (task_id, report_time);
 -- Leader: the privacy budget that deleted collection jobs spent, so that deleting them gives
 -- none of it back.

@@ -52,7 +52,13 @@ async fn collect_task(
         }
         delete_expired_reports(s, task, cutoff, limit, report).await?;
     }
-    settle_old_jobs(s, task, now - settings.grace_seconds, limit, report).await?;
+    // A job with no report left after the expiry age lost them to expiry; before it (reports
+    // that went back to the pool from an abandoned job), it waits for the grace period.
+    let expired_jobs_before = task
+        .report_expiry_age
+        .or(settings.default_report_expiry_seconds)
+        .map_or(i64::MIN, |age| now.saturating_sub(age.min(i64::MAX as u64) as i64));
+    settle_old_jobs(s, task, now - settings.grace_seconds, expired_jobs_before, limit, report).await?;
     let Some(cutoff) = cutoff else { return Ok(()) };
     let protected = collections_in_progress(s, task).await?;
     s.delete_expired_buckets(task, cutoff, &protected, limit, report).await?;
@@ -132,14 +138,15 @@ async fn delete_expired_reports(
     }
 }
 
-/// Deletes the task's finished and abandoned jobs created before `before`, or whose reports are
-/// all gone (expired), a job per transaction: its reports first settled (`in_job` becomes
-/// `aggregated` for a finished job, `failed` for an abandoned one, and no report names the job
-/// any more).
+/// Deletes the task's finished and abandoned jobs created before `before`, or before
+/// `expired_before` with none of their reports left (expired), a job per transaction: its
+/// reports first settled (`in_job` becomes `aggregated` for a finished job, `failed` for an
+/// abandoned one, and no report names the job any more).
 async fn settle_old_jobs(
     s: &SqlStore,
     task: &Task,
     before: i64,
+    expired_before: i64,
     limit: usize,
     report: &mut GcReport,
 ) -> Result<(), StoreError> {
@@ -147,11 +154,13 @@ async fn settle_old_jobs(
     let jobs = sqlx::query(&format!(
         "SELECT j.job_id, j.state FROM leader_aggregation_jobs j
          WHERE j.task_id = $1 AND j.state != 'active' AND (j.created_at_seconds < $2
-           OR NOT EXISTS (SELECT 1 FROM client_reports r WHERE r.task_id = j.task_id AND r.job_id = j.job_id))
+           OR (j.created_at_seconds < $3
+               AND NOT EXISTS (SELECT 1 FROM client_reports r WHERE r.task_id = j.task_id AND r.job_id = j.job_id)))
          LIMIT {limit}"
     ))
     .bind(tid)
     .bind(before)
+    .bind(expired_before)
     .fetch_all(s.pool())
     .await?;
     for job in jobs {

@@ -172,3 +172,27 @@ async fn deleted_tasks_are_restored_within_the_grace_period_and_purged_after() {
         assert_eq!(rows(&keep, "deleted_tasks", &new).await, 0, "{name}: then forgotten");
     }
 }
+
+/// A job abandoned with its reports back in the pool has no report left, yet stays for the
+/// grace period (its error is what the operator reads); only expiry makes an emptied job go
+/// early.
+#[tokio::test]
+async fn an_abandoned_job_stays_for_the_grace_period() {
+    for (name, _, keep) in backends().await {
+        let (store, clock) = on_clock(&keep).await;
+        let task = store.put_task(Role::Leader, &task_request(BatchMode::TimeInterval, 3, None, true)).await.unwrap();
+        let reports: Vec<Report> = (0..3).map(|_| report(now_units(&clock))).collect();
+        duet_tests::put_reports(&*store, &task, &reports).await.unwrap();
+        store.create_aggregation_jobs(&task, &sizes(100)).await.unwrap();
+        let job = store.acquire_aggregation_jobs(1, 60).await.unwrap().remove(0);
+        let back = AbandonedReports::BackToPool { max_hold_seconds: 1 };
+        store.abandon_aggregation_job(&task, &job, "the helper refused it", back).await.unwrap();
+        let pass = LeaderStore::collect_garbage(&*store, &settings()).await.unwrap();
+        assert_eq!(pass.total(), 0, "{name}: {pass:?}");
+        assert_eq!(rows(&keep, "leader_aggregation_jobs", &task).await, 1, "{name}");
+        clock.advance(3601);
+        let pass = LeaderStore::collect_garbage(&*store, &settings()).await.unwrap();
+        assert_eq!(pass.deleted.get("leader_aggregation_jobs"), Some(&1), "{name}: after the grace period");
+        assert_eq!(rows(&keep, "client_reports", &task).await, 3, "{name}: its reports wait in the pool");
+    }
+}
