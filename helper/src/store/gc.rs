@@ -19,16 +19,11 @@ use duet_server::sql::{Param, SqlStore};
 
 /// One pass over every task (and the rows of deleted ones).
 pub(super) async fn collect_garbage(s: &SqlStore, settings: &GcSettings) -> Result<GcReport, StoreError> {
-    let mut report = GcReport::default();
-    s.purge_deleted_tasks(settings, &mut report).await?;
-    let tasks = s.tasks_after_ending_old_ones(Role::Helper, settings, &mut report).await?;
+    let (mut report, tasks) = s.gc_start(Role::Helper, settings).await?;
     for task in &tasks {
         collect_task(s, task, settings, &mut report).await?;
     }
-    report.oldest_report_age_seconds =
-        s.oldest_report_age(&tasks, "SELECT MIN(report_time) FROM aggregated_report_ids WHERE task_id = $1").await?;
-    s.reclaim_space(&report).await;
-    Ok(report)
+    s.gc_finish(report, &tasks, "SELECT MIN(report_time) FROM aggregated_report_ids WHERE task_id = $1").await
 }
 
 async fn collect_task(

@@ -16,21 +16,22 @@
 use super::*;
 use duet_common::Decode;
 use duet_server::gc::{GcReport, GcSettings};
-use duet_server::sql::{id_of, placeholder_list, Param, SqlStore};
+use duet_server::sql::{id_of, placeholder_list, Param, SqlStore, Tx};
 use sqlx::Row;
 
 /// One pass over every task (and the rows of deleted ones).
 pub(super) async fn collect_garbage(s: &SqlStore, settings: &GcSettings) -> Result<GcReport, StoreError> {
-    let mut report = GcReport::default();
-    s.purge_deleted_tasks(settings, &mut report).await?;
-    let tasks = s.tasks_after_ending_old_ones(Role::Leader, settings, &mut report).await?;
+    let (mut report, tasks) = s.gc_start(Role::Leader, settings).await?;
     for task in &tasks {
         collect_task(s, task, settings, &mut report).await?;
     }
-    report.oldest_report_age_seconds =
-        s.oldest_report_age(&tasks, "SELECT MIN(report_time) FROM client_reports WHERE task_id = $1").await?;
-    s.reclaim_space(&report).await;
-    Ok(report)
+    s.gc_finish(report, &tasks, "SELECT MIN(report_time) FROM client_reports WHERE task_id = $1").await
+}
+
+/// Runs `sql`, a statement on a task's row named by a second key (`$1` the task ID, `$2` the
+/// key), inside `tx`; how many rows it touched.
+async fn keyed(tx: &mut Tx<'_>, sql: &str, task: &[u8], key: &[u8]) -> Result<u64, StoreError> {
+    Ok(sqlx::query(sql).bind(task).bind(key).execute(&mut **tx).await?.rows_affected())
 }
 
 async fn collect_task(
@@ -174,37 +175,23 @@ async fn settle_old_jobs(
             .retrying(|| async {
                 let mut tx = s.begin().await?;
                 // Re-checked inside the transaction: only a job that is over goes.
-                let gone = sqlx::query("DELETE FROM leader_aggregation_jobs WHERE task_id = $1 AND job_id = $2 AND state != 'active'")
-                    .bind(tid)
-                    .bind(&job_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if gone == 0 {
-                    return Ok(0);
+                let delete_job = "DELETE FROM leader_aggregation_jobs WHERE task_id = $1 AND job_id = $2 AND state != 'active'";
+                if keyed(&mut tx, delete_job, tid, &job_id).await? == 0 {
+                    return Ok((0, 0));
                 }
-                sqlx::query(&format!(
+                let settle = format!(
                     "UPDATE client_reports SET state = CASE WHEN state = 'in_job' THEN '{settled}' ELSE state END, job_id = NULL
                      WHERE task_id = $1 AND job_id = $2"
-                ))
-                .bind(tid)
-                .bind(&job_id)
-                .execute(&mut *tx)
-                .await?;
-                let states = sqlx::query("DELETE FROM leader_report_verifications WHERE task_id = $1 AND job_id = $2")
-                    .bind(tid)
-                    .bind(&job_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                );
+                keyed(&mut tx, &settle, tid, &job_id).await?;
+                let delete_states = "DELETE FROM leader_report_verifications WHERE task_id = $1 AND job_id = $2";
+                let states = keyed(&mut tx, delete_states, tid, &job_id).await?;
                 tx.commit().await?;
-                Ok(states)
+                Ok((1, states))
             })
             .await?;
-        if deleted > 0 {
-            report.add("leader_report_verifications", deleted);
-        }
-        report.add("leader_aggregation_jobs", 1);
+        report.add("leader_report_verifications", deleted.1);
+        report.add("leader_aggregation_jobs", deleted.0);
     }
     Ok(())
 }
@@ -272,14 +259,9 @@ async fn delete_old_collection_jobs(
                     .execute(&mut *tx)
                     .await?;
                 }
-                let n = sqlx::query(
-                    "DELETE FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2 AND state != 'pending'",
-                )
-                .bind(tid)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let delete =
+                    "DELETE FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2 AND state != 'pending'";
+                let n = keyed(&mut tx, delete, tid, &id).await?;
                 tx.commit().await?;
                 Ok(n)
             })
@@ -341,17 +323,16 @@ async fn retire_expired_batches(
             .collect();
             let mut deleted = 0;
             for batch in &batches {
-                sqlx::query("UPDATE leader_batches SET state = 'closed' WHERE task_id = $1 AND batch_id = $2")
-                    .bind(tid)
-                    .bind(batch)
-                    .execute(&mut *tx)
-                    .await?;
-                deleted += sqlx::query("DELETE FROM batch_aggregations WHERE task_id = $1 AND bucket = $2")
-                    .bind(tid)
-                    .bind(batch)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                keyed(
+                    &mut tx,
+                    "UPDATE leader_batches SET state = 'closed' WHERE task_id = $1 AND batch_id = $2",
+                    tid,
+                    batch,
+                )
+                .await?;
+                deleted +=
+                    keyed(&mut tx, "DELETE FROM batch_aggregations WHERE task_id = $1 AND bucket = $2", tid, batch)
+                        .await?;
             }
             tx.commit().await?;
             Ok(deleted)

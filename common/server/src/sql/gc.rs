@@ -130,10 +130,36 @@ impl SqlStore {
             .map(|r| r.get::<Option<Vec<u8>>, _>(0)))
     }
 
+    /// The start of a garbage-collection pass of `role`'s store: the rows of deleted tasks and
+    /// the tasks that ended long ago go; the role's live tasks, for its own rules.
+    pub async fn gc_start(
+        &self,
+        role: Role,
+        settings: &GcSettings,
+    ) -> Result<(GcReport, Vec<std::sync::Arc<Task>>), StoreError> {
+        let mut report = GcReport::default();
+        self.purge_deleted_tasks(settings, &mut report).await?;
+        let tasks = self.tasks_after_ending_old_ones(role, settings, &mut report).await?;
+        Ok((report, tasks))
+    }
+
+    /// The end of a pass: the age of the oldest report held (`oldest_sql`: the smallest report
+    /// time of the task `$1`), and the space of what the pass deleted given back.
+    pub async fn gc_finish(
+        &self,
+        mut report: GcReport,
+        tasks: &[std::sync::Arc<Task>],
+        oldest_sql: &str,
+    ) -> Result<GcReport, StoreError> {
+        report.oldest_report_age_seconds = self.oldest_report_age(tasks, oldest_sql).await?;
+        self.reclaim_space(&report).await;
+        Ok(report)
+    }
+
     /// Deletes the rows of tasks deleted more than the grace period ago (within it, provisioning
     /// the identical task again restores it); a task's ID is forgotten once a pass found none of
     /// its rows left, and [`TOMBSTONE_SECONDS`] at least have passed.
-    pub async fn purge_deleted_tasks(&self, settings: &GcSettings, report: &mut GcReport) -> Result<(), StoreError> {
+    async fn purge_deleted_tasks(&self, settings: &GcSettings, report: &mut GcReport) -> Result<(), StoreError> {
         let rows = sqlx::query("SELECT task_id, deleted_at_seconds FROM deleted_tasks WHERE deleted_at_seconds < $1")
             .bind(self.now_seconds() - settings.grace_seconds)
             .fetch_all(&self.pool)
@@ -166,7 +192,7 @@ impl SqlStore {
     /// Deletes the tasks whose task interval ended more than their report expiry age ago (DAP-18
     /// "Reducing Storage Requirements" allows deleting all of a task's data after its interval);
     /// their rows go with the next passes. Returns the tasks of this `role` still provisioned.
-    pub async fn tasks_after_ending_old_ones(
+    async fn tasks_after_ending_old_ones(
         &self,
         role: Role,
         settings: &GcSettings,
@@ -258,11 +284,7 @@ impl SqlStore {
 
     /// The age in seconds of the oldest report timestamp (task time units) that `sql` finds
     /// for each task (`$1`: the task ID), over `tasks`.
-    pub async fn oldest_report_age(
-        &self,
-        tasks: &[std::sync::Arc<Task>],
-        sql: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    async fn oldest_report_age(&self, tasks: &[std::sync::Arc<Task>], sql: &str) -> Result<Option<i64>, StoreError> {
         let now = self.now_seconds();
         let mut oldest: Option<i64> = None;
         for task in tasks {
@@ -282,7 +304,7 @@ impl SqlStore {
     /// passed autovacuum's default threshold (50 and a fifth of the live rows), so that new rows
     /// reuse their space even where autovacuum is off or lags (it looks once a minute), and the
     /// tables stop growing. A failure is logged: the rows are gone either way.
-    pub async fn reclaim_space(&self, report: &GcReport) {
+    async fn reclaim_space(&self, report: &GcReport) {
         let result = match self.backend {
             Backend::Sqlite if report.total() == 0 => Ok(()),
             Backend::Sqlite => self.incremental_vacuum().await,
