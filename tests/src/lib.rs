@@ -525,6 +525,31 @@ pub async fn put_reports(
     store.put_reports(task, &encoded.iter().collect::<Vec<_>>()).await
 }
 
+/// Uploads `reports` as they are (their bytes, IDs and times) to the leader at `leader_url`;
+/// the statuses of those it refused.
+pub async fn upload_raw(
+    http: &reqwest::Client,
+    leader_url: &str,
+    task: &TaskId,
+    reports: Vec<duet_common::messages::Report>,
+) -> Vec<duet_common::messages::ReportUploadStatus> {
+    use duet_common::{Decode, Encode};
+    let resp = http
+        .post(format!("{}/tasks/{task}/reports", leader_url.trim_end_matches('/')))
+        .header("content-type", duet_common::media_type::UPLOAD_REQ)
+        .body(duet_common::messages::UploadRequest { reports }.get_encoded().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    if body.is_empty() {
+        Vec::new()
+    } else {
+        duet_common::messages::UploadErrors::get_decoded(&body).unwrap().status
+    }
+}
+
 /// The first column of the one row `sql` returns (a `COUNT(*)`, say), over a connection of the
 /// caller's own to the database at `url`.
 pub async fn count_rows(url: &str, sql: &str) -> i64 {

@@ -10,7 +10,6 @@ use duet_common::clock::TestClock;
 use duet_common::messages::*;
 use duet_common::task::TaskParameters;
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
-use duet_common::{Decode, Encode};
 use duet_server::gc::GcSettings;
 use duet_tests::PgDatabase;
 use std::sync::Arc;
@@ -263,20 +262,7 @@ async fn upload_raw(
     task: &TaskId,
     report: &Report,
 ) -> Vec<ReportUploadStatus> {
-    let resp = http
-        .post(format!("http://{leader}/tasks/{task}/reports"))
-        .header("content-type", duet_common::media_type::UPLOAD_REQ)
-        .body(UploadRequest { reports: vec![report.clone()] }.get_encoded().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.bytes().await.unwrap();
-    if body.is_empty() {
-        Vec::new()
-    } else {
-        UploadErrors::get_decoded(&body).unwrap().status
-    }
+    duet_tests::upload_raw(http, &format!("http://{leader}/"), task, vec![report.clone()]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,11 +6,10 @@ use duet_client::collect::Collector;
 use duet_client::simulate::{clear_aggregate, random_measurement};
 use duet_client::upload::Client;
 use duet_common::hpke::{seal, HpkeApplicationInfo};
-use duet_common::media_type;
 use duet_common::messages::*;
 use duet_common::time::{Time, TimePrecision};
 use duet_common::vdaf::{vdaf_context, AggregateResult, Measurement, Vdaf, VdafConfig};
-use duet_common::{Decode, Encode};
+use duet_common::Encode;
 use duet_tests::{all_vdafs, past_hour, Deployment, LeaderOptions};
 use sqlx::Row;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,21 +117,7 @@ fn handmade_report(
 }
 
 async fn upload_raw(d: &Deployment, task: &TaskId, reports: Vec<Report>) -> Vec<ReportUploadStatus> {
-    let resp = d
-        .http
-        .post(format!("{}tasks/{task}/reports", d.leader.url()))
-        .header("content-type", media_type::UPLOAD_REQ)
-        .body(UploadRequest { reports }.get_encoded().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.bytes().await.unwrap();
-    if body.is_empty() {
-        Vec::new()
-    } else {
-        UploadErrors::get_decoded(&body).unwrap().status
-    }
+    duet_tests::upload_raw(&d.http, &d.leader.url(), task, reports).await
 }
 
 /// Polls the leader's database until no report of the task waits for aggregation; returns the
