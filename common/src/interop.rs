@@ -117,6 +117,8 @@ pub fn result_json(result: &AggregateResult) -> Value {
     match result {
         AggregateResult::Scalar(v) => Value::String(v.to_string()),
         AggregateResult::Vector(vs) => Value::Array(vs.iter().map(|v| Value::String(v.to_string())).collect()),
+        AggregateResult::NoisyScalar(v) => Value::String(v.to_string()),
+        AggregateResult::NoisyVector(vs) => Value::Array(vs.iter().map(|v| Value::String(v.to_string())).collect()),
     }
 }
 

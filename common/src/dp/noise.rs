@@ -72,6 +72,16 @@ pub fn sensitivity(config: &VdafConfig) -> Option<Sensitivity> {
     Some(Sensitivity { l1, l2_squared })
 }
 
+/// The L1 sensitivity prio's discrete Laplace strategy for SumVec calibrates to: every entry
+/// moving by `2^bits − 1`, the largest value of the bits a measurement is encoded in. That is at
+/// least [`sensitivity`]'s `L·M` (equal when `M` is one less than a power of two), so prio's
+/// noise is sometimes larger than needed, never smaller.
+pub fn prio_sum_vec_l1(length: u32, max_measurement: u64) -> BigSensitivity {
+    let bits = max_measurement.checked_ilog2().map_or(1, |b| b + 1);
+    let top = 1u128.checked_shl(bits).map_or(u128::MAX, |v| v - 1);
+    top.saturating_mul(u128::from(length))
+}
+
 /// A positive rational `numer / denom`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ratio {

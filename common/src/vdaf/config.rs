@@ -249,16 +249,24 @@ pub enum AggregateResult {
     Scalar(u64),
     /// Prio3SumVec, Prio3Histogram and Prio3MultihotCountVec.
     Vector(Vec<u128>),
+    /// Prio3Count and Prio3Sum with differential-privacy noise: may fall below 0 or above the
+    /// largest true value.
+    NoisyScalar(i128),
+    /// The vector types with differential-privacy noise, entries as they fell.
+    NoisyVector(Vec<i128>),
+}
+
+fn join<T: fmt::Display>(values: &[T]) -> String {
+    values.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl fmt::Display for AggregateResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AggregateResult::Scalar(v) => write!(f, "{v}"),
-            AggregateResult::Vector(v) => {
-                let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-                write!(f, "[{}]", parts.join(", "))
-            }
+            AggregateResult::NoisyScalar(v) => write!(f, "{v}"),
+            AggregateResult::Vector(v) => write!(f, "[{}]", join(v)),
+            AggregateResult::NoisyVector(v) => write!(f, "[{}]", join(v)),
         }
     }
 }

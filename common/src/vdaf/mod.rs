@@ -18,6 +18,7 @@ use std::fmt;
 pub mod config;
 #[cfg(feature = "test-vdaf")]
 mod dummy;
+mod noisy;
 #[cfg(feature = "test-vdaf")]
 pub use dummy::DUMMY_VDAF_TYPE;
 
@@ -127,42 +128,6 @@ impl AggregateShare {
             #[cfg(feature = "test-vdaf")]
             (AggregateShare::Dummy(a), AggregateShare::Dummy(o)) => Ok(a.merge(o)?),
             _ => Err(VdafFailure::StateMismatch),
-        }
-    }
-}
-
-impl AggregateShare {
-    /// Adds an independent sample of `noise` to every entry, drawing from `rng`
-    /// ([`crate::dp::noise`]).
-    pub fn add_noise_with<R: rand_0_10::Rng + ?Sized>(
-        &mut self,
-        noise: &crate::dp::noise::NoiseDistribution,
-        rng: &mut R,
-    ) -> Result<(), VdafFailure> {
-        match self {
-            AggregateShare::F64(a) => {
-                let mut entries = a.as_ref().to_vec();
-                crate::dp::noise::add_noise(&mut entries, noise, rng);
-                *a = PrioAggregateShare::from(entries);
-            }
-            AggregateShare::F128(a) => {
-                let mut entries = a.as_ref().to_vec();
-                crate::dp::noise::add_noise(&mut entries, noise, rng);
-                *a = PrioAggregateShare::from(entries);
-            }
-            #[cfg(feature = "test-vdaf")]
-            AggregateShare::Dummy(_) => return Err(VdafFailure::BadConfig("no noise for the dummy VDAF".into())),
-        }
-        Ok(())
-    }
-
-    /// The entries read as signed integers (values past half the modulus are negative).
-    pub fn signed_entries(&self) -> Vec<i128> {
-        match self {
-            AggregateShare::F64(a) => a.as_ref().iter().map(|x| crate::dp::noise::signed(*x)).collect(),
-            AggregateShare::F128(a) => a.as_ref().iter().map(|x| crate::dp::noise::signed(*x)).collect(),
-            #[cfg(feature = "test-vdaf")]
-            AggregateShare::Dummy(_) => Vec::new(),
         }
     }
 }
@@ -501,48 +466,6 @@ impl Vdaf {
     /// `Vdaf.agg_init`: an empty aggregate share.
     pub fn aggregate_init(&self) -> AggregateShare {
         with_instance!(self, v => agg_init_g(v), _d => dummy::aggregate_init())
-    }
-
-    /// Adds `dp`'s noise to an aggregate share of `num_measurements` reports, with prio's
-    /// `AggregatorWithNoise` (fresh randomness each call: call once per released share).
-    pub fn add_noise(
-        &self,
-        dp: &crate::dp::DpConfig,
-        share: &mut AggregateShare,
-        num_measurements: u64,
-    ) -> Result<(), VdafFailure> {
-        use prio::dp::distributions::PureDpDiscreteLaplace;
-        use prio::dp::{DifferentialPrivacyStrategy, PureDpBudget, Rational};
-        use prio::vdaf::AggregatorWithNoise;
-        let bad = |e: String| VdafFailure::BadConfig(format!("differential privacy: {e}"));
-        let (numer, denom) = crate::dp::parse_decimal(&dp.epsilon).map_err(|e| bad(e.to_string()))?;
-        let epsilon = Rational::from_unsigned(numer, denom).map_err(|e| bad(e.to_string()))?;
-        let strategy = match dp.mechanism {
-            crate::dp::DpMechanism::DiscreteLaplace => {
-                PureDpDiscreteLaplace::from_budget(PureDpBudget::new(epsilon).map_err(|e| bad(e.to_string()))?)
-            }
-        };
-        let n = usize::try_from(num_measurements).map_err(|_| bad("report count".into()))?;
-        match (&self.instance, share) {
-            (Instance::Histogram(v), AggregateShare::F128(a)) => v.add_noise_to_agg_share(&strategy, &(), a, n)?,
-            (Instance::SumVec(v), AggregateShare::F128(a)) => v.add_noise_to_agg_share(&strategy, &(), a, n)?,
-            _ => return Err(bad(format!("prio adds no noise to {}", self.config))),
-        }
-        Ok(())
-    }
-
-    /// A noisy result as people read it: noise can push an entry below zero, which the field
-    /// shows as a number near its modulus; such entries become 0 (post-processing, so the
-    /// differential-privacy guarantee is unchanged).
-    pub fn clamp_noisy_result(&self, result: AggregateResult) -> AggregateResult {
-        use prio::field::FieldElementWithInteger;
-        let half = Field128::modulus() / 2;
-        match result {
-            AggregateResult::Vector(v) => {
-                AggregateResult::Vector(v.into_iter().map(|x| if x > half { 0 } else { x }).collect())
-            }
-            scalar => scalar,
-        }
     }
 
     /// Decodes a stored or received aggregate share.
