@@ -9,6 +9,7 @@
 use crate::error::{ClientError, Result};
 use crate::http::{self, RetryPolicy};
 use duet_common::auth::{AuthenticationToken, TokenScheme};
+use duet_common::dp::BudgetUnit;
 use duet_common::hpke::{self, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::media_type;
 use duet_common::messages::{
@@ -63,28 +64,32 @@ pub struct CollectionJob {
 /// A task's differential-privacy budget as the leader reports it with a result.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Budget {
-    /// Epsilon spent by (or reserved for) the task's collections, this one included.
+    /// Spent by (or reserved for) the task's collections, this one included.
     pub spent: f64,
     /// The task's total, if it has one.
     pub total: Option<f64>,
+    /// What `spent` and `total` count: epsilon (discrete Laplace) or rho (discrete Gaussian).
+    pub unit: BudgetUnit,
 }
 
 /// The `Duet-Privacy-Budget` header duet's leader adds to collection job answers:
-/// `spent=1.5, total=5`.
+/// `spent=1.5, total=5, unit=epsilon` (leaders before the Gaussian mechanism sent no unit: epsilon).
 pub const BUDGET_HEADER: &str = "duet-privacy-budget";
 
 fn budget_of(headers: &reqwest::header::HeaderMap) -> Option<Budget> {
     let v = headers.get(BUDGET_HEADER)?.to_str().ok()?;
     let mut spent = None;
     let mut total = None;
+    let mut unit = Some(BudgetUnit::Epsilon);
     for part in v.split(',') {
         match part.trim().split_once('=') {
             Some(("spent", x)) => spent = x.trim().parse().ok(),
             Some(("total", x)) => total = x.trim().parse().ok(),
+            Some(("unit", x)) => unit = BudgetUnit::parse(x.trim()),
             _ => {}
         }
     }
-    Some(Budget { spent: spent?, total })
+    Some(Budget { spent: spent?, total, unit: unit? })
 }
 
 /// What a result guarantees, to be shown with it wherever it is shown.
@@ -95,6 +100,8 @@ pub struct Guarantee {
     /// The noise the aggregators added, described; `None` for none.
     pub noise: Option<String>,
     pub budget: Option<Budget>,
+    /// Whether noisy values were clamped into range ([`CollectionResult::clamped`]).
+    pub clamped: bool,
 }
 
 impl CollectionJob {
@@ -138,6 +145,19 @@ pub struct CollectionResult {
 }
 
 impl Eq for Guarantee {}
+
+impl CollectionResult {
+    /// The result with noisy entries clamped into the range a true result can take
+    /// ([`AggregateResult::clamped`]): post-processing, which the privacy statement then
+    /// mentions. Exact results are unchanged.
+    pub fn clamped(mut self, vdaf: &duet_common::vdaf::VdafConfig) -> Self {
+        if self.result.is_noisy() {
+            self.result = self.result.clamped(vdaf, self.report_count);
+            self.guarantee.clamped = true;
+        }
+        self
+    }
+}
 
 /// What one poll found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,10 +374,12 @@ impl Collector {
         };
         let leader = open(Role::Leader, &resp.leader_encrypted_agg_share)?;
         let helper = open(Role::Helper, &resp.helper_encrypted_agg_share)?;
-        let mut result = self.vdaf.unshard(&leader, &helper, resp.report_count).map_err(ClientError::Vdaf)?;
-        if self.task.dp.is_some() {
-            result = self.vdaf.clamp_noisy_result(result);
+        // Noisy entries are read as signed integers: noise may push them below 0.
+        let result = match self.task.dp {
+            Some(_) => self.vdaf.unshard_noisy(&leader, &helper),
+            None => self.vdaf.unshard(&leader, &helper, resp.report_count),
         }
+        .map_err(ClientError::Vdaf)?;
         let interval = resp.interval;
         let seconds = |t: Option<Time>| t.and_then(|t| t.to_seconds(self.precision));
         let interval_seconds = match (seconds(Some(interval.start)), seconds(interval.end())) {
@@ -380,8 +402,9 @@ impl Collector {
         let guarantee = Guarantee {
             report_count: resp.report_count,
             min_batch_size: self.task.min_batch_size,
-            noise: self.task.dp.as_ref().map(|dp| dp.describe()),
+            noise: self.task.dp.as_ref().map(|dp| dp.describe(&self.task.vdaf)),
             budget,
+            clamped: false,
         };
         Ok(CollectionResult { report_count: resp.report_count, interval, interval_seconds, result, guarantee })
     }

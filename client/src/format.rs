@@ -2,28 +2,30 @@
 //! privacy statement: an aggregate is only as private as the non-collusion of the two
 //! aggregators and its batch size make it, and readers of a result must be told so.
 
-use crate::collect::{CollectionResult, Guarantee};
+use crate::collect::{Budget, CollectionResult, Guarantee};
 use crate::timefmt::rfc3339;
+use duet_common::dp::{epsilon_of_rho, BudgetUnit, STATED_DELTA};
 use duet_common::task::TaskParameters;
 use duet_common::vdaf::AggregateResult;
 use serde::Serialize;
 use std::fmt::Write;
 
 /// The guarantee line printed under every result: batch size against the threshold, the trust
-/// assumption, and the noise with the budget spent and left.
+/// assumption, and the noise (mechanism, parameter, standard deviation) with the budget spent
+/// and left.
 pub fn privacy_line(g: &Guarantee) -> String {
-    let noise = match (&g.noise, g.budget) {
-        (None, _) => "no differential-privacy noise was added.".to_string(),
-        (Some(noise), None) => format!("{noise}."),
-        (Some(noise), Some(b)) => match b.total {
-            Some(total) => format!(
-                "{noise}; privacy budget: epsilon {} of {} spent, {} left.",
-                fmt_eps(b.spent),
-                fmt_eps(total),
-                fmt_eps((total - b.spent).max(0.0))
-            ),
-            None => format!("{noise}; epsilon {} spent so far, no budget limit set.", fmt_eps(b.spent)),
-        },
+    let noise = match &g.noise {
+        None => "no differential-privacy noise was added.".to_string(),
+        Some(noise) => {
+            let budget = g.budget.map(budget_clause).unwrap_or_default();
+            let values = if g.clamped {
+                "noisy values were clamped into the range a true result can take (post-processing: the \
+                 guarantee is unchanged, but values near the bounds are biased)"
+            } else {
+                "values are shown with their noise, unclamped, so they can fall below 0"
+            };
+            format!("{noise}; {values}{budget}.")
+        }
     };
     format!(
         "Privacy: this aggregate covers {} reports (threshold min_batch_size = {}). \
@@ -32,8 +34,31 @@ pub fn privacy_line(g: &Guarantee) -> String {
     )
 }
 
-/// Epsilon for people: up to six decimals, trailing zeros dropped.
-fn fmt_eps(x: f64) -> String {
+/// "; privacy budget: epsilon 1 of 2 spent, 1 left", with the (ε, δ) equivalent of the ρ
+/// spent for zCDP.
+fn budget_clause(b: Budget) -> String {
+    let unit = b.unit.name();
+    let mut clause = match b.total {
+        Some(total) => format!(
+            "; privacy budget: {unit} {} of {} spent, {} left",
+            fmt_budget(b.spent),
+            fmt_budget(total),
+            fmt_budget((total - b.spent).max(0.0))
+        ),
+        None => format!("; {unit} {} spent so far, no budget limit set", fmt_budget(b.spent)),
+    };
+    if b.unit == BudgetUnit::Rho {
+        clause.push_str(&format!(
+            " (rho {} spent amounts to ({}, delta = {STATED_DELTA:e})-DP)",
+            fmt_budget(b.spent),
+            epsilon_of_rho(b.spent)
+        ));
+    }
+    clause
+}
+
+/// A budget figure for people: up to six decimals, trailing zeros dropped.
+fn fmt_budget(x: f64) -> String {
     let s = format!("{x:.6}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
@@ -53,16 +78,18 @@ const BAR_WIDTH: usize = 40;
 
 /// A vector result as a table: each entry, its share of the total, and a bar scaled to the
 /// largest entry (drawn in eighths of a cell, so that close values stay distinguishable).
-fn vector_table(values: &[u128]) -> String {
+/// Entries are signed, for noisy results; a negative one has no bar and counts as 0 in the total.
+fn vector_table(values: &[i128]) -> String {
     let mut out = String::new();
-    let total: u128 = values.iter().fold(0u128, |a, v| a.saturating_add(*v));
-    let max = values.iter().copied().max().unwrap_or(0);
+    let positive = |v: &i128| u128::try_from(*v).unwrap_or(0);
+    let total: u128 = values.iter().fold(0u128, |a, v| a.saturating_add(positive(v)));
+    let max = values.iter().map(positive).max().unwrap_or(0);
     let width = values.iter().map(|v| v.to_string().len()).max().unwrap_or(1).max("value".len());
     let index_width = values.len().saturating_sub(1).to_string().len().max("index".len());
     let _ = writeln!(out, "  {:>index_width$}  {:>width$}   share", "index", "value");
     for (i, v) in values.iter().enumerate() {
         let share = if total == 0 { 0.0 } else { *v as f64 * 100.0 / total as f64 };
-        let _ = writeln!(out, "  {i:>index_width$}  {v:>width$}  {share:>5.1}%  {}", bar(*v, max, BAR_WIDTH));
+        let _ = writeln!(out, "  {i:>index_width$}  {v:>width$}  {share:>5.1}%  {}", bar(positive(v), max, BAR_WIDTH));
     }
     out
 }
@@ -99,8 +126,17 @@ pub fn render_text(task: &TaskParameters, result: &CollectionResult) -> String {
         AggregateResult::Scalar(v) => {
             let _ = writeln!(out, "Result:    {v}");
         }
+        AggregateResult::NoisyScalar(v) => {
+            let _ = writeln!(out, "Result:    {v} (with noise)");
+        }
         AggregateResult::Vector(values) => {
             let _ = writeln!(out, "Result:");
+            // Entries are counts far below 2^127; one that is not shows as the largest.
+            let signed: Vec<i128> = values.iter().map(|v| i128::try_from(*v).unwrap_or(i128::MAX)).collect();
+            out.push_str(&vector_table(&signed));
+        }
+        AggregateResult::NoisyVector(values) => {
+            let _ = writeln!(out, "Result (with noise):");
             out.push_str(&vector_table(values));
         }
     }
@@ -127,8 +163,15 @@ struct JsonPrivacy {
     requires_non_collusion: bool,
     differential_privacy: bool,
     noise: Option<String>,
+    /// "epsilon" or "rho": what the budget figures count.
+    budget_unit: Option<&'static str>,
+    budget_spent: Option<f64>,
+    budget_total: Option<f64>,
+    /// The same figures for epsilon budgets, as before rho existed.
     epsilon_spent: Option<f64>,
     epsilon_budget: Option<f64>,
+    /// Whether noisy values were clamped into range (post-processing).
+    clamped: bool,
     statement: String,
 }
 
@@ -146,6 +189,8 @@ struct JsonResult<'a> {
 /// to text, since vector entries can exceed what a JSON value tree holds (u128).
 pub fn render_json(task: &TaskParameters, result: &CollectionResult) -> Result<String, serde_json::Error> {
     let (start, end) = result.interval_seconds;
+    let budget = result.guarantee.budget;
+    let epsilon = budget.filter(|b| b.unit == BudgetUnit::Epsilon);
     let doc = JsonResult {
         task_id: task.task_id.to_string(),
         vdaf: &task.vdaf,
@@ -159,8 +204,12 @@ pub fn render_json(task: &TaskParameters, result: &CollectionResult) -> Result<S
             requires_non_collusion: true,
             differential_privacy: result.guarantee.noise.is_some(),
             noise: result.guarantee.noise.clone(),
-            epsilon_spent: result.guarantee.budget.map(|b| b.spent),
-            epsilon_budget: result.guarantee.budget.and_then(|b| b.total),
+            budget_unit: budget.map(|b| b.unit.name()),
+            budget_spent: budget.map(|b| b.spent),
+            budget_total: budget.and_then(|b| b.total),
+            epsilon_spent: epsilon.map(|b| b.spent),
+            epsilon_budget: epsilon.and_then(|b| b.total),
+            clamped: result.guarantee.clamped,
             statement: privacy_line(&result.guarantee),
         },
     };
@@ -204,25 +253,61 @@ mod tests {
     }
 
     fn plain(report_count: u64) -> Guarantee {
-        Guarantee { report_count, min_batch_size: 100, noise: None, budget: None }
+        Guarantee { report_count, min_batch_size: 100, noise: None, budget: None, clamped: false }
     }
 
     #[test]
     fn privacy_line_is_exact() {
         assert_eq!(privacy_line(&plain(120)), PRIVACY_120_100);
         let noisy = Guarantee {
-            noise: Some("discrete Laplace noise for epsilon = 0.5".into()),
-            budget: Some(crate::collect::Budget { spent: 1.5, total: Some(5.0) }),
+            noise: Some("discrete Laplace noise (pure DP, epsilon = 0.5 per collection)".into()),
+            budget: Some(Budget { spent: 1.5, total: Some(5.0), unit: BudgetUnit::Epsilon }),
             ..plain(120)
         };
         assert_eq!(
             privacy_line(&noisy),
             "Privacy: this aggregate covers 120 reports (threshold min_batch_size = 100). It is not anonymous by \
              itself: it stays private only while the leader and the helper do not collude; discrete Laplace noise \
-             for epsilon = 0.5; privacy budget: epsilon 1.5 of 5 spent, 3.5 left."
+             (pure DP, epsilon = 0.5 per collection); values are shown with their noise, unclamped, so they can \
+             fall below 0; privacy budget: epsilon 1.5 of 5 spent, 3.5 left."
         );
-        let unlimited = Guarantee { budget: Some(crate::collect::Budget { spent: 2.0, total: None }), ..noisy };
+        let unlimited =
+            Guarantee { budget: Some(Budget { spent: 2.0, total: None, ..noisy.budget.unwrap() }), ..noisy.clone() };
         assert!(privacy_line(&unlimited).ends_with("epsilon 2 spent so far, no budget limit set."));
+        // zCDP: the rho spent, and what it amounts to in (epsilon, delta): 0.3 + 2·sqrt(0.3·ln 10^9) = 5.29.
+        let zcdp = Guarantee {
+            budget: Some(Budget { spent: 0.3, total: Some(1.0), unit: BudgetUnit::Rho }),
+            clamped: true,
+            ..noisy
+        };
+        assert!(
+            privacy_line(&zcdp).ends_with(
+                "noisy values were clamped into the range a true result can take (post-processing: the guarantee \
+                 is unchanged, but values near the bounds are biased); privacy budget: rho 0.3 of 1 spent, 0.7 \
+                 left (rho 0.3 spent amounts to (epsilon = 5.29, delta = 1e-9)-DP)."
+            ),
+            "{}",
+            privacy_line(&zcdp)
+        );
+    }
+
+    #[test]
+    fn noisy_results_show_their_sign_until_clamped() {
+        let t = task(VdafConfig::Prio3Histogram { length: 3, chunk_length: 1 });
+        let mut noisy = result(120, AggregateResult::NoisyVector(vec![-2, 90, 32]));
+        noisy.guarantee.noise = Some("some noise".into());
+        let text = render_text(&t, &noisy);
+        assert!(text.contains("Result (with noise):\n  index  value   share\n      0     -2   -1.6%  \n"), "{text}");
+        assert!(text.contains("can fall below 0"), "{text}");
+        let clamped = noisy.clone().clamped(&t.vdaf);
+        assert_eq!(clamped.result, AggregateResult::Vector(vec![0, 90, 32]));
+        assert!(clamped.guarantee.clamped);
+        let json: serde_json::Value = serde_json::from_str(&render_json(&t, &noisy).unwrap()).unwrap();
+        assert_eq!(json["result"], serde_json::json!([-2, 90, 32]));
+        assert_eq!(json["privacy"]["clamped"], false);
+        let count = task(VdafConfig::Prio3Count);
+        let scalar = render_text(&count, &result(120, AggregateResult::NoisyScalar(-1)));
+        assert!(scalar.contains("Result:    -1 (with noise)\n"), "{scalar}");
     }
 
     #[test]

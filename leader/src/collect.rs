@@ -69,14 +69,16 @@ fn job_response(task: &Task, job: &CollectionJobRow, status: StatusCode) -> Http
     Ok(resp)
 }
 
-/// For a task with differential privacy, tells the collector what its budget stands at
-/// (`Duet-Privacy-Budget: spent=1.5, total=5`), so every result can carry its guarantee.
+/// For a task with differential privacy, tells the collector what its budget stands at, in the
+/// mechanism's terms (`Duet-Privacy-Budget: spent=1.5, total=5, unit=epsilon`), so every result
+/// can carry its guarantee.
 async fn with_budget(state: &LeaderState, task: &Task, mut resp: Response) -> HttpResult<Response> {
     if let Some(dp) = &task.parameters.dp {
         let spent = state.store.privacy_budget_spent(task).await?;
+        let unit = dp.unit().name();
         let value = match dp.budget_f64() {
-            Some(total) => format!("spent={spent}, total={total}"),
-            None => format!("spent={spent}"),
+            Some(total) => format!("spent={spent}, total={total}, unit={unit}"),
+            None => format!("spent={spent}, unit={unit}"),
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert("duet-privacy-budget", v);

@@ -362,13 +362,18 @@ pub struct CreateArgs {
     /// Reports at or after this POSIX time are refused (aligned to the time precision).
     #[arg(long, requires = "task_start")]
     pub task_end: Option<u64>,
-    /// Differential privacy: each aggregator adds discrete Laplace noise for this epsilon to
-    /// every result (histogram and sumvec tasks), e.g. 0.5.
-    #[arg(long)]
+    /// Differential privacy, pure epsilon-DP: each aggregator adds discrete Laplace noise for
+    /// this epsilon per collection to its share of every result, e.g. 1.
+    #[arg(long, group = "dp")]
     pub dp_epsilon: Option<String>,
-    /// The task's total epsilon over all collections; the leader refuses a collection that would
+    /// Differential privacy, rho-zero-concentrated DP: each aggregator adds discrete Gaussian
+    /// noise for this rho per collection to its share of every result, e.g. 0.05.
+    #[arg(long, group = "dp")]
+    pub dp_rho: Option<String>,
+    /// The task's total budget over all collections, in the mechanism's terms (epsilon adds up
+    /// under basic composition, rho under zCDP); the leader refuses a collection that would
     /// exceed it.
-    #[arg(long, requires = "dp_epsilon")]
+    #[arg(long, requires = "dp")]
     pub dp_budget: Option<String>,
     /// Where to write the collector's credentials (created with mode 0600; must not exist).
     #[arg(long)]
@@ -423,6 +428,12 @@ pub struct CollectArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// For tasks with differential privacy: clamp noisy values into the range a true result can
+    /// take (0 to the report count, or count × maximum for sums). Post-processing: the guarantee
+    /// is unchanged, but values near the bounds become biased. Off by default: values are shown
+    /// with their noise, and may be negative.
+    #[arg(long)]
+    pub clamp: bool,
     /// How to present the collector's token.
     #[arg(long, value_enum, default_value = "bearer")]
     pub token_scheme: TokenSchemeArg,

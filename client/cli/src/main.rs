@@ -13,6 +13,7 @@ use duet_client::simulate::default_chunk_length;
 use duet_client::upload::{Client, ClientOptions};
 use duet_client::{http, timefmt, ClientError};
 use duet_common::auth::{AuthenticationToken, TokenScheme};
+use duet_common::dp::DpConfig;
 use duet_common::hpke::HpkeKeypair;
 use duet_common::messages::{BatchMode, HpkeConfigId, ReportError, TaskId};
 use duet_common::task::{hpke_config_to_b64, CollectorCredentials, TaskParameters};
@@ -265,11 +266,11 @@ fn task_parameters(args: &CreateArgs, task_id: TaskId) -> CliResult<TaskParamete
         batch_mode,
         vdaf: vdaf_config(args)?,
         task_interval_seconds: args.task_start.zip(args.task_end),
-        dp: args.dp_epsilon.clone().map(|epsilon| duet_common::dp::DpConfig {
-            mechanism: duet_common::dp::DpMechanism::DiscreteLaplace,
-            epsilon,
-            budget_epsilon: args.dp_budget.clone(),
-        }),
+        dp: match (&args.dp_epsilon, &args.dp_rho) {
+            (Some(epsilon), _) => Some(DpConfig::laplace(epsilon, args.dp_budget.as_deref())),
+            (None, Some(rho)) => Some(DpConfig::gaussian(rho, args.dp_budget.as_deref())),
+            (None, None) => None,
+        },
     };
     params.task_configuration().map_err(|e| CliError::usage(e.to_string()))?;
     Ok(params)
@@ -463,7 +464,10 @@ async fn collect(args: CollectArgs) -> CliResult {
     spinner.enable_steady_tick(Duration::from_millis(120));
     let result = collector.collect(query, Duration::from_secs(args.timeout)).await;
     spinner.finish_and_clear();
-    let result = result?;
+    let mut result = result?;
+    if args.clamp {
+        result = result.clamped(&collector.task().vdaf);
+    }
     let text = if args.json {
         let mut json = render_json(collector.task(), &result).map_err(|e| CliError::server(e.to_string()))?;
         json.push('\n');

@@ -1,6 +1,7 @@
 //! Unit tests of the command line: parsing, inputs and outputs.
 use super::*;
 use duet_client::collect::time_interval_query;
+use duet_common::dp::DpConfig;
 use duet_common::messages::Query;
 use duet_common::time::{Duration as DapDuration, Interval, Time, TimePrecision};
 
@@ -9,6 +10,11 @@ fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
 }
 
 fn create_args(extra: &[&str]) -> CreateArgs {
+    try_create_args(extra).unwrap()
+}
+
+/// `duet task create` with fixed endpoints, tokens and sizes, and `extra`.
+fn try_create_args(extra: &[&str]) -> Result<CreateArgs, clap::Error> {
     let mut args = vec![
         "task",
         "create",
@@ -28,8 +34,8 @@ fn create_args(extra: &[&str]) -> CreateArgs {
         "/tmp/creds.json",
     ];
     args.extend_from_slice(extra);
-    match parse(&args).unwrap().command {
-        Command::Task(TaskCommand::Create(a)) => *a,
+    match parse(&args)?.command {
+        Command::Task(TaskCommand::Create(a)) => Ok(*a),
         other => panic!("{other:?}"),
     }
 }
@@ -47,13 +53,22 @@ fn task_create_builds_checked_parameters() {
 
     let noisy = ["--vdaf", "histogram", "--length", "4", "--batch-mode", "time-interval", "--dp-epsilon", "0.5"];
     let p = task_parameters(&create_args(&[&noisy[..], &["--dp-budget", "3"]].concat()), TaskId::random()).unwrap();
-    let dp = p.dp.unwrap();
-    assert_eq!((dp.epsilon.as_str(), dp.budget_epsilon.as_deref()), ("0.5", Some("3")));
-    // Noise prio cannot add, and a budget below one collection, are refused before any request.
+    assert_eq!(p.dp, Some(DpConfig::laplace("0.5", Some("3"))));
+    // Count and Sum take noise too, and zCDP is chosen by giving rho.
     let count = ["--vdaf", "count", "--batch-mode", "time-interval", "--dp-epsilon", "1"];
-    assert!(task_parameters(&create_args(&count), TaskId::random()).unwrap_err().message.contains("Prio3Histogram"));
+    assert_eq!(task_parameters(&create_args(&count), TaskId::random()).unwrap().dp, Some(DpConfig::laplace("1", None)));
+    let sum = ["--vdaf", "sum", "--max-measurement", "100", "--batch-mode", "time-interval", "--dp-rho", "0.1"];
+    let p = task_parameters(&create_args(&[&sum[..], &["--dp-budget", "0.5"]].concat()), TaskId::random()).unwrap();
+    assert_eq!(p.dp, Some(DpConfig::gaussian("0.1", Some("0.5"))));
+    // A budget below one collection, and a bad parameter, are refused before any request.
     let small = create_args(&[&noisy[..], &["--dp-budget", "0.1"]].concat());
-    assert!(task_parameters(&small, TaskId::random()).is_err());
+    let err = task_parameters(&small, TaskId::random()).unwrap_err().message;
+    assert!(err.contains("the budget is smaller than one collection's epsilon"), "{err}");
+    let bad = create_args(&[&sum[..5], &["--dp-rho", "-1"]].concat());
+    assert!(task_parameters(&bad, TaskId::random()).unwrap_err().message.contains("rho"));
+    // One mechanism at a time, and no budget without one.
+    assert!(try_create_args(&[&count[..], &["--dp-rho", "0.1"]].concat()).is_err());
+    assert!(try_create_args(&["--vdaf", "count", "--batch-mode", "time-interval", "--dp-budget", "1"]).is_err());
 
     let args = create_args(&[
         "--vdaf",

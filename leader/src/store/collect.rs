@@ -3,6 +3,7 @@
 //! transaction, and ended with the result, or failed, which gives an unreleased batch back.
 
 use super::*;
+use duet_common::dp::{accounting::BudgetUse, significant};
 use duet_common::messages::*;
 use duet_common::problem::{DapError, DapProblemType};
 use duet_common::time::Interval;
@@ -99,23 +100,24 @@ pub(super) async fn insert_collection_job(
     if let Some(r) = existing {
         return id_of(r.get(0), "collection job ID");
     }
-    // A noisy collection spends its epsilon from the task's budget, reserved here, in the same
-    // transaction as the check, so concurrent requests cannot overspend it together.
-    let epsilon = task.parameters.dp.as_ref().map_or(0.0, |dp| dp.epsilon_f64());
-    if let Some(budget) = task.parameters.dp.as_ref().and_then(|dp| dp.budget_f64()) {
-        let spent = spent_epsilon(&mut tx, task).await?;
-        if spent + epsilon > budget + 1e-9 {
+    // A noisy collection spends its cost (epsilon or rho) from the task's budget, reserved here,
+    // in the same transaction as the check, so concurrent requests cannot overspend it together.
+    let dp = task.parameters.dp.as_ref();
+    let cost = dp.map_or(0.0, |dp| dp.cost());
+    if let Some(dp) = dp {
+        let used = BudgetUse { spent: spent_budget(&mut tx, task).await?, total: dp.budget_f64() };
+        if !used.allows(cost) {
+            let unit = dp.unit().name();
+            let (spent, total) = (significant(used.spent), used.total.map_or(String::new(), significant));
             return Err(StoreError::BudgetExhausted {
                 task_id: task.id,
-                detail: format!(
-                    "this collection needs epsilon {epsilon}, but the task has spent {spent} of its {budget}"
-                ),
+                detail: format!("this collection needs {unit} {cost}, but the task has spent {spent} of its {total}"),
             });
         }
     }
     let id = CollectionJobId::random();
     sqlx::query(
-        "INSERT INTO collection_jobs (task_id, collection_job_id, request, request_digest, state, created_at_seconds, epsilon)
+        "INSERT INTO collection_jobs (task_id, collection_job_id, request, request_digest, state, created_at_seconds, privacy_cost)
          VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
     )
     .bind(task.id.as_bytes().as_slice())
@@ -123,7 +125,7 @@ pub(super) async fn insert_collection_job(
     .bind(request)
     .bind(digest)
     .bind(s.now_seconds())
-    .bind(epsilon)
+    .bind(cost)
     .execute(&mut *tx)
     .await
     .map_err(StoreError::from)?;
@@ -131,14 +133,14 @@ pub(super) async fn insert_collection_job(
     Ok(id)
 }
 
-/// The epsilon a task has spent: every collection that released a result or may still do so
+/// The budget a task has spent (epsilon or rho): every collection that released a result or may still do so
 /// (a job deleted or failed before its batch was committed gives its reservation back), and
 /// what the collections the garbage collector deleted had spent.
-async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, StoreError> {
+async fn spent_budget(tx: &mut Tx<'_>, task: &Task) -> Result<f64, StoreError> {
     let row = sqlx::query(
-        "SELECT COALESCE((SELECT SUM(epsilon) FROM collection_jobs
+        "SELECT COALESCE((SELECT SUM(privacy_cost) FROM collection_jobs
                           WHERE task_id = $1 AND (batch_committed = 1 OR state = 'pending')), 0.0)
-              + COALESCE((SELECT epsilon FROM leader_spent_budgets WHERE task_id = $1), 0.0)",
+              + COALESCE((SELECT privacy_cost FROM leader_spent_budgets WHERE task_id = $1), 0.0)",
     )
     .bind(task.id.as_bytes().as_slice())
     .fetch_one(&mut **tx)
@@ -148,7 +150,7 @@ async fn spent_epsilon(tx: &mut Tx<'_>, task: &Task) -> Result<f64, StoreError> 
 
 pub(super) async fn privacy_budget_spent(s: &SqlStore, task: &Task) -> Result<f64, StoreError> {
     let mut tx = s.begin_read().await?;
-    let spent = spent_epsilon(&mut tx, task).await?;
+    let spent = spent_budget(&mut tx, task).await?;
     tx.commit().await?;
     Ok(spent)
 }

@@ -241,7 +241,7 @@ async fn delete_old_collection_jobs(
             .retrying(|| async {
                 let mut tx = s.begin().await?;
                 let spent = sqlx::query(
-                    "SELECT epsilon FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2
+                    "SELECT privacy_cost FROM collection_jobs WHERE task_id = $1 AND collection_job_id = $2
                        AND state != 'pending' AND batch_committed = 1",
                 )
                 .bind(tid)
@@ -251,8 +251,9 @@ async fn delete_old_collection_jobs(
                 .map_or(0.0, |r| r.get::<f64, _>(0));
                 if spent > 0.0 {
                     sqlx::query(
-                        "INSERT INTO leader_spent_budgets (task_id, epsilon) VALUES ($1, $2)
-                         ON CONFLICT (task_id) DO UPDATE SET epsilon = leader_spent_budgets.epsilon + excluded.epsilon",
+                        "INSERT INTO leader_spent_budgets (task_id, privacy_cost) VALUES ($1, $2)
+                         ON CONFLICT (task_id) DO UPDATE
+                         SET privacy_cost = leader_spent_budgets.privacy_cost + excluded.privacy_cost",
                     )
                     .bind(tid)
                     .bind(spent)

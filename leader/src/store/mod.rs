@@ -296,7 +296,8 @@ pub trait LeaderStore: Storage {
         digest: &[u8],
     ) -> Result<CollectionJobId, StoreError>;
     async fn delete_collection_job(&self, task: &Task, id: &CollectionJobId) -> Result<bool, StoreError>;
-    /// The differential-privacy epsilon the task's collections have spent (or reserved).
+    /// The privacy budget the task's collections have spent (or reserved), in its mechanism's
+    /// terms (epsilon or rho).
     async fn privacy_budget_spent(&self, task: &Task) -> Result<f64, StoreError>;
     async fn acquire_collection_jobs(
         &self,

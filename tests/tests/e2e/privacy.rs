@@ -1,11 +1,13 @@
 //! The output guard, end to end: differential-privacy noise added by both aggregators, a per-task
-//! epsilon budget the leader enforces, batch thresholds on both aggregators, overlapping queries
+//! budget the leader enforces, batch thresholds on both aggregators, overlapping queries
 //! refused, and every result carrying its guarantee. Each refusal releases nothing.
+
+mod mechanisms;
 
 use duet_cli::process::sibling_binary;
 use duet_client::collect::Collector;
 use duet_client::upload::Client;
-use duet_common::dp::{DpConfig, DpMechanism};
+use duet_common::dp::DpConfig;
 use duet_common::messages::*;
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
 use duet_common::Encode;
@@ -15,9 +17,42 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The leader's collected-batch records of one task.
+async fn collected_batches_of(d: &Deployment, task: &duet_client::admin::NewTask) -> i64 {
+    let db = d.leader_db().await;
+    sqlx::query("SELECT COUNT(*) FROM collected_batches WHERE task_id = $1")
+        .bind(task.credentials.task.task_id.as_bytes().as_slice())
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get::<i64, _>(0)
+}
+
 async fn collected_batches(d: &Deployment) -> i64 {
     let db = d.leader_db().await;
     sqlx::query("SELECT COUNT(*) FROM collected_batches").fetch_one(&db).await.unwrap().get::<i64, _>(0)
+}
+
+/// Asks for a collection the task's budget cannot pay for: refused with duet's problem type
+/// (403), whose document is returned.
+async fn refused_past_the_budget(
+    d: &Deployment,
+    task: &duet_client::admin::NewTask,
+    query: Query,
+) -> serde_json::Value {
+    let resp = d
+        .http
+        .post(format!("{}tasks/{}/collection_jobs", d.leader.url(), task.credentials.task.task_id))
+        .header("content-type", duet_common::media_type::COLLECTION_JOB_REQ)
+        .bearer_auth(&task.credentials.collector_auth_token)
+        .body(CollectionJobReq { query, agg_param: vec![], extensions: vec![] }.get_encoded().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(doc["type"], duet_common::problem::PRIVACY_BUDGET_EXHAUSTED);
+    doc
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,8 +68,7 @@ async fn noise_budget_and_overlap_on_postgres() {
 async fn noise_budget_and_overlap(options: LeaderOptions) {
     let d = Deployment::start(options).await;
     let vdaf = VdafConfig::Prio3Histogram { length: 5, chunk_length: 2 };
-    let dp =
-        DpConfig { mechanism: DpMechanism::DiscreteLaplace, epsilon: "1".into(), budget_epsilon: Some("2".into()) };
+    let dp = DpConfig::laplace("1", Some("2"));
     let task = d.create_task_with_dp(vdaf.clone(), BatchMode::TimeInterval, 10, None, None, Some(dp)).await;
     let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
     let hours = [past_hour(), past_hour() - 3600, past_hour() - 7200];
@@ -49,14 +83,15 @@ async fn noise_budget_and_overlap(options: LeaderOptions) {
     // First collection: exact count, noisy but close histogram, and the guarantee says so.
     let first = collector.collect(collector.query(Some((hours[0], 3600))).unwrap(), TIMEOUT).await.unwrap();
     assert_eq!(first.report_count, 30);
-    let AggregateResult::Vector(noisy) = &first.result else { panic!() };
-    // Noise far beyond its scale (t = 2) would be a bug; negative entries are shown as 0.
+    let AggregateResult::NoisyVector(noisy) = &first.result else { panic!("{:?}", first.result) };
+    // Noise far beyond its scale (t = 2, SD 3.96 in the result) would be a bug; the entries keep
+    // their sign.
     for (x, t) in noisy.iter().zip(&truth) {
-        assert!((*x as i128 - *t as i128).abs() < 60, "noisy {x} vs true {t}");
+        assert!((*x - *t as i128).abs() < 60, "noisy {x} vs true {t}");
     }
     assert!(first.guarantee.noise.as_deref().unwrap().contains("discrete Laplace"));
     let budget = first.guarantee.budget.unwrap();
-    assert_eq!((budget.spent, budget.total), (1.0, Some(2.0)));
+    assert_eq!((budget.spent, budget.total, budget.unit), (1.0, Some(2.0), duet_common::dp::BudgetUnit::Epsilon));
 
     // Second, through the CLI as an analyst would: the budget is used up.
     let creds = d.dir.path().join("collector.json");
@@ -71,7 +106,8 @@ async fn noise_budget_and_overlap(options: LeaderOptions) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("Reports:   30"), "{text}");
     assert!(text.contains("do not collude"), "{text}");
-    assert!(text.contains("discrete Laplace noise for epsilon = 1 per collection"), "{text}");
+    assert!(text.contains("discrete Laplace noise (pure DP, epsilon = 1 per collection)"), "{text}");
+    assert!(text.contains("standard deviation 3.96 per entry of the result"), "{text}");
     assert!(text.contains("privacy budget: epsilon 2 of 2 spent, 0 left."), "{text}");
     assert_eq!(collected_batches(&d).await, 2);
 
@@ -79,26 +115,7 @@ async fn noise_budget_and_overlap(options: LeaderOptions) {
     let err = collector.start(collector.query(Some((hours[1], 7200))).unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("batchOverlap"), "{err}");
     // The third hour would exceed the budget: refused with duet's problem type, nothing released.
-    let resp = d
-        .http
-        .post(format!("{}tasks/{}/collection_jobs", d.leader.url(), task.credentials.task.task_id))
-        .header("content-type", duet_common::media_type::COLLECTION_JOB_REQ)
-        .bearer_auth(&task.credentials.collector_auth_token)
-        .body(
-            CollectionJobReq {
-                query: collector.query(Some((hours[2], 3600))).unwrap(),
-                agg_param: vec![],
-                extensions: vec![],
-            }
-            .get_encoded()
-            .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    let doc: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(doc["type"], duet_common::problem::PRIVACY_BUDGET_EXHAUSTED);
+    let doc = refused_past_the_budget(&d, &task, collector.query(Some((hours[2], 3600))).unwrap()).await;
     assert!(doc["detail"].as_str().unwrap().contains("spent 2 of its 2"), "{doc}");
     assert_eq!(collected_batches(&d).await, 2, "the refused collections released nothing");
 }

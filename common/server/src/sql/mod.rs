@@ -98,6 +98,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../../../migrations/sqlite/0011_report_expiry_age.sql")),
     (12, include_str!("../../../../migrations/sqlite/0012_reports_arrival_order.sql")),
     (13, include_str!("../../../../migrations/sqlite/0013_data_lifecycle.sql")),
+    (14, include_str!("../../../../migrations/sqlite/0014_privacy_cost.sql")),
 ];
 
 /// The same schema in PostgreSQL's dialect (`migrations/postgres`).
@@ -115,6 +116,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../../../migrations/postgres/0011_report_expiry_age.sql")),
     (12, include_str!("../../../../migrations/postgres/0012_reports_arrival_order.sql")),
     (13, include_str!("../../../../migrations/postgres/0013_data_lifecycle.sql")),
+    (14, include_str!("../../../../migrations/postgres/0014_privacy_cost.sql")),
 ];
 
 pub fn internal(e: impl std::fmt::Display) -> StoreError {

@@ -215,17 +215,13 @@ async fn deleting_a_task_during_its_collection_corrupts_nothing_on_postgres() {
 /// collection job (its result expired): the next collection counts it, and the one past the
 /// budget is refused.
 async fn the_budget_a_deleted_collection_spent_stays_spent(postgres: bool) {
-    use duet_common::dp::{DpConfig, DpMechanism};
+    use duet_common::dp::DpConfig;
     let d = Deployment::start(gc_options(postgres)).await;
     let mut params = duet_tests::count_task("budget", d.leader.url(), d.helper.url());
     params.vdaf = VdafConfig::Prio3Histogram { length: 3, chunk_length: 1 };
     params.time_precision = 2;
     params.min_batch_size = 5;
-    params.dp = Some(DpConfig {
-        mechanism: DpMechanism::DiscreteLaplace,
-        epsilon: "1".into(),
-        budget_epsilon: Some("2".into()),
-    });
+    params.dp = Some(DpConfig::laplace("1", Some("2")));
     let mut task = NewTask::generate(params, None);
     task.leader_request.report_expiry_age = Some(4);
     task.helper_request.report_expiry_age = Some(4);
