@@ -1,8 +1,8 @@
 //! The privacy accountant's arithmetic, in each mechanism's own terms: pure ε-DP composes by
 //! adding ε (basic composition), ρ-zCDP by adding ρ; a zCDP guarantee converts to (ε, δ)-DP for
 //! any δ > 0. And the accuracy each choice buys, as a table made from the calibration in
-//! [`super::noise`] (for PRIVACY.md, once tasks take these mechanisms), so that it cannot drift
-//! from it.
+//! [`super::noise`] and printed in PRIVACY.md (a test holds the two equal), so that it cannot
+//! drift from it.
 
 use super::noise::{sensitivity, NoiseDistribution};
 use crate::vdaf::VdafConfig;
@@ -42,13 +42,12 @@ pub fn released_std_dev(noise: &NoiseDistribution) -> f64 {
 
 /// The accuracy table for PRIVACY.md: for a Count task, each mechanism and
 /// parameter, the noise's standard deviation on the released count, the (ε, δ = 10^-9)
-/// guarantee a ρ gives, and the relative error (one standard deviation) for populations of 10^3
-/// to 10^6 reports.
+/// guarantee a ρ gives, and that standard deviation relative to true counts of 10^3 to 10^6.
 pub fn accuracy_table() -> String {
     let count = sensitivity(&VdafConfig::Prio3Count).expect("Count has a sensitivity");
     let populations = [1_000f64, 10_000.0, 100_000.0, 1_000_000.0];
     let mut out = String::from(
-        "| Mechanism | Per collection | Noise SD of a count | Relative error at 10^3 | 10^4 | 10^5 | 10^6 |\n\
+        "| Mechanism | Per collection | SD of a released count | SD relative to a count of 10^3 | 10^4 | 10^5 | 10^6 |\n\
          |---|---|---|---|---|---|---|\n",
     );
     let mut row = |mechanism: &str, parameter: String, noise: NoiseDistribution| {
@@ -120,5 +119,16 @@ mod tests {
         assert!(row("| discrete Gaussian | ρ = 0.5 ").contains("| 1.41 |"), "{table}");
         // Relative errors shrink tenfold with each tenfold population.
         assert!(row("| discrete Laplace | ε = 0.1 |").ends_with("| 2.0% | 0.20% | 0.020% | 0.0020% |"), "{table}");
+    }
+
+    /// PRIVACY.md prints the table this code computes, verbatim.
+    #[test]
+    fn privacy_md_holds_the_accuracy_table() {
+        let privacy = include_str!("../../../PRIVACY.md");
+        assert!(
+            privacy.contains(&accuracy_table()),
+            "PRIVACY.md must contain the accuracy table as computed:\n{}",
+            accuracy_table()
+        );
     }
 }

@@ -167,3 +167,41 @@ async fn sum_with_zcdp(d: &Deployment, hours: &[u64]) {
     assert!(doc["detail"].as_str().unwrap().contains("needs rho 0.5, but the task has spent 1 of its 1"), "{doc}");
     assert_eq!((collected_batches_of(d, &task).await, collection_jobs_of(d, &task).await), (2, 2));
 }
+
+/// Both servers' admin APIs refuse settings that cannot be calibrated or do not fit together,
+/// with a message that names the problem, and store nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_servers_refuse_bad_privacy_settings() {
+    let d = Deployment::start(LeaderOptions::default()).await;
+    let params = duet_tests::count_task("bad dp", d.leader.url(), d.helper.url());
+    let task = NewTask::generate(params, None);
+    let cases = [
+        (serde_json::json!({"mechanism": "discrete_gaussian", "epsilon": "1"}), "epsilon"),
+        (serde_json::json!({"mechanism": "discrete_gaussian", "rho": "0"}), "not a positive decimal"),
+        (serde_json::json!({"mechanism": "discrete_laplace", "epsilon": "1", "budget_epsilon": "0.5"}), "budget"),
+        (serde_json::json!({"mechanism": "exponential", "epsilon": "1"}), "exponential"),
+    ];
+    for (url, admin, request) in [
+        (d.leader.url(), &d.leader_admin, &task.leader_request),
+        (d.helper.url(), &d.helper_admin, &task.helper_request),
+    ] {
+        for (dp, needle) in &cases {
+            let mut body = serde_json::to_value(request).unwrap();
+            body["dp"] = dp.clone();
+            let resp =
+                d.http.post(format!("{url}admin/tasks")).bearer_auth(admin.expose()).json(&body).send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            assert_eq!(status, 400, "{dp}: {text}");
+            assert!(text.contains(needle), "{dp}: {text}");
+        }
+        let resp = d
+            .http
+            .get(format!("{url}admin/tasks/{}", task.credentials.task.task_id))
+            .bearer_auth(admin.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "nothing was stored");
+    }
+}
