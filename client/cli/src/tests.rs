@@ -64,7 +64,7 @@ fn task_create_builds_checked_parameters() {
     let small = create_args(&[&noisy[..], &["--dp-budget", "0.1"]].concat());
     let err = task_parameters(&small, TaskId::random()).unwrap_err().message;
     assert!(err.contains("the budget is smaller than one collection's epsilon"), "{err}");
-    let bad = create_args(&[&sum[..5], &["--dp-rho", "-1"]].concat());
+    let bad = create_args(&[&sum[..6], &["--dp-rho", "0"]].concat());
     assert!(task_parameters(&bad, TaskId::random()).unwrap_err().message.contains("rho"));
     // One mechanism at a time, and no budget without one.
     assert!(try_create_args(&[&count[..], &["--dp-rho", "0.1"]].concat()).is_err());
