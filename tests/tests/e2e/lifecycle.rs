@@ -221,16 +221,18 @@ async fn a_simulated_month(postgres: bool) {
     );
     assert_eq!(last.leader_rows[1], 0, "{backend}: no payload outlives its aggregation");
     // After the fifth day (the expiry, the helper's margin and the grace period past) nothing
-    // grows: the last day holds no more than the most of days 5 to 10 (which differ by a job
-    // or so, as a pass falls just before or after a job's deletion is due).
+    // grows: the last day holds no more than the most of days 5 to 10, give or take the one
+    // job by which the days differ (24 or 25, as a pass falls just before or after a job's
+    // deletion is due: 24 on each of days 5 to 10 and 25 on day 30 is no growth). Growth would add
+    // a day's 24 jobs and 240 reports each day.
     let most = |f: &dyn Fn(&Day) -> i64| days[4..10].iter().map(f).max().unwrap();
     for (i, table) in LEADER_TABLES.iter().enumerate() {
         let most = most(&|d: &Day| d.leader_rows[i]);
-        assert!(last.leader_rows[i] <= most, "{backend}: leader {table} grew: {days:?}");
+        assert!(last.leader_rows[i] <= most + 1, "{backend}: leader {table} grew: {days:?}");
     }
     for (i, table) in HELPER_TABLES.iter().enumerate() {
         let most = most(&|d: &Day| d.helper_rows[i]);
-        assert!(last.helper_rows[i] <= most, "{backend}: helper {table} grew: {days:?}");
+        assert!(last.helper_rows[i] <= most + 1, "{backend}: helper {table} grew: {days:?}");
     }
     let plateau = |day30: i64, most: i64| day30 <= most + most / 4;
     let (leader_most, helper_most) = (most(&|d: &Day| d.leader_bytes), most(&|d: &Day| d.helper_bytes));

@@ -37,6 +37,13 @@ async fn task_rows(db: &sqlx::AnyPool, tables: &[&str], task: &TaskId) -> Vec<i6
     out
 }
 
+/// The expiring tasks' report expiry age, in seconds (six units of their two-second time
+/// precision): short, so that the tests see rows go, but long enough that a loaded machine
+/// aggregates the reports before they expire (at four seconds, a run of the whole suite on the
+/// 2-core machine once timed out waiting for such a collection, most likely because it did
+/// not).
+const EXPIRY_SECONDS: u64 = 12;
+
 /// Polls until every count of `tables` is zero for `task`, for at most `seconds`; the counts seen
 /// last.
 async fn wait_until_empty(db: &sqlx::AnyPool, tables: &[&str], task: &TaskId, seconds: u64) -> Vec<i64> {
@@ -74,8 +81,8 @@ async fn a_tasks_rows_go_once_its_reports_expire(postgres: bool) {
     params.time_precision = 2;
     params.min_batch_size = 6;
     let mut expiring = NewTask::generate(params, None);
-    expiring.leader_request.report_expiry_age = Some(4);
-    expiring.helper_request.report_expiry_age = Some(4);
+    expiring.leader_request.report_expiry_age = Some(EXPIRY_SECONDS);
+    expiring.helper_request.report_expiry_age = Some(EXPIRY_SECONDS);
     provision(&d, &expiring).await;
     let keeping = NewTask::generate(duet_tests::count_task("keeping", d.leader.url(), d.helper.url()), None);
     provision(&d, &keeping).await;
@@ -223,8 +230,8 @@ async fn the_budget_a_deleted_collection_spent_stays_spent(postgres: bool) {
     params.min_batch_size = 5;
     params.dp = Some(DpConfig::laplace("1", Some("2")));
     let mut task = NewTask::generate(params, None);
-    task.leader_request.report_expiry_age = Some(4);
-    task.helper_request.report_expiry_age = Some(4);
+    task.leader_request.report_expiry_age = Some(EXPIRY_SECONDS);
+    task.helper_request.report_expiry_age = Some(EXPIRY_SECONDS);
     provision(&d, &task).await;
     let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
     let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
