@@ -376,7 +376,7 @@ impl Collector {
         let helper = open(Role::Helper, &resp.helper_encrypted_agg_share)?;
         // Noisy entries are read as signed integers: noise may push them below 0.
         let result = match self.task.dp {
-            Some(_) => self.vdaf.unshard_noisy(&leader, &helper),
+            Some(_) => self.vdaf.unshard_noisy(&leader, &helper, resp.report_count),
             None => self.vdaf.unshard(&leader, &helper, resp.report_count),
         }
         .map_err(ClientError::Vdaf)?;

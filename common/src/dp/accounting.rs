@@ -24,9 +24,10 @@ pub struct BudgetUse {
 
 impl BudgetUse {
     /// Whether a collection costing `cost` fits (basic composition for ε, additivity for ρ, both
-    /// plain sums), with room for the rounding of decimal parameters.
+    /// plain sums), with room for the rounding of decimal parameters: a billionth of the total,
+    /// far above a sum of doubles' rounding and far below the smallest parameter (10^-9 of 1).
     pub fn allows(&self, cost: f64) -> bool {
-        self.total.is_none_or(|total| self.spent + cost <= total + 1e-9)
+        self.total.is_none_or(|total| self.spent + cost <= total * (1.0 + 1e-9))
     }
 
     pub fn left(&self) -> Option<f64> {
@@ -96,6 +97,10 @@ mod tests {
         let decimals = BudgetUse { spent: 0.1 + 0.1, total: Some(0.3) };
         assert!(decimals.allows(0.1));
         assert!(BudgetUse { spent: 1e9, total: None }.allows(1.0));
+        // The smallest parameters are not rounded away: a budget of one collection of 10^-9
+        // allows exactly one.
+        assert!(BudgetUse { spent: 0.0, total: Some(1e-9) }.allows(1e-9));
+        assert!(!BudgetUse { spent: 1e-9, total: Some(1e-9) }.allows(1e-9));
     }
 
     #[test]

@@ -184,8 +184,7 @@ impl DpConfig {
     /// discrete Laplace on Histogram and SumVec this is the calibration of prio's own strategy,
     /// which duet uses there ([`crate::vdaf::Vdaf::add_noise`]).
     pub fn noise(&self, vdaf: &VdafConfig) -> Result<NoiseDistribution, DpConfigError> {
-        let mut sensitivity = noise::sensitivity(vdaf)
-            .ok_or_else(|| DpConfigError(format!("{vdaf} has no sensitivity to calibrate noise to")))?;
+        let mut sensitivity = noise::sensitivity(vdaf).map_err(|e| DpConfigError(e.0))?;
         let parameter = parse_decimal(self.parameter())?;
         let calibrated = match self {
             DpConfig::DiscreteLaplace { .. } => {
@@ -196,7 +195,18 @@ impl DpConfig {
             }
             DpConfig::DiscreteGaussian { .. } => NoiseDistribution::gaussian(&sensitivity, parameter),
         };
-        calibrated.map_err(|e| DpConfigError(e.0))
+        let noise = calibrated.map_err(|e| DpConfigError(e.0))?;
+        // Noise comparable to the field's size would wrap around it, and the result could not
+        // be read back (nor its standard deviation mean anything).
+        let half = (vdaf_modulus(vdaf) / 2) as f64;
+        if released_std_dev(&noise) * MODULUS_MARGIN >= half {
+            return Err(DpConfigError(format!(
+                "the noise for {vdaf} at {} = {} would be too large for the VDAF's field; choose a larger {0}",
+                self.unit().name(),
+                self.parameter()
+            )));
+        }
+        Ok(noise)
     }
 
     /// The privacy statement of a result of this VDAF: mechanism, parameter, what it implies,
@@ -216,6 +226,20 @@ impl DpConfig {
             ),
         };
         format!("{} noise ({guarantee}), added by each aggregator to its share: {sd}", self.mechanism())
+    }
+}
+
+/// How many of the released noise's standard deviations must fit in half the field: noise
+/// beyond that many would wrap a result around the modulus (a chance far below 10^-100).
+const MODULUS_MARGIN: f64 = 65536.0;
+
+/// The modulus of the field a VDAF's aggregate lives in: Field64 for Count and Sum, Field128
+/// for the vector types.
+fn vdaf_modulus(vdaf: &VdafConfig) -> u128 {
+    use prio::field::{Field128, Field64, FieldElementWithInteger};
+    match vdaf {
+        VdafConfig::Prio3Count | VdafConfig::Prio3Sum { .. } => u128::from(Field64::modulus()),
+        _ => Field128::modulus(),
     }
 }
 
@@ -274,6 +298,15 @@ mod tests {
         assert_eq!(err.to_string(), "differential privacy: rho: \"-0.1\" is not a positive decimal number");
         let err = DpConfig::gaussian("0.1", Some("x")).validate(&count).unwrap_err();
         assert!(err.to_string().contains("budget: \"x\""), "{err}");
+        // Noise that would wrap around the field (a Sum's Field64), or whose sensitivity does not
+        // fit, is refused rather than released unreadable or too small.
+        let huge_sum = VdafConfig::Prio3Sum { max_measurement: 1 << 62 };
+        let err = DpConfig::laplace("0.1", None).validate(&huge_sum).unwrap_err();
+        assert!(err.to_string().contains("too large for the VDAF's field"), "{err}");
+        assert_eq!(DpConfig::laplace("0.1", None).validate(&VdafConfig::Prio3Sum { max_measurement: 1 << 40 }), Ok(()));
+        let huge_vec = VdafConfig::Prio3SumVec { length: 1024, max_measurement: 1 << 60, chunk_length: 100 };
+        let err = DpConfig::gaussian("1", None).validate(&huge_vec).unwrap_err();
+        assert!(err.to_string().contains("too large to calibrate discrete Gaussian noise"), "{err}");
     }
 
     #[test]

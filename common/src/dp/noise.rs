@@ -40,36 +40,40 @@ pub struct Sensitivity {
     /// The L1 norm of the largest change: what discrete Laplace noise is scaled to.
     pub l1: BigSensitivity,
     /// The square of the L2 norm (an integer, so kept exact): what discrete Gaussian noise is
-    /// scaled to.
-    pub l2_squared: BigSensitivity,
+    /// scaled to. `None` when it does not fit a [`BigSensitivity`].
+    pub l2_squared: Option<BigSensitivity>,
 }
 
-/// A sensitivity: `u128` holds every one duet's VDAF parameters allow (at most 2^32 entries of
-/// at most 2^64 − 1, squared: 2^160 would not fit, hence the saturation, which only makes the
-/// noise larger).
+/// A sensitivity. `u128` holds the L1 norm of every VDAF duet takes (at most 2^32 entries of at
+/// most 2^64 − 1) but not every squared L2 norm (up to 2^160): Gaussian noise for settings whose
+/// square does not fit is refused rather than calibrated to a rounded value, since a smaller
+/// sensitivity would mean too little noise.
 pub type BigSensitivity = u128;
 
-/// The VDAF's [`Sensitivity`] (test VDAFs have none).
-pub fn sensitivity(config: &VdafConfig) -> Option<Sensitivity> {
+/// The VDAF's [`Sensitivity`]; an error for test VDAFs, which have none.
+pub fn sensitivity(config: &VdafConfig) -> Result<Sensitivity, NoiseError> {
     let (l1, l2_squared) = match *config {
-        VdafConfig::Prio3Count => (1, 1),
+        VdafConfig::Prio3Count => (1, Some(1)),
         VdafConfig::Prio3Sum { max_measurement } => {
             let m = u128::from(max_measurement);
-            (m, m.saturating_mul(m))
+            (m, m.checked_mul(m))
         }
         VdafConfig::Prio3SumVec { length, max_measurement, .. } => {
             let (l, m) = (u128::from(length), u128::from(max_measurement));
-            (l.saturating_mul(m), l.saturating_mul(m.saturating_mul(m)))
+            // At most (2^32 − 1) · (2^64 − 1): no overflow.
+            (l * m, m.checked_mul(m).and_then(|m2| m2.checked_mul(l)))
         }
-        VdafConfig::Prio3Histogram { .. } => (2, 2),
+        VdafConfig::Prio3Histogram { .. } => (2, Some(2)),
         VdafConfig::Prio3MultihotCountVec { length, max_weight, .. } => {
             let changed = u128::from(max_weight).saturating_mul(2).min(u128::from(length));
-            (changed, changed)
+            (changed, Some(changed))
         }
         #[cfg(feature = "test-vdaf")]
-        VdafConfig::Dummy { .. } => return None,
+        VdafConfig::Dummy { .. } => {
+            return Err(NoiseError(format!("{config} has no sensitivity to calibrate noise to")))
+        }
     };
-    Some(Sensitivity { l1, l2_squared })
+    Ok(Sensitivity { l1, l2_squared })
 }
 
 /// The L1 sensitivity prio's discrete Laplace strategy for SumVec calibrates to: every entry
@@ -143,8 +147,11 @@ impl NoiseDistribution {
         if n == 0 || d == 0 {
             return Err(NoiseError("rho must be positive".into()));
         }
+        let l2_squared = sensitivity.l2_squared.ok_or_else(|| {
+            NoiseError("the measurement bound is too large to calibrate discrete Gaussian noise to".into())
+        })?;
         // (σ · SCALE)² = Δ2² · d · SCALE² / (2n), rounded up, then its square root rounded up.
-        let scaled = BigUint::from(sensitivity.l2_squared) * BigUint::from(d) * BigUint::from(SIGMA_SCALE).pow(2u32);
+        let scaled = BigUint::from(l2_squared) * BigUint::from(d) * BigUint::from(SIGMA_SCALE).pow(2u32);
         let divisor = BigUint::from(2 * u128::from(n));
         let (quotient, remainder) = scaled.div_rem(&divisor);
         let square = if remainder == BigUint::ZERO { quotient } else { quotient + 1u32 };

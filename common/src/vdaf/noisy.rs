@@ -6,6 +6,7 @@
 use super::{AggregateResult, AggregateShare, Instance, PrioAggregateShare, Vdaf, VdafConfig, VdafFailure};
 use crate::dp::noise::{add_noise, signed, NoiseDistribution};
 use crate::dp::DpConfig;
+use prio::field::FieldElementWithInteger;
 
 impl AggregateShare {
     /// Adds an independent sample of `noise` to every entry, drawing from `rng`
@@ -95,16 +96,26 @@ impl Vdaf {
         share.add_noise_with(&noise, rng)
     }
 
-    /// Combines two noisy aggregate shares into the result, entries as signed integers: the
-    /// noise is left in, negative or above the natural bound as it falls.
+    /// Combines two noisy aggregate shares of `report_count` reports into the result, entries
+    /// as signed integers: the noise is left in, below 0 or above the largest true value as it
+    /// fell. An entry is read as negative only past the middle of the gap between the largest
+    /// true value and the modulus (noise that large is refused at task creation), so large true
+    /// sums are never mistaken for negative ones.
     pub fn unshard_noisy(
         &self,
         leader: &AggregateShare,
         helper: &AggregateShare,
+        report_count: u64,
     ) -> Result<AggregateResult, VdafFailure> {
         let mut sum = leader.clone();
         sum.merge(helper)?;
-        let entries = sum.signed_entries();
+        let top = largest_true_value(&self.config, report_count);
+        let entries: Vec<i128> = match &sum {
+            AggregateShare::F64(a) => a.as_ref().iter().map(|x| read_noisy(*x, top)).collect(),
+            AggregateShare::F128(a) => a.as_ref().iter().map(|x| read_noisy(*x, top)).collect(),
+            #[cfg(feature = "test-vdaf")]
+            AggregateShare::Dummy(_) => return Err(VdafFailure::BadConfig("no noise for the dummy VDAF".into())),
+        };
         Ok(match &self.instance {
             Instance::Count(_) | Instance::Sum(_) => match entries.as_slice() {
                 [value] => AggregateResult::NoisyScalar(*value),
@@ -112,6 +123,34 @@ impl Vdaf {
             },
             _ => AggregateResult::NoisyVector(entries),
         })
+    }
+}
+
+/// The largest value an entry of a true result of `report_count` reports can take: the count
+/// for Count, Histogram and MultihotCountVec entries, count × maximum for Sum and SumVec.
+fn largest_true_value(vdaf: &VdafConfig, report_count: u64) -> u128 {
+    let n = u128::from(report_count);
+    match *vdaf {
+        VdafConfig::Prio3Sum { max_measurement } | VdafConfig::Prio3SumVec { max_measurement, .. } => {
+            n.saturating_mul(u128::from(max_measurement))
+        }
+        _ => n,
+    }
+}
+
+/// A noisy entry whose true value lies in `[0, top]`, as a signed integer: negative past the
+/// middle of the gap between `top` and the modulus.
+fn read_noisy<F>(x: F, top: u128) -> i128
+where
+    F: FieldElementWithInteger,
+    F::Integer: Into<u128>,
+{
+    let (v, p): (u128, u128) = (F::Integer::from(x).into(), F::modulus().into());
+    let wrap = top.saturating_add(p.saturating_sub(top) / 2);
+    if v > wrap {
+        -i128::try_from(p - v).unwrap_or(i128::MAX)
+    } else {
+        i128::try_from(v).unwrap_or(i128::MAX)
     }
 }
 
@@ -123,13 +162,7 @@ impl AggregateResult {
     /// clamped mean is above 0), so it is only done when asked for. Results without noise come
     /// back unchanged.
     pub fn clamped(&self, vdaf: &VdafConfig, report_count: u64) -> AggregateResult {
-        let n = u128::from(report_count);
-        let top = match *vdaf {
-            VdafConfig::Prio3Sum { max_measurement } | VdafConfig::Prio3SumVec { max_measurement, .. } => {
-                n.saturating_mul(u128::from(max_measurement))
-            }
-            _ => n,
-        };
+        let top = largest_true_value(vdaf, report_count);
         let clamp = |x: i128| (x.max(0) as u128).min(top);
         match self {
             AggregateResult::NoisyScalar(x) => AggregateResult::Scalar(u64::try_from(clamp(*x)).unwrap_or(u64::MAX)),
@@ -162,5 +195,20 @@ mod tests {
         // Exact results are never touched.
         assert_eq!(AggregateResult::Scalar(12).clamped(&VdafConfig::Prio3Count, 10), AggregateResult::Scalar(12));
         assert!(noisy.is_noisy() && !AggregateResult::Scalar(1).is_noisy());
+    }
+
+    /// A true sum past half the field is read as itself, and a value just below 0 as negative.
+    #[test]
+    fn large_noisy_sums_are_not_read_as_negative() {
+        use prio::field::Field64;
+        let p = u128::from(Field64::modulus());
+        let top = p * 3 / 4; // e.g. 10^7 reports of values up to 1.4 · 10^12
+        let field = |v: u128| Field64::from(u64::try_from(v).unwrap());
+        assert_eq!(read_noisy(field(p * 2 / 3), top), (p * 2 / 3) as i128);
+        assert_eq!(read_noisy(field(top + 5), top), (top + 5) as i128, "noise above the largest true value");
+        assert_eq!(read_noisy(field(p - 3), top), -3);
+        // With a small top, the symmetric reading.
+        assert_eq!(read_noisy(field(p - 3), 10), -3);
+        assert_eq!(read_noisy(field(12), 10), 12);
     }
 }

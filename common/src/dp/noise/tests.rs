@@ -51,17 +51,23 @@ fn pmf_of_two(noise: &NoiseDistribution, bound: i64) -> Vec<f64> {
     two
 }
 
-/// The chi-square statistic of `samples` against `pmf` (over `[-bound, bound]`), in about
-/// `bins` bins of equal expected count (contiguous ranges of values, tails included), and its
-/// degrees of freedom.
+/// The chi-square statistic of `samples` against `pmf` (over `[-bound, bound]`), in at most
+/// `bins` bins (contiguous ranges of values, tails included) that each hold at least 1 / `bins`
+/// of the probability, so that every bin expects many samples and the statistic follows the
+/// chi-square distribution closely; and its degrees of freedom.
 fn chi_square(samples: &[i128], pmf: &[f64], bound: i64, bins: usize) -> (f64, usize) {
-    // Bin edges where the cumulative probability crosses k / bins.
+    // A bin closes once it holds its share of the mass, unless less than a share would be left
+    // for the last one (which then takes the rest: a point mass larger than a share makes a bin
+    // of its own, and the tails join their neighbours rather than stand alone).
+    let share = 1.0 / bins as f64;
     let mut upper = Vec::new();
-    let mut cumulative = 0.0;
+    let (mut in_bin, mut left) = (0.0, pmf.iter().sum::<f64>());
     for (i, p) in pmf.iter().enumerate() {
-        cumulative += p;
-        if cumulative >= (upper.len() + 1) as f64 / bins as f64 && upper.len() + 1 < bins {
+        in_bin += p;
+        left -= p;
+        if in_bin >= share && left >= share {
             upper.push(i as i64 - bound);
+            in_bin = 0.0;
         }
     }
     let bin_of = |x: i128| upper.iter().position(|u| x <= *u as i128).unwrap_or(upper.len());
@@ -175,17 +181,23 @@ fn types() -> Vec<(VdafConfig, Vec<Measurement>)> {
 #[test]
 fn sensitivities_follow_each_measurements_bounds() {
     let s = |c: VdafConfig| sensitivity(&c).unwrap();
-    assert_eq!(s(VdafConfig::Prio3Count), Sensitivity { l1: 1, l2_squared: 1 });
-    assert_eq!(s(VdafConfig::Prio3Sum { max_measurement: 10 }), Sensitivity { l1: 10, l2_squared: 100 });
+    assert_eq!(s(VdafConfig::Prio3Count), Sensitivity { l1: 1, l2_squared: Some(1) });
+    assert_eq!(s(VdafConfig::Prio3Sum { max_measurement: 10 }), Sensitivity { l1: 10, l2_squared: Some(100) });
     let sum_vec = VdafConfig::Prio3SumVec { length: 3, max_measurement: 4, chunk_length: 2 };
-    assert_eq!(s(sum_vec), Sensitivity { l1: 12, l2_squared: 48 });
-    assert_eq!(s(VdafConfig::Prio3Histogram { length: 100, chunk_length: 10 }), Sensitivity { l1: 2, l2_squared: 2 });
+    assert_eq!(s(sum_vec), Sensitivity { l1: 12, l2_squared: Some(48) });
+    assert_eq!(
+        s(VdafConfig::Prio3Histogram { length: 100, chunk_length: 10 }),
+        Sensitivity { l1: 2, l2_squared: Some(2) }
+    );
     let multihot = |length, max_weight| VdafConfig::Prio3MultihotCountVec { length, chunk_length: 2, max_weight };
-    assert_eq!(s(multihot(6, 2)), Sensitivity { l1: 4, l2_squared: 4 });
-    assert_eq!(s(multihot(3, 2)), Sensitivity { l1: 3, l2_squared: 3 }, "never more than the length");
-    // The largest parameters saturate rather than wrap: more noise, never less.
-    let huge = VdafConfig::Prio3SumVec { length: u32::MAX, max_measurement: u64::MAX, chunk_length: 1 };
-    assert_eq!(s(huge).l2_squared, u128::MAX);
+    assert_eq!(s(multihot(6, 2)), Sensitivity { l1: 4, l2_squared: Some(4) });
+    assert_eq!(s(multihot(3, 2)), Sensitivity { l1: 3, l2_squared: Some(3) }, "never more than the length");
+    // A squared L2 norm past 2^128 is not rounded down (too little noise) but unknown, and
+    // Gaussian noise for it is refused; Laplace noise needs only the L1 norm, which fits.
+    let huge = VdafConfig::Prio3SumVec { length: 2, max_measurement: u64::MAX, chunk_length: 1 };
+    assert_eq!(s(huge.clone()), Sensitivity { l1: 2 * u128::from(u64::MAX), l2_squared: None });
+    assert!(NoiseDistribution::gaussian(&s(huge.clone()), (1, 1)).unwrap_err().0.contains("too large"));
+    assert!(NoiseDistribution::laplace(&s(huge), (1, 1)).is_ok());
 }
 
 #[test]

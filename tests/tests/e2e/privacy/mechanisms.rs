@@ -4,9 +4,9 @@
 //! names the mechanism, its parameter, the noise's standard deviation and the budget, and the
 //! collection past the budget is refused with nothing marked collected.
 //!
-//! The bounds on the noise are 10 standard deviations of the released noise; a correct
-//! deployment exceeds them with probability below 10^-8 per result (discrete Laplace tails fall
-//! as e^(−k/t), Gaussian ones faster).
+//! The bounds on the noise are wide: ±25 on a Count at ε = 1 (13 standard deviations; the sum
+//! of the two aggregators' discrete Laplace doses exceeds it with probability 9.6 · 10^-11) and
+//! ±1414 on the Sum (10 standard deviations of a Gaussian, about 10^-23).
 
 use super::{collected_batches_of, refused_past_the_budget, TIMEOUT};
 use duet_cli::process::sibling_binary;
@@ -87,7 +87,7 @@ async fn count_with_laplace(d: &Deployment, hours: &[u64]) {
     let first = collector.collect(collector.query(Some((hours[0], 3600))).unwrap(), TIMEOUT).await.unwrap();
     assert_eq!(first.report_count, PER_HOUR, "the report count is released exactly");
     let AggregateResult::NoisyScalar(noisy) = first.result else { panic!("{:?}", first.result) };
-    assert!((noisy - 25).abs() <= 20, "noisy count {noisy} against 25, SD 1.92");
+    assert!((noisy - 25).abs() <= 25, "noisy count {noisy} against 25, SD 1.92");
     let statement = first.guarantee.noise.clone().unwrap();
     assert!(statement.contains("standard deviation 1.92 per entry"), "{statement}");
     let budget = first.guarantee.budget.unwrap();
@@ -96,7 +96,7 @@ async fn count_with_laplace(d: &Deployment, hours: &[u64]) {
     let text = duet_collect(d, &task, hours[1], &[]);
     let line = text.lines().find(|l| l.starts_with("Result:")).unwrap();
     let value: i128 = line["Result:".len()..].trim().trim_end_matches("(with noise)").trim().parse().unwrap();
-    assert!((value - 25).abs() <= 20, "{line}");
+    assert!((value - 25).abs() <= 25, "{line}");
     assert!(text.contains("Reports:   40"), "{text}");
     assert!(
         text.contains(
