@@ -307,10 +307,17 @@ pub async fn ops_get(server: &ServerProcess, path: &str) -> (u16, String) {
 }
 
 /// The start of the hour two hours ago, as POSIX seconds: a report time in the past (accepted)
-/// and aligned to the tests' one-hour time precision.
+/// and aligned to the tests' one-hour time precision. Fixed at its first use in the process
+/// (nextest runs each test in a process of its own), so that a test's reports and its queries
+/// name the same hour even when the clock's hour turns over between them: before, a test that
+/// stamped its reports at 05:59:57 and asked for "the hour" at 06:00:03 waited for ever on an
+/// empty batch.
 pub fn past_hour() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    (now / 3600 - 2) * 3600
+    static HOUR: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HOUR.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        (now / 3600 - 2) * 3600
+    })
 }
 
 /// One of each Prio3 variant, small enough for quick tests.

@@ -149,7 +149,8 @@ async fn reports_older_than_the_expiry_age_are_dropped_by_both_aggregators() {
     let d = duet_tests::Deployment::start(options).await;
     let old = duet_tests::past_hour() - 5 * 3600;
     let count = |items: &[(Measurement, u64)]| items.to_vec();
-    let fresh: Vec<_> = (0..4).map(|_| (Measurement::Count(true), duet_tests::past_hour())).collect();
+    // An hour inside the two: still fresh if the clock's hour turns over while the test runs.
+    let fresh: Vec<_> = (0..4).map(|_| (Measurement::Count(true), duet_tests::past_hour() + 3600)).collect();
     let stale: Vec<_> = (0..3).map(|_| (Measurement::Count(true), old)).collect();
 
     // A task without an age of its own: the leader takes the stale reports, the helper drops
