@@ -153,7 +153,7 @@ fn limits() -> Vec<String> {
     .to_vec()
 }
 
-/// Checks what the flood met: every kind cut off within its deadline (and a little), and
+/// Checks what the flood met: every kind cut off within its deadline (and some slack), and
 /// connections beyond an address's share refused on arrival.
 fn check_flood(ended: &[Ended]) {
     let kinds: std::collections::BTreeSet<Kind> = ended.iter().map(|(k, _)| *k).collect();
@@ -167,7 +167,10 @@ fn check_flood(ended: &[Ended]) {
             served.len(),
             kept.len() - served.len()
         );
-        assert!(longest <= kind.deadline() + Duration::from_millis(1500), "{kind:?} kept {longest:?}");
+        // The slack covers a loaded machine's accept and wake-up delays over hundreds of
+        // connections; the bounds (5 to 7.5 s) stay far below the defaults the flags replace
+        // (10, 30 and 60 s).
+        assert!(longest <= kind.deadline() + Duration::from_secs(4), "{kind:?} kept {longest:?}");
     }
     let refused = ended.iter().filter(|(_, d)| *d < Duration::from_millis(300)).count();
     assert!(refused > 0, "an address's connections beyond its share are refused on arrival");
