@@ -27,6 +27,10 @@ pub struct LeaderOptions {
     pub leader_args: Vec<String>,
     /// More flags for the helper (the sizes of its work queue, say).
     pub helper_args: Vec<String>,
+    /// The leader's leases on jobs: short by default (3 s), so that work a crashed leader held
+    /// is taken over within seconds; tests that count the requests each job makes take long
+    /// ones, since on a loaded machine a lease renewed late lets another driver send again.
+    pub lease_seconds: u64,
 }
 
 impl Default for LeaderOptions {
@@ -37,6 +41,7 @@ impl Default for LeaderOptions {
             capture_logs: None,
             leader_args: Vec::new(),
             helper_args: Vec::new(),
+            lease_seconds: 3,
         }
     }
 }
@@ -128,9 +133,8 @@ impl Deployment {
             options.max_job_size.to_string(),
             "--max-body-bytes".into(),
             "1048576".into(),
-            // Short leases, so that work a crashed leader held is taken over within seconds.
             "--lease-seconds".into(),
-            "3".into(),
+            options.lease_seconds.to_string(),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ];

@@ -488,6 +488,7 @@ async fn a_helper_answering_asynchronously_is_polled_to_the_end() {
         let d = Deployment::start(LeaderOptions {
             postgres,
             helper_args: vec!["--async-queue-threshold".into(), "0".into()],
+            lease_seconds: 30,
             ..LeaderOptions::default()
         })
         .await;
@@ -503,6 +504,7 @@ async fn a_helper_with_a_full_queue_turns_jobs_away_until_it_has_room() {
     // One worker and room for one job: of the leader's four jobs at once, the others get 503.
     let d = Deployment::start(LeaderOptions {
         max_job_size: 50,
+        lease_seconds: 30,
         helper_args: ["--aggregation-workers", "1", "--async-queue-threshold", "1", "--max-queued-jobs", "1"]
             .map(String::from)
             .to_vec(),
@@ -641,7 +643,7 @@ async fn wrong_helper(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_the_leader_cannot_follow_abandon_the_job_and_delete_it_at_the_helper() {
-    let d = Deployment::start(LeaderOptions { max_job_size: 10, ..LeaderOptions::default() }).await;
+    let d = Deployment::start(LeaderOptions { max_job_size: 10, lease_seconds: 30, ..LeaderOptions::default() }).await;
     let wrong = WrongHelper { helper: d.helper.url(), ..WrongHelper::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());

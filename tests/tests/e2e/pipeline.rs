@@ -369,5 +369,5 @@ on_both_backends!(
 );
 on_both_backends!(
     an_asynchronous_helper_is_polled_until_ready,
-    LeaderOptions { max_job_size: 10, ..LeaderOptions::default() }
+    LeaderOptions { max_job_size: 10, lease_seconds: 30, ..LeaderOptions::default() }
 );
