@@ -81,7 +81,9 @@ async fn crash_run(seed: u64) {
     // committed, the helper's share requested, or the result stored.
     let second_kill = Duration::from_millis(rng.random_range(0..1500));
     let collecting = {
-        let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+        // Attempts enough to outlast the leader's restart on a loaded machine.
+        let options = duet_client::collect::CollectorOptions { max_attempts: 20, ..Default::default() };
+        let collector = Collector::with_options(&task.credentials, d.http.clone(), options).unwrap();
         tokio::spawn(async move { collector.collect(query, Duration::from_secs(120)).await })
     };
     tokio::time::sleep(second_kill).await;
