@@ -247,20 +247,5 @@ where
     }
 }
 
-/// A field element read as a signed integer: values past half the modulus are negative (how
-/// noise that pushed an entry below zero shows).
-pub fn signed<F>(x: F) -> i128
-where
-    F: FieldElementWithInteger,
-    F::Integer: Into<u128>,
-{
-    let (v, p): (u128, u128) = (F::Integer::from(x).into(), F::modulus().into());
-    if v > p / 2 {
-        -((p - v) as i128)
-    } else {
-        v as i128
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 //! clamping into range as explicit post-processing for readers who want it.
 
 use super::{AggregateResult, AggregateShare, Instance, PrioAggregateShare, Vdaf, VdafConfig, VdafFailure};
-use crate::dp::noise::{add_noise, signed, NoiseDistribution};
+use crate::dp::noise::{add_noise, NoiseDistribution};
 use crate::dp::DpConfig;
 use prio::field::FieldElementWithInteger;
 
@@ -35,11 +35,17 @@ impl AggregateShare {
 
     /// The entries read as signed integers (values past half the modulus are negative).
     pub fn signed_entries(&self) -> Vec<i128> {
+        self.entries_around(0).unwrap_or_default()
+    }
+
+    /// The entries as [`read_noisy`] reads them for true values in `[0, top]`; `None` for the
+    /// dummy VDAF, which has no field.
+    fn entries_around(&self, top: u128) -> Option<Vec<i128>> {
         match self {
-            AggregateShare::F64(a) => a.as_ref().iter().map(|x| signed(*x)).collect(),
-            AggregateShare::F128(a) => a.as_ref().iter().map(|x| signed(*x)).collect(),
+            AggregateShare::F64(a) => Some(a.as_ref().iter().map(|x| read_noisy(*x, top)).collect()),
+            AggregateShare::F128(a) => Some(a.as_ref().iter().map(|x| read_noisy(*x, top)).collect()),
             #[cfg(feature = "test-vdaf")]
-            AggregateShare::Dummy(_) => Vec::new(),
+            AggregateShare::Dummy(_) => None,
         }
     }
 }
@@ -110,12 +116,8 @@ impl Vdaf {
         let mut sum = leader.clone();
         sum.merge(helper)?;
         let top = largest_true_value(&self.config, report_count);
-        let entries: Vec<i128> = match &sum {
-            AggregateShare::F64(a) => a.as_ref().iter().map(|x| read_noisy(*x, top)).collect(),
-            AggregateShare::F128(a) => a.as_ref().iter().map(|x| read_noisy(*x, top)).collect(),
-            #[cfg(feature = "test-vdaf")]
-            AggregateShare::Dummy(_) => return Err(VdafFailure::BadConfig("no noise for the dummy VDAF".into())),
-        };
+        let entries =
+            sum.entries_around(top).ok_or_else(|| VdafFailure::BadConfig("no noise for the dummy VDAF".into()))?;
         Ok(match &self.instance {
             Instance::Count(_) | Instance::Sum(_) => match entries.as_slice() {
                 [value] => AggregateResult::NoisyScalar(*value),
@@ -139,7 +141,7 @@ fn largest_true_value(vdaf: &VdafConfig, report_count: u64) -> u128 {
 }
 
 /// A noisy entry whose true value lies in `[0, top]`, as a signed integer: negative past the
-/// middle of the gap between `top` and the modulus.
+/// middle of the gap between `top` and the modulus (past half the modulus for `top` 0).
 fn read_noisy<F>(x: F, top: u128) -> i128
 where
     F: FieldElementWithInteger,

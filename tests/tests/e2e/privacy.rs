@@ -17,10 +17,10 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The leader's collected-batch records of one task.
-async fn collected_batches_of(d: &Deployment, task: &duet_client::admin::NewTask) -> i64 {
+/// The rows of one task in one of the leader's tables (`collected_batches`, `collection_jobs`).
+async fn leader_rows_of(d: &Deployment, table: &str, task: &duet_client::admin::NewTask) -> i64 {
     let db = d.leader_db().await;
-    sqlx::query("SELECT COUNT(*) FROM collected_batches WHERE task_id = $1")
+    sqlx::query(&format!("SELECT COUNT(*) FROM {table} WHERE task_id = $1"))
         .bind(task.credentials.task.task_id.as_bytes().as_slice())
         .fetch_one(&db)
         .await

@@ -8,7 +8,7 @@
 //! of the two aggregators' discrete Laplace doses exceeds it with probability 9.6 · 10^-11) and
 //! ±1414 on the Sum (10 standard deviations of a Gaussian, about 10^-23).
 
-use super::{collected_batches_of, refused_past_the_budget, TIMEOUT};
+use super::{leader_rows_of, refused_past_the_budget, TIMEOUT};
 use duet_cli::process::sibling_binary;
 use duet_client::admin::NewTask;
 use duet_client::collect::Collector;
@@ -17,7 +17,6 @@ use duet_common::dp::{BudgetUnit, DpConfig};
 use duet_common::messages::*;
 use duet_common::vdaf::{AggregateResult, Measurement, VdafConfig};
 use duet_tests::{past_hour, Deployment, LeaderOptions};
-use sqlx::Row;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn count_with_laplace_and_sum_with_zcdp_on_sqlite() {
@@ -64,15 +63,9 @@ fn duet_collect(d: &Deployment, task: &NewTask, hour: u64, extra: &[&str]) -> St
     text
 }
 
-/// The leader's collection jobs for a task.
-async fn collection_jobs_of(d: &Deployment, task: &NewTask) -> i64 {
-    let db = d.leader_db().await;
-    sqlx::query("SELECT COUNT(*) FROM collection_jobs WHERE task_id = $1")
-        .bind(task.credentials.task.task_id.as_bytes().as_slice())
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get::<i64, _>(0)
+/// The leader's collected-batch records and collection jobs of a task.
+async fn batches_and_jobs(d: &Deployment, task: &NewTask) -> (i64, i64) {
+    (leader_rows_of(d, "collected_batches", task).await, leader_rows_of(d, "collection_jobs", task).await)
 }
 
 /// Count, ε = 1 per collection, budget 2: discrete Laplace of scale 1 per aggregator, SD 1.92
@@ -106,15 +99,11 @@ async fn count_with_laplace(d: &Deployment, hours: &[u64]) {
         "{text}"
     );
     assert!(text.contains("privacy budget: epsilon 2 of 2 spent, 0 left."), "{text}");
-    assert_eq!((collected_batches_of(d, &task).await, collection_jobs_of(d, &task).await), (2, 2));
+    assert_eq!(batches_and_jobs(d, &task).await, (2, 2));
 
     let doc = refused_past_the_budget(d, &task, collector.query(Some((hours[2], 3600))).unwrap()).await;
     assert!(doc["detail"].as_str().unwrap().contains("needs epsilon 1, but the task has spent 2 of its 2"), "{doc}");
-    assert_eq!(
-        (collected_batches_of(d, &task).await, collection_jobs_of(d, &task).await),
-        (2, 2),
-        "the refusal created no job and marked nothing collected"
-    );
+    assert_eq!(batches_and_jobs(d, &task).await, (2, 2), "the refusal created no job and marked nothing collected");
 }
 
 /// Sum of values up to 100, ρ = 0.5 per collection, budget 1: discrete Gaussian of σ = 100 per
@@ -165,7 +154,7 @@ async fn sum_with_zcdp(d: &Deployment, hours: &[u64]) {
     let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
     let doc = refused_past_the_budget(d, &task, collector.query(Some((hours[2], 3600))).unwrap()).await;
     assert!(doc["detail"].as_str().unwrap().contains("needs rho 0.5, but the task has spent 1 of its 1"), "{doc}");
-    assert_eq!((collected_batches_of(d, &task).await, collection_jobs_of(d, &task).await), (2, 2));
+    assert_eq!(batches_and_jobs(d, &task).await, (2, 2));
 }
 
 /// Both servers' admin APIs refuse settings that cannot be calibrated or do not fit together,
