@@ -110,12 +110,15 @@ impl SqlStore {
         }
     }
 
-    /// Deletes every row a task left, table by table, in bounded steps.
+    /// Deletes every row a task left, table by table, in bounded steps. Each step deletes only
+    /// while no task of that ID is provisioned, in its own transaction: once one is (restored,
+    /// or provisioned anew on another replica), its rows are its own.
     pub async fn purge_task_rows(&self, id: &TaskId, limit: usize, report: &mut GcReport) -> Result<u64, StoreError> {
         let params = [Param::Bytes(id.as_bytes().to_vec())];
         let mut total = 0;
         for (table, condition) in TASK_TABLES {
-            total += self.delete_in_steps(table, condition, &params, limit, report).await?;
+            let condition = format!("{condition} AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1)");
+            total += self.delete_in_steps(table, &condition, &params, limit, report).await?;
         }
         Ok(total)
     }
@@ -167,12 +170,26 @@ impl SqlStore {
         for row in rows {
             let Ok(id) = TaskId::try_from(row.get::<Vec<u8>, _>(0).as_slice()) else { continue };
             let deleted_at: i64 = row.get(1);
-            // Provisioned again meanwhile (restored): its rows are the live task's.
-            let live = sqlx::query("SELECT 1 FROM tasks WHERE task_id = $1")
-                .bind(id.as_bytes().as_slice())
-                .fetch_optional(&self.pool)
+            // The purge claims the deletion record first, unless the task was provisioned again
+            // (restored: its rows are the live task's): from now on the task is not restored,
+            // which would bring back part of its rows ([`SqlStore::put_task_afresh`]).
+            let claimed = self
+                .retrying(|| async {
+                    let mut tx = self.begin().await?;
+                    let done = sqlx::query(
+                        "UPDATE deleted_tasks SET fingerprint = $2 WHERE task_id = $1 AND deleted_at_seconds = $3
+                         AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1)",
+                    )
+                    .bind(id.as_bytes().as_slice())
+                    .bind(super::tasks::PURGING)
+                    .bind(deleted_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                })
                 .await?;
-            if live.is_some() {
+            if !claimed {
                 continue;
             }
             let purged = self.purge_task_rows(&id, settings.batch_rows, report).await?;

@@ -23,6 +23,10 @@ const TASK_COLUMNS: &str = "role, parameters, vdaf_verify_key, aggregator_auth_t
 /// (`sha256:` and the digest). Tokens themselves never hold a `:`, so neither is mistaken for a
 /// token a database written before sealing holds in the clear.
 const SEALED: &str = "sealed:";
+
+/// The fingerprint of a deleted task once the garbage collector has begun deleting its rows
+/// (a real fingerprint is a 32-byte digest): from then on the task is never restored.
+pub(super) const PURGING: &[u8] = b"purging";
 const DIGEST: &str = "sha256:";
 
 fn digest_text(hash: &TokenHash) -> String {
@@ -35,12 +39,15 @@ fn sealed_text(sealed: &[u8]) -> String {
 
 impl SqlStore {
     /// Provisions a task; provisioning the identical task again (secrets included) is a no-op,
-    /// a different one under the same ID is a conflict.
+    /// a different one under the same ID is a conflict. `restore`: the task restores a deleted
+    /// one with its rows, which holds only while the garbage collector has not begun deleting
+    /// them; `None` if it has meanwhile (the caller then starts the task afresh).
     pub(super) async fn put_task_inner(
         &self,
         role: Role,
         req: &AggregatorTaskRequest,
-    ) -> Result<Arc<Task>, StoreError> {
+        restore: bool,
+    ) -> Result<Option<Arc<Task>>, StoreError> {
         let task = Task::from_request(role, req)?;
         let params = serde_json::to_string(&req.parameters).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin().await?;
@@ -57,10 +64,25 @@ impl SqlStore {
                 )));
             }
         } else {
-            sqlx::query("DELETE FROM deleted_tasks WHERE task_id = $1")
-                .bind(task.id.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await?;
+            // Taking the deletion record is what decides a restore, in the transaction that
+            // inserts the task: a purge claims the record first (`PURGING`), so exactly one of
+            // the two goes ahead.
+            let tombstone = sqlx::query(
+                "DELETE FROM deleted_tasks WHERE task_id = $1 AND (fingerprint IS NULL OR fingerprint <> $2)",
+            )
+            .bind(task.id.as_bytes().as_slice())
+            .bind(PURGING)
+            .execute(&mut *tx)
+            .await?;
+            if restore && tombstone.rows_affected() == 0 {
+                return Ok(None);
+            }
+            if !restore {
+                sqlx::query("DELETE FROM deleted_tasks WHERE task_id = $1")
+                    .bind(task.id.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let (verify_key, aggregator_token, collector_token) = self.sealed_secrets(&task);
             sqlx::query(
                 "INSERT INTO tasks (task_id, role, parameters, vdaf_verify_key, aggregator_auth_token,
@@ -84,7 +106,7 @@ impl SqlStore {
         tx.commit().await.map_err(StoreError::from)?;
         let task = Arc::new(task);
         self.cache_task(task.id, Some(task.clone()), self.now_seconds());
-        Ok(task)
+        Ok(Some(task))
     }
 
     /// Remembers the task read under `id` at `now`, or that there is none.
@@ -302,7 +324,7 @@ impl SqlStore {
     }
 
     /// Provisions a task. Under the ID of a task deleted whose rows the garbage collector has
-    /// not deleted yet: the identical task is restored with its rows (an accidental deletion
+    /// not begun to delete: the identical task is restored with its rows (an accidental deletion
     /// undone); any other starts empty, what the deleted one left deleted first. (Rows left by
     /// a task deleted before schema 13, whose fingerprint is unknown, are kept.)
     pub(super) async fn put_task_afresh(
@@ -311,20 +333,31 @@ impl SqlStore {
         req: &AggregatorTaskRequest,
     ) -> Result<Arc<Task>, StoreError> {
         let id = req.parameters.task_id;
-        if let Some(fingerprint) = self.deleted_task_fingerprint(&id).await? {
-            // Without a fingerprint (a task deleted before schema 13, or whose secrets did not
-            // open), the rows are kept, as they always were.
-            let same = fingerprint
+        let Some(fingerprint) = self.deleted_task_fingerprint(&id).await? else {
+            return self.put_task_unrestored(role, req).await;
+        };
+        // Without a fingerprint (a task deleted before schema 13, or whose secrets did not
+        // open), the rows are kept, as they always were.
+        let same = fingerprint.as_deref() != Some(PURGING)
+            && fingerprint
                 .is_none_or(|f| Task::from_request(role, req).is_ok_and(|t| f.as_slice() == &t.fingerprint()[..]));
-            if same {
+        if same {
+            if let Some(task) = self.retrying(|| self.put_task_inner(role, req, true)).await? {
                 tracing::info!(task_id = %id, "a deleted task provisioned again identically: restored with its data");
-            } else {
-                let mut report = crate::gc::GcReport::default();
-                let rows = self.purge_task_rows(&id, crate::gc::DEFAULT_BATCH_ROWS, &mut report).await?;
-                tracing::info!(task_id = %id, rows, "deleted what a deleted task left before provisioning it anew");
+                return Ok(task);
             }
+            // The garbage collector began deleting its rows meanwhile: a restore would bring
+            // back part of them.
         }
-        self.retrying(|| self.put_task_inner(role, req)).await
+        let mut report = crate::gc::GcReport::default();
+        let rows = self.purge_task_rows(&id, crate::gc::DEFAULT_BATCH_ROWS, &mut report).await?;
+        tracing::info!(task_id = %id, rows, "deleted what a deleted task left before provisioning it anew");
+        self.put_task_unrestored(role, req).await
+    }
+
+    async fn put_task_unrestored(&self, role: Role, req: &AggregatorTaskRequest) -> Result<Arc<Task>, StoreError> {
+        let task = self.retrying(|| self.put_task_inner(role, req, false)).await?;
+        task.ok_or_else(|| StoreError::Internal("a task provisioned afresh was refused as a restore".into()))
     }
 
     pub(super) async fn task_ids_inner(&self) -> Result<Vec<TaskId>, StoreError> {

@@ -18,13 +18,18 @@ fn now_units(clock: &TestClock) -> u64 {
     duet_common::clock::Clock::now_seconds(clock) / PRECISION
 }
 
-/// Rows of the task in `table`.
-async fn rows(keep: &Keep, table: &str, task: &Task) -> i64 {
-    let hex: String = task.id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let literal = match keep {
+/// `bytes` as an SQL literal of the backend's.
+fn literal(keep: &Keep, bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match keep {
         Keep::Dir(_) => format!("X'{hex}'"),
         Keep::Pg(_) => format!("'\\x{hex}'::bytea"),
-    };
+    }
+}
+
+/// Rows of the task in `table`.
+async fn rows(keep: &Keep, table: &str, task: &Task) -> i64 {
+    let literal = literal(keep, task.id.as_bytes());
     duet_tests::count_rows(&keep.url(), &format!("SELECT COUNT(*) FROM {table} WHERE task_id = {literal}")).await
 }
 
@@ -170,6 +175,44 @@ async fn deleted_tasks_are_restored_within_the_grace_period_and_purged_after() {
         clock.advance(120);
         LeaderStore::collect_garbage(&*store, &settings()).await.unwrap();
         assert_eq!(rows(&keep, "deleted_tasks", &new).await, 0, "{name}: then forgotten");
+    }
+}
+
+/// Runs `sql` over a connection of the test's own.
+async fn execute(keep: &Keep, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&keep.url()).await.unwrap();
+    sqlx::query(sql).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+/// A purge that began is never undone by a restore, which would bring back part of the task's
+/// rows (replay records gone, aggregates kept: a report counted twice): the identical task
+/// provisioned then starts empty. And a purge's steps stop once a task of the ID is provisioned
+/// again: its rows are the new task's.
+#[tokio::test]
+async fn a_purge_once_begun_is_finished_and_never_reaches_a_provisioned_task() {
+    for (name, _, keep) in backends().await {
+        let (store, clock) = on_clock(&keep).await;
+        let req = task_request(BatchMode::TimeInterval, 3, None, true);
+        let task = store.put_task(Role::Leader, &req).await.unwrap();
+        aggregated_reports(&store, &task, now_units(&clock), 3).await;
+        assert!(store.delete_task(&task.id).await.unwrap());
+        // What a pass that claimed the deletion and stopped half-way leaves: its claim, and
+        // one of three reports deleted.
+        execute(&keep, &format!("UPDATE deleted_tasks SET fingerprint = {}", literal(&keep, b"purging"))).await;
+        execute(&keep, "DELETE FROM client_report_payloads WHERE report_row = (SELECT MIN(report_row) FROM client_report_payloads)").await;
+        assert_eq!(rows(&keep, "client_reports", &task).await, 3, "{name}");
+        store.put_task(Role::Leader, &req).await.unwrap();
+        for table in ["client_reports", "leader_aggregation_jobs", "batch_aggregations", "deleted_tasks"] {
+            assert_eq!(rows(&keep, table, &task).await, 0, "{name}: {table}: provisioned empty, not half restored");
+        }
+        // The provisioned task's own rows are out of a purge's reach.
+        aggregated_reports(&store, &task, now_units(&clock), 2).await;
+        let mut report = duet_server::gc::GcReport::default();
+        let purged = store.purge_task_rows(&task.id, 1, &mut report).await.unwrap();
+        assert_eq!(purged, 0, "{name}: {report:?}");
+        assert_eq!(rows(&keep, "client_reports", &task).await, 2, "{name}");
     }
 }
 
