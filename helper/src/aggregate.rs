@@ -153,32 +153,50 @@ pub async fn init(
         return Ok(deferred_response(StatusCode::OK, &task, &job_id, AggregationJobStep(0)));
     }
     let work = InitWork { task: task.clone(), job_id, digest, batch_id, req };
+    let run = move |state: HelperState, ticket: Ticket| async move { work.run(&state, &ticket).await };
+    Ok(admitted(&state, &task, job_id, AggregationJobStep(0), digest, StatusCode::CREATED, run).await?)
+}
+
+/// Runs a step's `work` as the queue admits it (DAP-18 "Asynchronous Request Handling"): now,
+/// with its answer; in the background, answered at once with no body, `deferred_status` and the
+/// step's `Location` to poll; or not at all, with 503 and `Retry-After`, when the queue is full.
+/// Work that fails in the background leaves no deferral behind: the leader's next poll finds
+/// nothing in progress and sends the identical request again.
+async fn admitted<W, F>(
+    state: &HelperState,
+    task: &Arc<Task>,
+    job_id: AggregationJobId,
+    step: AggregationJobStep,
+    digest: [u8; 32],
+    deferred_status: StatusCode,
+    work: W,
+) -> Result<Response, DapError>
+where
+    W: FnOnce(HelperState, Ticket) -> F + Send + 'static,
+    F: std::future::Future<Output = Result<(StatusCode, Vec<u8>), DapError>> + Send + 'static,
+{
     match state.queue.admit() {
         Admission::Full => {
             duet_server::metrics::aggregation_jobs(Role::Helper, "refused_busy", 1);
-            Err(DapError::Unavailable("the aggregation queue is full".into()).into())
+            Err(DapError::Unavailable("the aggregation queue is full".into()))
         }
         Admission::Now(ticket) => {
-            let (status, body) = work.run(&state, &ticket).await?;
-            Ok(job_response(status, job_location(&task, &job_id, None), body))
+            let (status, body) = work(state.clone(), ticket).await?;
+            Ok(job_response(status, job_location(task, &job_id, None), body))
         }
         Admission::Deferred(ticket) => {
-            state
-                .store
-                .helper_defer_step(&task, &job_id, AggregationJobStep(0), &digest, &state.owner, DEFERRAL_LEASE_SECONDS)
-                .await?;
+            state.store.helper_defer_step(task, &job_id, step, &digest, &state.owner, DEFERRAL_LEASE_SECONDS).await?;
             state.keep_deferrals_alive();
             duet_server::metrics::aggregation_jobs(Role::Helper, "deferred", 1);
-            let background = state.clone();
+            let (background, deferred_task) = (state.clone(), task.clone());
             tokio::spawn(async move {
-                let (task, job_id) = (work.task.clone(), work.job_id);
-                if let Err(e) = work.run(&background, &ticket).await {
-                    // The leader's next poll finds no job and sends the request again.
-                    tracing::warn!(task_id = %task.id, %job_id, error = %e, "deferred aggregation job failed");
-                    let _ = background.store.helper_drop_deferred(&task, &job_id, AggregationJobStep(0)).await;
+                if let Err(e) = work(background.clone(), ticket).await {
+                    let task_id = deferred_task.id;
+                    tracing::warn!(%task_id, %job_id, %step, error = %e, "deferred aggregation step failed");
+                    let _ = background.store.helper_drop_deferred(&deferred_task, &job_id, step).await;
                 }
             });
-            Ok(deferred_response(StatusCode::CREATED, &task, &job_id, AggregationJobStep(0)))
+            Ok(deferred_response(deferred_status, task, &job_id, step))
         }
     }
 }
@@ -317,13 +335,25 @@ pub async fn continue_job(
         )
         .into());
     }
-    match continue_step(&state, &task, &job, job_id, &req, digest).await {
-        Ok(body) => Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), body)),
+    // A retried request while the step is worked on in the background: still not ready.
+    if state.store.helper_step_deferred(&task, &job_id, req.step).await? {
+        return Ok(deferred_response(StatusCode::OK, &task, &job_id, req.step));
+    }
+    let step = req.step;
+    let outcome = match ContinueWork::prepare(&state, &task, &job, job_id, req, digest).await {
+        Ok(work) => {
+            let run = move |state: HelperState, ticket: Ticket| async move { work.run(&state, &ticket).await };
+            admitted(&state, &task, job_id, step, digest, StatusCode::OK, run).await
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(resp) => Ok(resp),
         Err(e) => {
             // An identical request may have moved the job on while this one worked (its states
             // consumed, its step taken): this one gets the answer that request stored.
             match live_job(&state, &task, &job_id).await {
-                Ok(now) if now.step == req.step && now.last_request_digest == digest => {
+                Ok(now) if now.step == step && now.last_request_digest == digest => {
                     Ok(job_response(StatusCode::OK, job_location(&task, &job_id, None), now.last_response))
                 }
                 _ => Err(e.into()),
@@ -332,61 +362,91 @@ pub async fn continue_job(
     }
 }
 
-/// Verifies and commits one continuation step; the encoded `AggregationJobResp`.
-async fn continue_step(
-    state: &HelperState,
-    task: &Arc<Task>,
-    job: &HelperJob,
+/// A validated continuation request, to verify and commit: each report's kept state with the
+/// leader's message.
+struct ContinueWork {
+    task: Arc<Task>,
     job_id: AggregationJobId,
-    req: &AggregationJobContinueReq,
+    from: AggregationJobStep,
+    step: AggregationJobStep,
     digest: [u8; 32],
-) -> Result<Vec<u8>, DapError> {
-    let tid = Some(task.id);
-    let states = state.store.helper_kept_states(task, &job_id).await?;
-    let mut seen = HashSet::new();
-    let mut work = Vec::with_capacity(req.verify_continues.len());
-    for vc in &req.verify_continues {
-        if !seen.insert(vc.report_id) {
-            return Err(DapError::invalid_message(tid, "repeated report ID in continuation"));
-        }
-        let Some((time, blob)) = states.get(&vc.report_id) else {
-            return Err(DapError::invalid_message(
-                tid,
-                format!("report {} is not awaiting continuation", vc.report_id),
-            ));
-        };
-        work.push((vc.report_id, *time, blob.clone(), vc.payload.clone()));
-    }
-    let task_cpu = task.clone();
-    let outcomes = tokio::task::spawn_blocking(move || {
-        let ctx = task_cpu.vdaf_context();
-        work.into_iter()
-            .map(|(_, time, blob, inbound)| {
-                let state = match task_cpu.vdaf.decode_verify_state(1, &blob) {
-                    Ok(s) => s,
-                    Err(_) => return Outcome::Reject(ReportError::VdafVerifyError),
-                };
-                match task_cpu.vdaf.helper_continued(&ctx, state, &inbound) {
-                    Ok(Transition::Continued { state, outbound }) => Outcome::Keep { state, outbound, time },
-                    Ok(Transition::FinishedWithOutbound { out_share, outbound }) => {
-                        Outcome::Commit { out_share, outbound: Some(outbound), time }
-                    }
-                    Ok(Transition::Finished { out_share }) => Outcome::Commit { out_share, outbound: None, time },
-                    Err(e) => Outcome::Reject(e.report_error()),
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
-    let report_ids: Vec<ReportId> = req.verify_continues.iter().map(|v| v.report_id).collect();
+    batch_id: Option<BatchId>,
+    report_ids: Vec<ReportId>,
+    work: Vec<(Time, Vec<u8>, Vec<u8>)>,
+}
 
-    let step = HelperStep { job_id, digest, batch_id: job.batch_id, step: req.step, report_ids, outcomes };
-    let Some(resp) = state.store.helper_continue_job(task, job.step, step).await? else {
-        return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently"));
+impl ContinueWork {
+    /// Checks that the request continues the job's reports (DAP-18 "Helper Continuation"),
+    /// before any of it is deferred: what fails here fails the request, not the work.
+    async fn prepare(
+        state: &HelperState,
+        task: &Arc<Task>,
+        job: &HelperJob,
+        job_id: AggregationJobId,
+        req: AggregationJobContinueReq,
+        digest: [u8; 32],
+    ) -> Result<Self, DapError> {
+        let tid = Some(task.id);
+        let mut states = state.store.helper_kept_states(task, &job_id).await?;
+        let mut work = Vec::with_capacity(req.verify_continues.len());
+        let mut report_ids = Vec::with_capacity(req.verify_continues.len());
+        for vc in req.verify_continues {
+            // Taken out as it is used: a report named twice finds nothing the second time.
+            let Some((time, blob)) = states.remove(&vc.report_id) else {
+                let why = match report_ids.contains(&vc.report_id) {
+                    true => "repeated report ID in continuation".to_string(),
+                    false => format!("report {} is not awaiting continuation", vc.report_id),
+                };
+                return Err(DapError::invalid_message(tid, why));
+            };
+            report_ids.push(vc.report_id);
+            work.push((time, blob, vc.payload));
+        }
+        let (from, step, batch_id) = (job.step, req.step, job.batch_id);
+        Ok(Self { task: task.clone(), job_id, from, step, digest, batch_id, report_ids, work })
+    }
+
+    /// Verifies every report (on a worker) and commits the step: the status and the encoded
+    /// `AggregationJobResp`.
+    async fn run(self, state: &HelperState, ticket: &Ticket) -> Result<(StatusCode, Vec<u8>), DapError> {
+        let ContinueWork { task, job_id, from, step, digest, batch_id, report_ids, work } = self;
+        let tid = Some(task.id);
+        let task_cpu = task.clone();
+        let verify = async move {
+            tokio::task::spawn_blocking(move || {
+                let ctx = task_cpu.vdaf_context();
+                work.into_iter()
+                    .map(|(time, blob, inbound)| continue_report(&task_cpu, &ctx, time, &blob, &inbound))
+                    .collect()
+            })
+            .await
+        };
+        let outcomes: Vec<Outcome> =
+            ticket.on_worker(verify).await.map_err(|e| DapError::Internal(format!("verification task failed: {e}")))?;
+        let step = HelperStep { job_id, digest, batch_id, step, report_ids, outcomes };
+        let Some(resp) = state.store.helper_continue_job(&task, from, step).await? else {
+            return Err(DapError::dap(DapProblemType::StepMismatch, tid, "the job advanced concurrently"));
+        };
+        record_outcomes(&resp);
+        Ok((StatusCode::OK, resp.get_encoded().map_err(|e| DapError::Internal(e.to_string()))?))
+    }
+}
+
+/// One report's continuation (DAP-18 "Helper Continuation"): its next state, its output share,
+/// or its error.
+fn continue_report(task: &Task, ctx: &[u8], time: Time, blob: &[u8], inbound: &[u8]) -> Outcome {
+    let state = match task.vdaf.decode_verify_state(1, blob) {
+        Ok(s) => s,
+        Err(_) => return Outcome::Reject(ReportError::VdafVerifyError),
     };
-    record_outcomes(&resp);
-    resp.get_encoded().map_err(|e| DapError::Internal(e.to_string()))
+    match task.vdaf.helper_continued(ctx, state, inbound) {
+        Ok(Transition::Continued { state, outbound }) => Outcome::Keep { state, outbound, time },
+        Ok(Transition::FinishedWithOutbound { out_share, outbound }) => {
+            Outcome::Commit { out_share, outbound: Some(outbound), time }
+        }
+        Ok(Transition::Finished { out_share }) => Outcome::Commit { out_share, outbound: None, time },
+        Err(e) => Outcome::Reject(e.report_error()),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -408,21 +468,35 @@ pub async fn get_job(
             DapError::invalid_message(Some(task.id), "GET on an aggregation job needs the step parameter").into()
         );
     };
-    let job = match live_job(&state, &task, &job_id).await {
-        Ok(job) => job,
-        // Still being worked on in the background; or finished between the two reads (the
-        // commit stores the job and drops the deferral at once), so the job is read again.
-        Err(_) if state.store.helper_step_deferred(&task, &job_id, AggregationJobStep(step)).await? => {
-            return Ok(deferred_response(StatusCode::OK, &task, &job_id, AggregationJobStep(step)));
+    let step = AggregationJobStep(step);
+    let answer =
+        |job: HelperJob| job_response(StatusCode::OK, job_location(&task, &job_id, Some(job.step)), job.last_response);
+    if let Ok(job) = live_job(&state, &task, &job_id).await {
+        if job.step == step {
+            return Ok(answer(job));
         }
-        Err(_) => live_job(&state, &task, &job_id).await?,
-    };
-    if step != job.step.0 {
-        return Err(
-            DapError::dap(DapProblemType::StepMismatch, Some(task.id), format!("job is at step {}", job.step)).into()
-        );
     }
-    Ok(job_response(StatusCode::OK, job_location(&task, &job_id, Some(job.step)), job.last_response))
+    // Still being worked on in the background.
+    if state.store.helper_step_deferred(&task, &job_id, step).await? {
+        return Ok(deferred_response(StatusCode::OK, &task, &job_id, step));
+    }
+    // Or finished between the two reads (the commit stores the step and drops its deferral at
+    // once), so the job is read again.
+    let job = live_job(&state, &task, &job_id).await?;
+    if job.step == step {
+        return Ok(answer(job));
+    }
+    if job.step.next() == Some(step) {
+        // Its background work failed: nothing is in progress, and the leader sends the
+        // identical request again (as for a job whose initialization failed, which is gone).
+        return Err(DapError::dap(
+            DapProblemType::UnrecognizedAggregationJob,
+            Some(task.id),
+            format!("step {step} of job {job_id} is not in progress; send its request again"),
+        )
+        .into());
+    }
+    Err(DapError::dap(DapProblemType::StepMismatch, Some(task.id), format!("job is at step {}", job.step)).into())
 }
 
 /// `DELETE {helper}/tasks/{task-id}/aggregation_jobs/{aggregation-job-id}`: forget the job's

@@ -301,9 +301,16 @@ async fn run_job(state: &LeaderState, task: &Arc<Task>, job: &LeasedJob) -> Resu
         let (resp, location) =
             match state.peer.fetch(url, token, media, body, media_type::AGGREGATION_JOB_RESP, max_wait, noted).await {
                 Ok(r) => r,
-                Err(e) => return Ok(Driven::failed(e, helper_job)),
+                // A job the helper deferred was accepted: it may hold the job's output shares
+                // whatever the poll then met, so the job is deleted and its reports are not
+                // aggregated again.
+                Err(e) => return Ok(Driven::failed(e.error, helper_job.or(e.accepted))),
             };
-        let helper_job = helper_job.or(location);
+        // The job's own URL: a deferred answer's Location names the step polled as well.
+        let helper_job = helper_job.or(location.map(|mut url| {
+            url.set_query(None);
+            url
+        }));
         // From here on the helper has committed what it answered: an answer the leader cannot
         // follow abandons the job (DAP-18 "Leader Initialization", "Leader Continuation"), and
         // its reports may not be aggregated again.

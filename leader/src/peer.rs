@@ -79,6 +79,14 @@ impl PeerError {
     }
 }
 
+/// A [`Peer::fetch`] that failed, and the resource the helper had accepted the request as, if
+/// it deferred it first: the helper may then have done the work before the failure.
+#[derive(Debug)]
+pub struct FetchError {
+    pub error: PeerError,
+    pub accepted: Option<Url>,
+}
+
 /// What the helper answered a request with.
 #[derive(Debug)]
 pub enum Answer {
@@ -173,6 +181,7 @@ impl Peer {
     /// as that takes; `on_deferred` runs once, at the first deferral. Returns the resource (of
     /// media type `expect`) and its URL, if the helper named it. A poll that finds the job gone
     /// (the helper lost the deferred work) is transient: the identical request starts it again.
+    /// A failure after the helper deferred the request names the resource it accepted.
     #[allow(clippy::too_many_arguments)]
     pub async fn fetch<F, Fut>(
         &self,
@@ -183,12 +192,15 @@ impl Peer {
         expect: &'static str,
         max_wait: Duration,
         on_deferred: F,
-    ) -> Result<(Vec<u8>, Option<Url>), PeerError>
+    ) -> Result<(Vec<u8>, Option<Url>), FetchError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let mut answer = self.send(Method::POST, url, token, media, body, expect).await?;
+        let mut answer = self
+            .send(Method::POST, url, token, media, body, expect)
+            .await
+            .map_err(|error| FetchError { error, accepted: None })?;
         let mut on_deferred = Some(on_deferred);
         let mut location = None;
         loop {
@@ -202,13 +214,17 @@ impl Peer {
                         retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), max_wait);
                     tokio::time::sleep(wait).await;
                     location = Some(poll_url.clone());
-                    answer = match self.poll(poll_url, token, expect).await {
+                    answer = match self.poll(poll_url.clone(), token, expect).await {
+                        Ok(answer) => answer,
                         Err(PeerError::Rejected {
                             problem: Some(DapProblemType::UnrecognizedAggregationJob),
                             detail,
                             ..
-                        }) => return Err(PeerError::transient(RetryReason::Deferred, detail)),
-                        other => other?,
+                        }) => {
+                            let error = PeerError::transient(RetryReason::Deferred, detail);
+                            return Err(FetchError { error, accepted: None });
+                        }
+                        Err(error) => return Err(FetchError { error, accepted: Some(poll_url) }),
                     };
                 }
             }

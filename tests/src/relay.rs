@@ -21,6 +21,9 @@ pub enum Fault {
     /// Answers every request `503 Service Unavailable` with `Retry-After: {0}`, as a helper
     /// whose database is down does.
     Unavailable(u64),
+    /// Answers every request `429 Too Many Requests` with a `Retry-After` in its HTTP-date form,
+    /// `{0}` seconds ahead, as a helper whose queue is full may.
+    TooManyRequests(u64),
     /// Refuses connections: nothing listens on the port.
     Refuse,
     /// Forwards requests to the helper, which handles them, but drops its answers: the
@@ -30,6 +33,9 @@ pub enum Fault {
     /// instance `"POST /tasks/"` with `"/aggregation_jobs/"`: continuation steps); the others
     /// pass. The relay reads HTTP/1.1 messages of a `Content-Length` here.
     DropAnswersTo(&'static str),
+    /// As `DropAnswersTo`, for the requests whose body also begins with this step number (an
+    /// `AggregationJobContinueReq` opens with its `step`, a big-endian `u16`).
+    DropAnswersToStep(&'static str, u16),
     /// Delays each message one way by `base` plus up to `spread` either way, and resets the
     /// connection of `reset_ratio` of the requests, before or after the helper handled them.
     Flaky { base: Duration, spread: Duration, reset_ratio: f64 },
@@ -134,13 +140,24 @@ impl Drop for Relay {
 }
 
 /// Reads HTTP/1.1 requests (a head, then a body of its `Content-Length`) and answers each with
-/// `503` and `Retry-After`, keeping the connection open.
-async fn answer_unavailable(mut inbound: TcpStream, retry_after: u64, counts: &RelayCounts) {
+/// `status` and `Retry-After` (`retry_after` seconds, in the HTTP-date form if `as_date`), keeping
+/// the connection open.
+async fn answer_unavailable(
+    mut inbound: TcpStream,
+    status: &str,
+    retry_after: u64,
+    as_date: bool,
+    counts: &RelayCounts,
+) {
     let mut buf = Vec::new();
     while read_message(&mut inbound, &mut buf).await.is_some() {
         counts.unavailable_answers.fetch_add(1, Ordering::Relaxed);
+        let retry_after = match as_date {
+            true => httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(retry_after)),
+            false => retry_after.to_string(),
+        };
         let answer = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after}\r\ncontent-type: application/problem+json\r\n\
+            "HTTP/1.1 {status}\r\nretry-after: {retry_after}\r\ncontent-type: application/problem+json\r\n\
              content-length: 2\r\n\r\n{{}}"
         );
         if inbound.write_all(answer.as_bytes()).await.is_err() {
@@ -158,7 +175,12 @@ async fn handle(inbound: TcpStream, target: SocketAddr, fault: Fault, counts: &R
             }
         }
         Fault::Refuse => drop(inbound),
-        Fault::Unavailable(retry_after) => answer_unavailable(inbound, retry_after, counts).await,
+        Fault::Unavailable(retry_after) => {
+            answer_unavailable(inbound, "503 Service Unavailable", retry_after, false, counts).await
+        }
+        Fault::TooManyRequests(retry_after) => {
+            answer_unavailable(inbound, "429 Too Many Requests", retry_after, true, counts).await
+        }
         Fault::DropAnswers => {
             let Ok(outbound) = TcpStream::connect(target).await else { return };
             let (mut cr, mut cw) = inbound.into_split();
@@ -176,7 +198,11 @@ async fn handle(inbound: TcpStream, target: SocketAddr, fault: Fault, counts: &R
         }
         Fault::DropAnswersTo(pattern) => {
             let Ok(outbound) = TcpStream::connect(target).await else { return };
-            drop_matching_answers(inbound, outbound, pattern, counts).await;
+            drop_matching_answers(inbound, outbound, pattern, None, counts).await;
+        }
+        Fault::DropAnswersToStep(pattern, step) => {
+            let Ok(outbound) = TcpStream::connect(target).await else { return };
+            drop_matching_answers(inbound, outbound, pattern, Some(step), counts).await;
         }
         Fault::Flaky { base, spread, reset_ratio } => {
             let Ok(outbound) = TcpStream::connect(target).await else { return };
@@ -211,12 +237,21 @@ async fn read_message<R: AsyncReadExt + Unpin>(stream: &mut R, buf: &mut Vec<u8>
 }
 
 /// Forwards requests one at a time; the helper's answer to a request whose request line
-/// contains `pattern` is dropped (the connection closes), after the helper handled it.
-async fn drop_matching_answers(mut inbound: TcpStream, mut outbound: TcpStream, pattern: &str, counts: &RelayCounts) {
+/// contains `pattern` (and whose body begins with `step`, if given) is dropped (the connection
+/// closes), after the helper handled it.
+async fn drop_matching_answers(
+    mut inbound: TcpStream,
+    mut outbound: TcpStream,
+    pattern: &str,
+    step: Option<u16>,
+    counts: &RelayCounts,
+) {
     let (mut from_leader, mut from_helper) = (Vec::new(), Vec::new());
     while let Some(request) = read_message(&mut inbound, &mut from_leader).await {
         let line_end = request.iter().position(|b| *b == b'\r').unwrap_or(request.len());
-        let matches = String::from_utf8_lossy(&request[..line_end]).contains(pattern);
+        let body = request.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &request[i + 4..]);
+        let matches = String::from_utf8_lossy(&request[..line_end]).contains(pattern)
+            && step.is_none_or(|step| body.is_some_and(|b| b.starts_with(&step.to_be_bytes())));
         if outbound.write_all(&request).await.is_err() {
             return;
         }

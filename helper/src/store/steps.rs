@@ -261,6 +261,13 @@ pub(super) async fn helper_continue_job(
         // Another request advanced the job meanwhile; ours rolls back.
         return Ok(None);
     }
+    // Done: a poll finds the answer now, not the deferral.
+    sqlx::query("DELETE FROM helper_deferred_steps WHERE task_id = $1 AND job_id = $2 AND step = $3")
+        .bind(task.id.as_bytes().as_slice())
+        .bind(step.job_id.as_bytes().as_slice())
+        .bind(i64::from(step.step.0))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     s.after_commit().await;
     Ok(Some(resp))

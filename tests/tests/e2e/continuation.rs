@@ -1,9 +1,10 @@
 //! Aggregation jobs of more than one step (DAP-18 "Aggregate Continuation") between real
 //! servers, with the test build's multi-round VDAF (Prio3 verifies in one step, so it never
-//! continues): the exactly-once window of continuation requests. The helper commits a step and
-//! its answer is lost, again and again, and the leader is killed between steps; the leader sends
-//! the byte-identical request again (from what it stored, in a new process), the helper answers
-//! from what it stored, and every report is counted once.
+//! continues): the exactly-once window of continuation requests. The helper handles a step, and
+//! then the step in which it commits the output shares, and each one's answer is lost, again and
+//! again, and the leader is killed between steps; the leader sends the byte-identical request
+//! again (from what it stored, in a new process), the helper answers from what it stored, and
+//! every report is counted once.
 
 use duet_client::collect::Collector;
 use duet_client::upload::Client;
@@ -70,6 +71,29 @@ async fn continuation_answers_lost(postgres: bool) {
     d.crash_leader();
     let before = dropped();
     wait_for("the restarted leader's continuations", || dropped() >= before + 6).await;
+
+    // The answers to step 1 pass; those to step 2, in which the helper commits the jobs' output
+    // shares, are lost, again and again.
+    relay.set(Fault::DropAnswersToStep(CONTINUATION, 2)).await;
+    let before = dropped();
+    wait_for("answers to the committing step dropped", || dropped() >= before + 12).await;
+    let helper_db = {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&d.helper_db_url()).await.unwrap()
+    };
+    let committed: i64 = sqlx::query("SELECT COUNT(*) FROM helper_aggregation_jobs WHERE state = 'finished'")
+        .fetch_one(&helper_db)
+        .await
+        .unwrap()
+        .get(0);
+    let waiting: i64 = sqlx::query("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'active' AND step = 2")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(committed >= 1, "the helper committed jobs whose answers were lost ({committed})");
+    assert!(waiting >= 1, "the leader waits at step 2 for their answers ({waiting})");
+    helper_db.close().await;
     relay.set(Fault::None).await;
     d.wait_aggregated().await;
 
@@ -105,4 +129,57 @@ async fn lost_continuation_answers_are_asked_for_again_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_continuation_answers_are_asked_for_again_postgres() {
     continuation_answers_lost(true).await;
+}
+
+/// The helper answers every step asynchronously (a queue threshold of 0): the leader polls each
+/// initialization and each continuation to its end, and every report is counted once.
+async fn every_step_deferred(postgres: bool) {
+    const N: u64 = 300;
+    let options = LeaderOptions {
+        max_job_size: 100,
+        postgres,
+        helper_args: vec!["--async-queue-threshold".into(), "0".into()],
+        lease_seconds: 30,
+        ..LeaderOptions::default()
+    };
+    let d = Deployment::start(options).await;
+    let task = d.create_task(VdafConfig::Dummy { rounds: 4 }, BatchMode::TimeInterval, 100, None, None).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let time = past_hour();
+    let values: Vec<u8> = (0..N).map(|i| (i * 53 % 256) as u8).collect();
+    let expected = values.iter().map(|v| u64::from(*v)).sum::<u64>() % 256;
+    let measurements: Vec<(Measurement, u64)> = values.iter().map(|v| (Measurement::Dummy(*v), time)).collect();
+    assert_eq!(client.upload(&measurements).await.unwrap().accepted, N);
+    d.wait_aggregated().await;
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let query = collector.query(Some((time, 3600))).unwrap();
+    let result = collector.collect(query, Duration::from_secs(120)).await.unwrap();
+    assert_eq!((result.report_count, result.result), (N, AggregateResult::Scalar(expected)));
+
+    let db = d.leader_db().await;
+    let jobs: Vec<(String, i64)> = sqlx::query("SELECT state, step FROM leader_aggregation_jobs")
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(jobs, vec![("finished".to_string(), 2); 3], "three jobs, each finished after two continuations");
+    let helper_metrics = duet_tests::ops_get(&d.helper, "/metrics").await.1;
+    let deferred = duet_tests::metric(
+        &helper_metrics,
+        "duet_aggregation_jobs_total",
+        &[("role", "helper"), ("outcome", "deferred")],
+    );
+    assert_eq!(deferred, Some(9.0), "each job's initialization and two continuations deferred");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_step_answered_asynchronously_is_polled_to_the_end_sqlite() {
+    every_step_deferred(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_step_answered_asynchronously_is_polled_to_the_end_postgres() {
+    every_step_deferred(true).await;
 }

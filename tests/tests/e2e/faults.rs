@@ -189,6 +189,7 @@ async fn helper_fault(postgres: bool, fault: Fault, during_aggregation: Duration
     }
     let reason = match fault {
         Fault::Unavailable(_) => Some("server_error"),
+        Fault::TooManyRequests(_) => Some("overloaded"),
         Fault::Refuse => Some("connect"),
         Fault::DropAnswers => Some("connection"),
         _ => None,
@@ -245,18 +246,31 @@ async fn helper_fault(postgres: bool, fault: Fault, during_aggregation: Duration
     );
 }
 
+/// 200 ms added each way, and 5% of the requests' connections reset.
 fn flaky() -> Fault {
-    Fault::Flaky { base: Duration::from_millis(100), spread: Duration::ZERO, reset_ratio: 0.05 }
+    Fault::Flaky { base: Duration::from_millis(200), spread: Duration::ZERO, reset_ratio: 0.05 }
 }
 
+// Three minutes of 503s during aggregation, and 45 s more during collection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_helper_answering_503_for_minutes_sqlite() {
-    helper_fault(false, Fault::Unavailable(1), Duration::from_secs(90), Duration::from_secs(30)).await;
+    helper_fault(false, Fault::Unavailable(1), Duration::from_secs(180), Duration::from_secs(45)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_helper_answering_503_for_minutes_postgres() {
-    helper_fault(true, Fault::Unavailable(1), Duration::from_secs(60), Duration::from_secs(20)).await;
+    helper_fault(true, Fault::Unavailable(1), Duration::from_secs(180), Duration::from_secs(45)).await;
+}
+
+// 429 with `Retry-After` as an HTTP date.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_answering_429_with_a_date_to_retry_after_sqlite() {
+    helper_fault(false, Fault::TooManyRequests(1), Duration::from_secs(20), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_answering_429_with_a_date_to_retry_after_postgres() {
+    helper_fault(true, Fault::TooManyRequests(1), Duration::from_secs(20), Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -379,7 +393,10 @@ impl Drop for TwoHosts {
 /// 60 s in the middle of the run, while reports arrive and a collection waits: the result is
 /// exact and no job is abandoned.
 #[tokio::test(flavor = "multi_thread")]
-#[cfg_attr(not(duet_netns), ignore = "this machine does not let tests create network namespaces (ip netns add)")]
+#[cfg_attr(
+    not(duet_netns),
+    ignore = "this machine does not let tests create network namespaces and veth pairs (ip netns add, ip link add)"
+)]
 async fn two_hosts_through_a_slow_relay_and_a_partition() {
     // Jobs of 10 reports: some 200 requests cross the relay, so that its 1% resets happen.
     const HALF: u64 = 1000;
@@ -501,6 +518,45 @@ async fn a_helper_answering_asynchronously_is_polled_to_the_end() {
     }
 }
 
+/// While a job waits on the helper's deferred answer, its lease is renewed, so that no other
+/// driver takes it over, and no attempt is counted: through a path of 4 s each way, each job
+/// takes several times its six-second lease (renewed every two seconds, which leaves a loaded
+/// machine four seconds of slack), yet every job is leased once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_waiting_on_a_deferred_answer_keeps_its_lease_and_counts_no_attempt() {
+    let d = Deployment::start(LeaderOptions {
+        max_job_size: 100,
+        helper_args: vec!["--async-queue-threshold".into(), "0".into()],
+        lease_seconds: 6,
+        ..LeaderOptions::default()
+    })
+    .await;
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), d.helper.addr).await;
+    relay.set(Fault::Flaky { base: Duration::from_secs(4), spread: Duration::ZERO, reset_ratio: 0.0 }).await;
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 10, None, Some(relay.url())).await;
+    let client = Client::new(task.credentials.task.clone(), d.http.clone()).unwrap();
+    let items: Vec<_> = (0..300).map(|i| (Measurement::Count(i % 3 == 0), past_hour())).collect();
+    assert_eq!(client.upload(&items).await.unwrap().accepted, 300);
+    let started = Instant::now();
+    d.wait_aggregated().await;
+    let took = started.elapsed();
+    let db = d.leader_db().await;
+    let rows = sqlx::query("SELECT state, attempts FROM leader_aggregation_jobs").fetch_all(&db).await.unwrap();
+    let jobs: Vec<(String, i64)> = rows.iter().map(|r| (sqlx::Row::get(r, 0), sqlx::Row::get(r, 1))).collect();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert!(jobs.iter().all(|(state, attempts)| state == "finished" && *attempts == 1), "{jobs:?}");
+    assert!(took > Duration::from_secs(12), "each job outlasted its lease twice over ({took:?})");
+    let deferred = metric(
+        &ops_get(&d.helper, "/metrics").await.1,
+        "duet_aggregation_jobs_total",
+        &[("role", "helper"), ("outcome", "deferred")],
+    );
+    assert_eq!(deferred, Some(3.0), "each job deferred, and sent once");
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let result = collector.collect(collector.query(Some((past_hour(), 3600))).unwrap(), Duration::from_secs(120)).await;
+    assert_eq!(result.unwrap().result, AggregateResult::Scalar(100));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_helper_with_a_full_queue_turns_jobs_away_until_it_has_room() {
     // One worker and room for one job: of the leader's four jobs at once, the others get 503.
@@ -601,6 +657,9 @@ struct WrongHelper {
     helper: String,
     answers: Arc<AtomicUsize>,
     deletes: Arc<AtomicUsize>,
+    /// Defers each job instead (an empty answer and a `Location`), then refuses the poll with a
+    /// problem document: the job was accepted, so it may have been aggregated all the same.
+    defer_then_refuse: bool,
 }
 
 async fn wrong_helper(
@@ -618,6 +677,17 @@ async fn wrong_helper(
     if method == axum::http::Method::DELETE {
         w.deletes.fetch_add(1, Ordering::SeqCst);
         return axum::http::StatusCode::OK.into_response();
+    }
+    if w.defer_then_refuse {
+        if method == axum::http::Method::GET {
+            let problem = r#"{"type":"urn:ietf:params:ppm:dap:error:invalidMessage","title":"refused"}"#;
+            return (axum::http::StatusCode::BAD_REQUEST, [("content-type", "application/problem+json")], problem)
+                .into_response();
+        }
+        w.answers.fetch_add(1, Ordering::SeqCst);
+        let location = format!("{}/deferred-job", uri.path());
+        return (axum::http::StatusCode::CREATED, [("location", location), ("retry-after", "0".into())])
+            .into_response();
     }
     let req = AggregationJobInitReq::get_decoded(&body).unwrap();
     let mut verify_resps: Vec<VerifyResp> = req
@@ -645,8 +715,19 @@ async fn wrong_helper(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_the_leader_cannot_follow_abandon_the_job_and_delete_it_at_the_helper() {
+    wrong_answers_abandon_jobs(false).await;
+}
+
+/// A job the helper deferred and then refused when polled: it had accepted the job, so the
+/// reports may be aggregated there, and they are not put in a new job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deferred_job_refused_when_polled_is_abandoned_and_deleted_at_the_helper() {
+    wrong_answers_abandon_jobs(true).await;
+}
+
+async fn wrong_answers_abandon_jobs(defer_then_refuse: bool) {
     let d = Deployment::start(LeaderOptions { max_job_size: 10, lease_seconds: 30, ..LeaderOptions::default() }).await;
-    let wrong = WrongHelper { helper: d.helper.url(), ..WrongHelper::default() };
+    let wrong = WrongHelper { helper: d.helper.url(), defer_then_refuse, ..WrongHelper::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let app = axum::Router::new().fallback(wrong_helper).with_state(wrong.clone());
