@@ -33,19 +33,7 @@ fn requested_batch(task: &Task, req: &AggregateShareReq) -> Result<Batch, DapErr
     if !req.batch_selector.is_consistent_with(&req.collection_job_req.query) {
         return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "batch selector is not within the query"));
     }
-    if !task.vdaf.is_agg_param_valid(&req.collection_job_req.agg_param) {
-        return Err(DapError::invalid_message(tid, "aggregation parameter differs from the one aggregated with"));
-    }
-    let exts = &req.collection_job_req.extensions;
-    if !strictly_increasing(exts.iter().map(|e| e.extension_type)) {
-        return Err(DapError::dap(DapProblemType::InvalidExtension, tid, "collection job extensions out of order"));
-    }
-    if !exts.is_empty() {
-        return Err(DapError::UnsupportedExtension {
-            task_id: tid,
-            extensions: exts.iter().map(|e| e.extension_type.0).collect(),
-        });
-    }
+    duet_server::checks::check_collection_job_req(Role::Helper, task, &req.collection_job_req)?;
     match req.batch_selector {
         BatchSelector::TimeInterval(c) => {
             if c.batch_interval.duration.units() == 0 || c.batch_interval.end().is_none() {

@@ -87,42 +87,6 @@ async fn with_budget(state: &LeaderState, task: &Task, mut resp: Response) -> Ht
     Ok(resp)
 }
 
-/// The checks of DAP-18 "Collection Job Initialization" that need no storage.
-fn validate_request(task: &Task, req: &CollectionJobReq) -> Result<(), DapError> {
-    let tid = Some(task.id);
-    if req.query.batch_mode() != task.configuration.batch_mode {
-        return Err(DapError::invalid_message(tid, "the query's batch mode is not the task's"));
-    }
-    if !task.vdaf.is_agg_param_valid(&req.agg_param) {
-        return Err(DapError::dap(
-            DapProblemType::InvalidAggregationParameter,
-            tid,
-            "Prio3 takes an empty aggregation parameter",
-        ));
-    }
-    if !strictly_increasing(req.extensions.iter().map(|e| e.extension_type)) {
-        return Err(DapError::dap(DapProblemType::InvalidExtension, tid, "collection job extensions out of order"));
-    }
-    if !req.extensions.is_empty() {
-        return Err(DapError::UnsupportedExtension {
-            task_id: tid,
-            extensions: req.extensions.iter().map(|e| e.extension_type.0).collect(),
-        });
-    }
-    if let Query::TimeInterval(q) = &req.query {
-        let interval = q.batch_interval;
-        if interval.duration.units() == 0 || interval.end().is_none() {
-            return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "the batch interval is empty"));
-        }
-        if let Some(task_interval) = task.configuration.task_interval() {
-            if !interval.overlaps(&task_interval) {
-                return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "the batch interval is outside the task"));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// `POST {leader}/tasks/{task-id}/collection_jobs`.
 pub async fn create(
     State(state): State<LeaderState>,
@@ -141,7 +105,7 @@ pub async fn create(
     if let Some(job) = state.store.collection_job_by_digest(&task, &digest).await? {
         return with_budget(&state, &task, job_response(&task, &job, StatusCode::OK)?).await;
     }
-    validate_request(&task, &req)?;
+    duet_server::checks::check_collection_job_req(Role::Leader, &task, &req)?;
     if let Query::TimeInterval(q) = &req.query {
         // Reports older than the expiry age are refused, and the garbage collector deletes
         // their buckets: a batch reaching back before them cannot be collected whole.
@@ -323,7 +287,9 @@ pub async fn drive_job(state: &LeaderState, leased: LeasedCollectionJob) -> Resu
         tracing::warn!(task_id = %task.id, collection_job_id = %id, "lost the lease of the collection job; another driver has it");
         return Ok(());
     };
-    let helper_share = match answer {
+    // Whether the helper had deferred the request makes no difference here: the collector
+    // receives nothing from a failed collection either way.
+    let helper_share = match answer.map_err(|e| e.error) {
         Ok((bytes, _)) => match AggregateShare::get_decoded(&bytes) {
             Ok(share) => share.encrypted_aggregate_share,
             Err(e) => {

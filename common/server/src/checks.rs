@@ -17,11 +17,23 @@
 //! Alike on both: a report older than the task's report expiry age is `report_dropped`, at
 //! upload and at aggregation: the replay records it would be checked against may be gone
 //! ("Input Share Validation", and "Reducing Storage Requirements").
+//!
+//! The checks of a collection's request that need no storage are here too
+//! ([`check_collection_job_req`]): the leader's of "Collection Job Initialization" on the
+//! collector's `CollectionJobReq`, the helper's of "Obtaining Aggregate Shares" on the one the
+//! leader passes on. They differ, as the spec says, in one answer: an aggregation parameter the
+//! VDAF refuses is `invalidAggregationParameter` from the leader (the collector chose it), but
+//! `invalidMessage` from the helper (it is not the one the leader aggregated with). The helper
+//! checks the leader's batch selector against the query beside it (`batchInvalid` if it is not
+//! within it), which has no counterpart at the leader.
 
+use crate::storage::Task;
 use duet_common::hpke::{open, HpkeApplicationInfo, HpkeKeypair};
 use duet_common::messages::{
-    HpkeCiphertext, InputShareAad, PlaintextInputShare, ReportError, ReportMetadata, Role, TaskId,
+    strictly_increasing, CollectionJobReq, HpkeCiphertext, InputShareAad, PlaintextInputShare, Query, ReportError,
+    ReportMetadata, Role, TaskId,
 };
+use duet_common::problem::{DapError, DapProblemType};
 use duet_common::time::{Duration, Interval, Time};
 use duet_common::Decode;
 
@@ -120,6 +132,41 @@ pub fn open_input_share(
     Ok(plain)
 }
 
+/// The checks of a collection's request that need no storage, by the aggregator `role` that
+/// reads it (the differences between the two are in the module's doc).
+pub fn check_collection_job_req(role: Role, task: &Task, req: &CollectionJobReq) -> Result<(), DapError> {
+    let tid = Some(task.id);
+    if req.query.batch_mode() != task.configuration.batch_mode {
+        return Err(DapError::invalid_message(tid, "the query's batch mode is not the task's"));
+    }
+    if !task.vdaf.is_agg_param_valid(&req.agg_param) {
+        let detail = "Prio3 takes an empty aggregation parameter";
+        return Err(match role {
+            Role::Helper => DapError::invalid_message(tid, format!("{detail}: not the one aggregated with")),
+            _ => DapError::dap(DapProblemType::InvalidAggregationParameter, tid, detail),
+        });
+    }
+    if !strictly_increasing(req.extensions.iter().map(|e| e.extension_type)) {
+        return Err(DapError::dap(DapProblemType::InvalidExtension, tid, "collection job extensions out of order"));
+    }
+    if !req.extensions.is_empty() {
+        return Err(DapError::UnsupportedExtension {
+            task_id: tid,
+            extensions: req.extensions.iter().map(|e| e.extension_type.0).collect(),
+        });
+    }
+    if let Query::TimeInterval(q) = &req.query {
+        let interval = q.batch_interval;
+        if interval.duration.units() == 0 || interval.end().is_none() {
+            return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "the batch interval is empty"));
+        }
+        if task.configuration.task_interval().is_some_and(|t| !interval.overlaps(&t)) {
+            return Err(DapError::dap(DapProblemType::BatchInvalid, tid, "the batch interval is outside the task"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +201,80 @@ mod tests {
         assert_eq!(check_upload_time(interval, t(109), now, skew, oldest), Err(ReportError::ReportDropped));
         assert_eq!(check_report_time(interval, t(110), now, skew, oldest), Ok(()));
         assert_eq!(check_upload_time(None, t(110), now, skew, oldest), Ok(()));
+    }
+
+    /// A Prio3Count task of `role` over units 10 to 20 of an hour each.
+    fn task(role: Role) -> Task {
+        use duet_common::task::{hpke_config_to_b64, AggregatorTaskRequest, TaskParameters};
+        let parameters = TaskParameters {
+            task_id: TaskId::random(),
+            task_info: "checks".into(),
+            leader_endpoint: "https://leader.example/".into(),
+            helper_endpoint: "https://helper.example/".into(),
+            time_precision: 3600,
+            min_batch_size: 1,
+            batch_mode: duet_common::messages::BatchMode::TimeInterval,
+            vdaf: duet_common::vdaf::VdafConfig::Prio3Count,
+            task_interval_seconds: Some((10 * 3600, 20 * 3600)),
+            dp: None,
+        };
+        let collector = HpkeKeypair::generate_default(HpkeConfigId(1));
+        let req = AggregatorTaskRequest {
+            parameters,
+            vdaf_verify_key: duet_common::vdaf::VerifyKey::random().to_base64(),
+            aggregator_auth_token: "aggregator-token-of-at-least-32-bytes".into(),
+            collector_auth_token: (role == Role::Leader).then(|| "collector-token-of-at-least-32-bytes".into()),
+            collector_hpke_config: hpke_config_to_b64(collector.config()),
+            max_batch_size: None,
+            report_expiry_age: None,
+        };
+        Task::from_request(role, &req).unwrap()
+    }
+
+    fn query(start: u64, units: u64) -> CollectionJobReq {
+        use duet_common::messages::TimeIntervalQueryConfig;
+        let batch_interval = Interval::new(t(start), Duration::from_units(units));
+        CollectionJobReq {
+            query: Query::TimeInterval(TimeIntervalQueryConfig { batch_interval }),
+            agg_param: vec![],
+            extensions: vec![],
+        }
+    }
+
+    fn problem(role: Role, task: &Task, req: &CollectionJobReq) -> Option<DapProblemType> {
+        check_collection_job_req(role, task, req).err().map(|e| e.kind().expect("a DAP problem"))
+    }
+
+    #[test]
+    fn collection_requests_at_either_aggregator() {
+        use duet_common::messages::{CollectionJobExtension, CollectionJobExtensionType, LeaderSelectedQueryConfig};
+        for role in [Role::Leader, Role::Helper] {
+            let task = task(role);
+            assert!(check_collection_job_req(role, &task, &query(12, 2)).is_ok(), "{role:?}");
+            // Another batch mode: invalidMessage.
+            let other = CollectionJobReq { query: Query::LeaderSelected(LeaderSelectedQueryConfig), ..query(12, 2) };
+            assert_eq!(problem(role, &task, &other), Some(DapProblemType::InvalidMessage), "{role:?}");
+            // An empty interval, or one wholly outside the task's: batchInvalid; one that
+            // overlaps it is taken.
+            assert_eq!(problem(role, &task, &query(12, 0)), Some(DapProblemType::BatchInvalid), "{role:?}");
+            assert_eq!(problem(role, &task, &query(20, 3)), Some(DapProblemType::BatchInvalid), "{role:?}");
+            assert_eq!(problem(role, &task, &query(8, 2)), Some(DapProblemType::BatchInvalid), "{role:?}");
+            assert!(check_collection_job_req(role, &task, &query(8, 3)).is_ok(), "{role:?}");
+            // Extensions: out of order is invalidExtension; any other is unsupported.
+            let ext =
+                |t| CollectionJobExtension { extension_type: CollectionJobExtensionType(t), extension_data: vec![] };
+            let unsorted = CollectionJobReq { extensions: vec![ext(2), ext(1)], ..query(12, 2) };
+            assert_eq!(problem(role, &task, &unsorted), Some(DapProblemType::InvalidExtension), "{role:?}");
+            let one = CollectionJobReq { extensions: vec![ext(7)], ..query(12, 2) };
+            assert_eq!(problem(role, &task, &one), Some(DapProblemType::UnsupportedExtension), "{role:?}");
+        }
+        // The one difference: an aggregation parameter Prio3 refuses.
+        let param = CollectionJobReq { agg_param: vec![1], ..query(12, 2) };
+        assert_eq!(
+            problem(Role::Leader, &task(Role::Leader), &param),
+            Some(DapProblemType::InvalidAggregationParameter)
+        );
+        assert_eq!(problem(Role::Helper, &task(Role::Helper), &param), Some(DapProblemType::InvalidMessage));
     }
 
     #[test]
