@@ -45,15 +45,18 @@ pub async fn upload(
     State(state): State<LeaderState>,
     Path(task_id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> HttpResult<Response> {
     let _timer = duet_server::metrics::StepTimer::start("upload");
     let task_id = parse_task_id(&task_id)?;
+    // The task (a cached or negatively cached look-up) and the media type before the body: a
+    // request for no task costs its headers only.
     let task = state.store.task(&task_id).await?;
     if task.role != Role::Leader {
         return Err(DapError::unrecognized_task(task_id).into());
     }
     require_media_type(&headers, media_type::UPLOAD_REQ)?;
+    let body = duet_server::http::read_body(body, state.config.max_body_bytes).await?;
     // Read in place: the accepted reports are stored as these bytes, never copied into reports
     // of their own (a request may carry thousands).
     let max = state.config.max_reports_per_upload;

@@ -37,7 +37,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
-            max_connections_per_address: 256,
+            max_connections_per_address: 64,
             first_bytes_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -225,7 +225,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
     }
 }
 
-/// Connections open per IP address.
+/// The source a connection counts against: its IPv4 address, or the /64 prefix of an IPv6 one
+/// (a network hands a host a /64 whole, so one host has 2^64 addresses to choose from).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// Connections open per source ([`source`]).
 #[derive(Clone)]
 struct PerAddress {
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -244,6 +256,7 @@ impl PerAddress {
     }
 
     fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = source(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_default();
         if *n >= self.max {
@@ -375,7 +388,20 @@ mod tests {
         assert!(limits.take(a).is_none(), "a third from one address");
         assert!(limits.take(b).is_some(), "another address is not held back");
         drop(first);
-        assert!(limits.take(a).is_some(), "a closed connection gives its place back");
+        let again = limits.take(a);
+        assert!(again.is_some(), "a closed connection gives its place back");
+        // An IPv6 host counts by its /64: another address of it is held back too.
+        let (c, d, e): (IpAddr, IpAddr, IpAddr) = (
+            "2001:db8:1:2::1".parse().unwrap(),
+            "2001:db8:1:2:ffff::9".parse().unwrap(),
+            "2001:db8:1:3::1".parse().unwrap(),
+        );
+        let _third = limits.take(c).unwrap();
+        let _fourth = limits.take(d).unwrap();
+        assert!(limits.take(c).is_none() && limits.take(d).is_none(), "a /64 holds two");
+        assert!(limits.take(e).is_some(), "another /64 is not held back");
+        // An IPv4 address mapped into IPv6 is that IPv4 address.
+        assert!(limits.take("::ffff:127.0.0.2".parse().unwrap()).is_none(), "127.0.0.2 holds two already");
     }
 
     #[test]

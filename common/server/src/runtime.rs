@@ -387,10 +387,10 @@ pub struct ConnectionFlags {
     /// Connections served at once; more are closed on arrival.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    /// Connections served at once from one IP address; more from it are closed on arrival.
-    /// Behind a load balancer or proxy that connects from a few addresses, raise it to
-    /// max_connections.
-    #[arg(long, default_value_t = 256)]
+    /// Connections served at once from one IP address (an IPv6 one by its /64 prefix); more from
+    /// it are closed on arrival. Behind a load balancer or proxy that connects from a few
+    /// addresses, raise it to max_connections.
+    #[arg(long, default_value_t = 64)]
     pub max_connections_per_address: usize,
     /// Seconds a new connection has to finish the TLS handshake and send its first bytes.
     #[arg(long, default_value_t = 10)]

@@ -100,6 +100,10 @@ async fn a_request_with_a_bad_token_is_refused_before_its_body_is_read() {
         let status = answer_before_the_body(addr, &path, token, media, big);
         assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{path}");
     }
+    // An upload (which takes no token) for a task the leader does not know, unread too.
+    let unknown = format!("/tasks/{}/reports", TaskId::random());
+    let status = answer_before_the_body(d.leader.addr, &unknown, "", media_type::UPLOAD_REQ, big);
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
     // With the right token, a body over the limit is refused as announced, unread.
     let status =
         answer_before_the_body(d.leader.addr, "/admin/tasks", d.leader_admin.expose(), "application/json", big);
