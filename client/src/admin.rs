@@ -168,6 +168,15 @@ impl NewTask {
         };
         Self { leader_request, helper_request, credentials }
     }
+
+    /// The task's report expiry age in seconds, on both aggregators (DAP-18 "Reducing Storage
+    /// Requirements"): reports older are refused, and the servers delete them. At least the
+    /// task's time precision; `None` leaves each server's default.
+    pub fn with_report_expiry_age(mut self, seconds: Option<u64>) -> Self {
+        self.leader_request.report_expiry_age = seconds;
+        self.helper_request.report_expiry_age = seconds;
+        self
+    }
 }
 
 /// Provisions the task on the leader, then on the helper; if the helper fails, deletes the task

@@ -307,10 +307,8 @@ async fn task_create(args: CreateArgs) -> CliResult {
         let _ = std::fs::remove_file(path);
     };
 
-    let NewTask { mut leader_request, mut helper_request, credentials } =
-        NewTask::generate(params.clone(), args.max_batch_size);
-    leader_request.report_expiry_age = args.report_expiry_age;
-    helper_request.report_expiry_age = args.report_expiry_age;
+    let NewTask { leader_request, helper_request, credentials } =
+        NewTask::generate(params.clone(), args.max_batch_size).with_report_expiry_age(args.report_expiry_age);
 
     if let Err(e) = provision_task(&leader, &leader_request, &helper, &helper_request).await {
         discard_file();

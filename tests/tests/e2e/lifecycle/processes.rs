@@ -37,12 +37,12 @@ async fn task_rows(db: &sqlx::AnyPool, tables: &[&str], task: &TaskId) -> Vec<i6
     out
 }
 
-/// The expiring tasks' report expiry age, in seconds (six units of their two-second time
-/// precision): short, so that the tests see rows go, but long enough that a loaded machine
-/// aggregates the reports before they expire (at four seconds, a run of the whole suite on the
-/// 2-core machine once timed out waiting for such a collection, most likely because it did
-/// not).
-const EXPIRY_SECONDS: u64 = 12;
+/// The expiring tasks' time precision and report expiry age (two units of it), in seconds:
+/// short, so that the tests see rows go, but long enough that a loaded machine aggregates the
+/// reports before they expire (at four seconds, a run of the whole suite on the 2-core machine
+/// once timed out waiting for such a collection, most likely because it did not).
+const PRECISION_SECONDS: u64 = 6;
+const EXPIRY_SECONDS: u64 = 2 * PRECISION_SECONDS;
 
 /// Polls until every count of `tables` is zero for `task`, for at most `seconds`; the counts seen
 /// last.
@@ -71,18 +71,16 @@ async fn provision(d: &Deployment, task: &NewTask) {
     provision_task(&leader, &task.leader_request, &helper, &task.helper_request).await.unwrap();
 }
 
-/// A Count task with a time precision of two seconds and an expiry of two units (four
+/// A Count task with a time precision of six seconds and an expiry of two units (twelve
 /// seconds): its reports are uploaded, aggregated and collected, and within seconds both
 /// servers have deleted every row of it but the task itself, as their metrics say too. A task
 /// without an expiry, beside it, keeps its rows.
 async fn a_tasks_rows_go_once_its_reports_expire(postgres: bool) {
     let d = Deployment::start(gc_options(postgres)).await;
     let mut params = duet_tests::count_task("expiring", d.leader.url(), d.helper.url());
-    params.time_precision = 2;
+    params.time_precision = PRECISION_SECONDS;
     params.min_batch_size = 6;
-    let mut expiring = NewTask::generate(params, None);
-    expiring.leader_request.report_expiry_age = Some(EXPIRY_SECONDS);
-    expiring.helper_request.report_expiry_age = Some(EXPIRY_SECONDS);
+    let expiring = NewTask::generate(params, None).with_report_expiry_age(Some(EXPIRY_SECONDS));
     provision(&d, &expiring).await;
     let keeping = NewTask::generate(duet_tests::count_task("keeping", d.leader.url(), d.helper.url()), None);
     provision(&d, &keeping).await;
@@ -95,7 +93,7 @@ async fn a_tasks_rows_go_once_its_reports_expire(postgres: bool) {
     let items: Vec<(Measurement, u64)> = (0..10).map(|_| (Measurement::Count(true), past_hour())).collect();
     assert_eq!(kept.upload(&items).await.unwrap().accepted, 10);
     let expiring_collector = Collector::new(&expiring.credentials, d.http.clone()).unwrap();
-    let expired_query = expiring_collector.query(Some((now - now % 2, 2))).unwrap();
+    let expired_query = expiring_collector.query(Some((now - now % PRECISION_SECONDS, PRECISION_SECONDS))).unwrap();
     let result = expiring_collector.collect(expired_query, Duration::from_secs(60)).await;
     let result = result.unwrap();
     assert_eq!((result.report_count, result.result), (6, AggregateResult::Scalar(3)));
