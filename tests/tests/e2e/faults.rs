@@ -234,7 +234,7 @@ async fn helper_fault(postgres: bool, fault: Fault, during_aggregation: Duration
         assert!(c.resets.load(std::sync::atomic::Ordering::Relaxed) >= 1, "connections were reset");
     }
     println!(
-        "| {} | {fault:?} | {} s + {} s | {N} | {} | {abandoned} | 503s {}, dropped answers {}, resets {}, aggregated after {:.0} s |",
+        "| {} | {fault:?} | {} s + {} s | {N} | {} | {abandoned} | 503 or 429 answers {}, dropped answers {}, resets {}, aggregated after {:.0} s |",
         if postgres { "PostgreSQL" } else { "SQLite" },
         during_aggregation.as_secs(),
         during_collection.as_secs(),

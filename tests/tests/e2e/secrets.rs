@@ -109,9 +109,34 @@ fn database_bytes(path: &std::path::Path) -> Vec<u8> {
     bytes
 }
 
+/// What a backup of each database holds: a SQLite database's files, or a PostgreSQL database's
+/// `pg_dump` (in which a `bytea` value is written in hex, so the search looks for that too).
+fn backup_bytes(d: &Deployment, postgres: bool, who: &str) -> Vec<u8> {
+    let url = if who == "leader" { d.leader_db_url() } else { d.helper_db_url() };
+    if !postgres {
+        return database_bytes(std::path::Path::new(url.trim_start_matches("sqlite:")));
+    }
+    let dump = std::process::Command::new("pg_dump").arg("--dbname").arg(&url).output().expect("pg_dump runs");
+    assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+    dump.stdout
+}
+
+fn hex(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().flat_map(|b| format!("{b:02x}").into_bytes()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn neither_database_file_holds_a_secret_in_the_clear() {
-    let mut d = Deployment::start(LeaderOptions::default()).await;
+    no_secret_in_the_clear_in_a_backup(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn neither_postgres_database_dump_holds_a_secret_in_the_clear() {
+    no_secret_in_the_clear_in_a_backup(true).await;
+}
+
+async fn no_secret_in_the_clear_in_a_backup(postgres: bool) {
+    let mut d = Deployment::start(LeaderOptions { postgres, ..LeaderOptions::default() }).await;
     let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 5, None, None).await;
     // A second HPKE key on the leader, so that the rotation path stores one too.
     let added = d
@@ -140,8 +165,8 @@ async fn neither_database_file_holds_a_secret_in_the_clear() {
     let vk = duet_common::vdaf::VerifyKey::from_base64(&task.leader_request.vdaf_verify_key).unwrap();
     secrets.push(("verify key".into(), vk.as_bytes().to_vec()));
     let mut keys = 0;
-    for (who, file) in [("leader", "leader.db"), ("helper", "helper.db")] {
-        let url = format!("sqlite:{}?mode=ro", d.dir.path().join(file).display());
+    for who in ["leader", "helper"] {
+        let url = if who == "leader" { d.leader_db_url() } else { d.helper_db_url() };
         sqlx::any::install_default_drivers();
         let pool = sqlx::AnyPool::connect(&url).await.unwrap();
         for row in sqlx::query("SELECT config, private_key FROM hpke_keys").fetch_all(&pool).await.unwrap() {
@@ -165,16 +190,14 @@ async fn neither_database_file_holds_a_secret_in_the_clear() {
         .unwrap();
     assert_eq!(shown.status(), 200, "{}", shown.text().await.unwrap());
     assert_eq!(d.http.get(format!("{}hpke_config", d.helper.url())).send().await.unwrap().status(), 200);
-    for file in ["leader.db", "helper.db"] {
-        let bytes = database_bytes(&d.dir.path().join(file));
-        // The right files: each holds the task, by its ID (no secret).
-        assert!(bytes.windows(32).any(|w| w == id.as_bytes()), "{file} holds the task");
+    for file in ["leader", "helper"] {
+        let bytes = backup_bytes(&d, postgres, file);
+        // The right backups: each holds the task, by its ID (no secret).
+        let holds = |value: &[u8]| bytes.windows(value.len()).any(|w| w == value);
+        assert!(holds(id.as_bytes()) || holds(&hex(id.as_bytes())), "{file}'s backup holds the task");
         for (what, secret) in &secrets {
             assert!(secret.len() >= 16, "{what} is a real secret");
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
-                "{file} holds the {what} in the clear"
-            );
+            assert!(!holds(secret) && !holds(&hex(secret)), "{file}'s backup holds the {what} in the clear");
         }
     }
 }
