@@ -28,6 +28,21 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Collects the hour at `time`: `n` reports adding up to `expected`.
+async fn collect_exactly(
+    d: &Deployment,
+    task: &duet_client::admin::NewTask,
+    time: u64,
+    n: u64,
+    expected: u64,
+) -> duet_client::collect::CollectionResult {
+    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
+    let query = collector.query(Some((time, 3600))).unwrap();
+    let result = collector.collect(query, Duration::from_secs(120)).await.unwrap();
+    assert_eq!((result.report_count, &result.result), (n, &AggregateResult::Scalar(expected)));
+    result
+}
+
 async fn continuation_answers_lost(postgres: bool) {
     const N: u64 = 600;
     // Four rounds take two continuation steps; the helper commits in the second.
@@ -97,10 +112,7 @@ async fn continuation_answers_lost(postgres: bool) {
     relay.set(Fault::None).await;
     d.wait_aggregated().await;
 
-    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
-    let query = collector.query(Some((time, 3600))).unwrap();
-    let result = collector.collect(query, Duration::from_secs(120)).await.unwrap();
-    assert_eq!((result.report_count, result.result), (N, AggregateResult::Scalar(expected)));
+    let result = collect_exactly(&d, &task, time, N, expected).await;
 
     let db = d.leader_db().await;
     let one = |sql: &'static str| {
@@ -151,10 +163,7 @@ async fn every_step_deferred(postgres: bool) {
     let measurements: Vec<(Measurement, u64)> = values.iter().map(|v| (Measurement::Dummy(*v), time)).collect();
     assert_eq!(client.upload(&measurements).await.unwrap().accepted, N);
     d.wait_aggregated().await;
-    let collector = Collector::new(&task.credentials, d.http.clone()).unwrap();
-    let query = collector.query(Some((time, 3600))).unwrap();
-    let result = collector.collect(query, Duration::from_secs(120)).await.unwrap();
-    assert_eq!((result.report_count, result.result), (N, AggregateResult::Scalar(expected)));
+    collect_exactly(&d, &task, time, N, expected).await;
 
     let db = d.leader_db().await;
     let jobs: Vec<(String, i64)> = sqlx::query("SELECT state, step FROM leader_aggregation_jobs")

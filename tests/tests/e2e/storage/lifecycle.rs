@@ -139,17 +139,23 @@ async fn leader_selected_batches_whose_reports_expired_are_retired() {
     }
 }
 
+/// A task with three aggregated reports, deleted: its store, clock, request and task.
+async fn deleted_task_with_reports(keep: &Keep) -> (Store, TestClock, AggregatorTaskRequest, Arc<Task>) {
+    let (store, clock) = on_clock(keep).await;
+    let req = task_request(BatchMode::TimeInterval, 3, None, true);
+    let task = store.put_task(Role::Leader, &req).await.unwrap();
+    aggregated_reports(&store, &task, now_units(&clock), 3).await;
+    assert!(store.delete_task(&task.id).await.unwrap());
+    (store, clock, req, task)
+}
+
 /// A deleted task's rows stay for the grace period: provisioning the identical task restores it
 /// with them; a different task under the ID starts empty; after the grace period the collector
 /// deletes them.
 #[tokio::test]
 async fn deleted_tasks_are_restored_within_the_grace_period_and_purged_after() {
     for (name, _, keep) in backends().await {
-        let (store, clock) = on_clock(&keep).await;
-        let req = task_request(BatchMode::TimeInterval, 3, None, true);
-        let task = store.put_task(Role::Leader, &req).await.unwrap();
-        aggregated_reports(&store, &task, now_units(&clock), 3).await;
-        assert!(store.delete_task(&task.id).await.unwrap());
+        let (store, clock, req, task) = deleted_task_with_reports(&keep).await;
         let within = LeaderStore::collect_garbage(&*store, &settings()).await.unwrap();
         assert_eq!(within.total(), 0, "{name}: within the grace period: {within:?}");
         // Restored, identical: its rows are its own again.
@@ -193,11 +199,7 @@ async fn execute(keep: &Keep, sql: &str) {
 #[tokio::test]
 async fn a_purge_once_begun_is_finished_and_never_reaches_a_provisioned_task() {
     for (name, _, keep) in backends().await {
-        let (store, clock) = on_clock(&keep).await;
-        let req = task_request(BatchMode::TimeInterval, 3, None, true);
-        let task = store.put_task(Role::Leader, &req).await.unwrap();
-        aggregated_reports(&store, &task, now_units(&clock), 3).await;
-        assert!(store.delete_task(&task.id).await.unwrap());
+        let (store, clock, req, task) = deleted_task_with_reports(&keep).await;
         // What a pass that claimed the deletion and stopped half-way leaves: its claim, and
         // one of three reports deleted.
         execute(&keep, &format!("UPDATE deleted_tasks SET fingerprint = {}", literal(&keep, b"purging"))).await;
