@@ -150,6 +150,7 @@ async fn serve_helper(args: ServeArgs, described: &str) -> Result<(), String> {
         println!("duet-helper: configuration OK");
         return Ok(());
     }
+    args.connection.limit_bodies_in_memory(args.max_body_bytes);
     let store =
         duet_helper::store::open(&args.database, common.database_keys.clone()).await.map_err(|e| e.to_string())?;
     let config = HelperConfig {

@@ -224,6 +224,7 @@ async fn run(args: Args, described: &str) -> Result<(), String> {
         println!("duet-leader: configuration OK");
         return Ok(());
     }
+    args.connection.limit_bodies_in_memory(args.max_body_bytes);
     let store =
         duet_leader::store::open(&args.database, common.database_keys.clone()).await.map_err(|e| e.to_string())?;
     let state = LeaderState::new(store.clone(), config)?;

@@ -7,6 +7,8 @@ use duet_common::auth::{AuthenticationToken, TokenHash};
 use duet_common::media_type;
 use duet_common::messages::TaskId;
 use duet_common::problem::DapError;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// An error answered as `application/problem+json`.
 #[derive(Debug)]
@@ -65,22 +67,75 @@ pub fn require_token(headers: &HeaderMap, expected: &TokenHash, task_id: Option<
     }
 }
 
+/// Request bodies this process holds in memory at once, in KiB, when limited
+/// ([`limit_bodies_in_memory`]).
+static BODY_ROOM: std::sync::OnceLock<(Arc<Semaphore>, u32)> = std::sync::OnceLock::new();
+
+/// How long a request waits for room for its body before it is answered 503.
+const BODY_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bounds the request bodies this process holds in memory at once to `bytes` (set once, at
+/// start-up): without it, the bound is only `max_body_bytes` × connections × streams.
+pub fn limit_bodies_in_memory(bytes: usize) {
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, Semaphore::MAX_PERMITS as u32);
+    let _ = BODY_ROOM.set((Arc::new(Semaphore::new(kib as usize)), kib));
+}
+
+/// A request body read into memory, and its room among the bodies held at once, given back
+/// when it is dropped.
+pub struct RequestBody {
+    bytes: axum::body::Bytes,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for RequestBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::ops::Deref for RequestBody {
+    type Target = axum::body::Bytes;
+    fn deref(&self) -> &axum::body::Bytes {
+        &self.bytes
+    }
+}
+
 /// Reads a request's body, at most `limit` bytes (413 beyond). Handlers of authenticated
 /// requests take the body unread and call this once the token is checked, so that a client
-/// without the token cannot make the server read (and hold) a large body first.
-pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, DapError> {
+/// without the token cannot make the server read (and hold) a large body first. With bodies in
+/// memory limited, the body waits for room for its announced length (the whole `limit` when
+/// it announces none) first, and is answered 503 if none comes within a few seconds.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<RequestBody, DapError> {
     use http_body::Body as _;
-    if body.size_hint().lower() > limit as u64 {
+    let hint = body.size_hint();
+    if hint.lower() > limit as u64 {
         return Err(DapError::PayloadTooLarge);
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let room = match BODY_ROOM.get() {
+        None => None,
+        Some((room, total)) => {
+            let announced = hint.upper().unwrap_or(limit as u64).min(limit as u64);
+            let kib = u32::try_from(announced.div_ceil(1024)).unwrap_or(u32::MAX).min(*total);
+            let waited = tokio::time::timeout(BODY_ROOM_WAIT, room.clone().acquire_many_owned(kib)).await;
+            match waited {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    crate::metrics::bodies_refused_for_memory();
+                    return Err(DapError::Unavailable("request bodies fill the memory set aside for them".into()));
+                }
+            }
+        }
+    };
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let e = e.into_inner();
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             DapError::PayloadTooLarge
         } else {
             DapError::BadRequest(format!("could not read the request body: {e}"))
         }
-    })
+    })?;
+    Ok(RequestBody { bytes, _room: room })
 }
 
 /// A DAP message body with its media type.

@@ -70,6 +70,10 @@ fn describe() {
         "Age of the oldest report the leader stored and has not aggregated yet (0 when there is none)."
     );
     describe_counter!("duet_aggregate_shares_total", "Aggregate shares the helper released.");
+    describe_counter!(
+        "duet_requests_refused_for_body_memory_total",
+        "Requests answered 503 because the request bodies held in memory left no room for theirs."
+    );
     describe_histogram!("duet_step_duration_seconds", Unit::Seconds, "Time spent in one protocol step.");
     describe_counter!("duet_http_requests_total", "HTTP requests answered, by route, method and status.");
     describe_histogram!("duet_http_request_duration_seconds", Unit::Seconds, "HTTP request latency by route.");
@@ -137,6 +141,11 @@ pub fn helper_retry(step: &'static str, reason: &'static str) {
 /// A collection job event: `created`, `finished` or `failed`.
 pub fn collection_job(outcome: &'static str) {
     counter!("duet_collection_jobs_total", "outcome" => outcome).increment(1);
+}
+
+/// A request answered 503 because the bodies held in memory left no room for its own.
+pub fn bodies_refused_for_memory() {
+    counter!("duet_requests_refused_for_body_memory_total").increment(1);
 }
 
 /// The helper released an aggregate share.

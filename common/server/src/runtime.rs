@@ -405,6 +405,10 @@ pub struct ConnectionFlags {
     /// Requests in flight at once on one HTTP/2 connection.
     #[arg(long, default_value_t = 32)]
     pub max_streams_per_connection: u32,
+    /// Bytes of request bodies held in memory at once, all connections together (at least
+    /// max_body_bytes): a request waits up to 5 s for room for its body, then gets 503.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_body_memory_bytes: usize,
 }
 
 impl ConnectionFlags {
@@ -414,6 +418,12 @@ impl ConnectionFlags {
             (Some(cert), Some(key)) => tls_acceptor(cert, key).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// Bounds the request bodies this process holds at once ([`crate::http::limit_bodies_in_memory`]),
+    /// to room for one of `max_body_bytes` at least.
+    pub fn limit_bodies_in_memory(&self, max_body_bytes: usize) {
+        crate::http::limit_bodies_in_memory(self.max_body_memory_bytes.max(max_body_bytes));
     }
 
     pub fn limits(&self) -> ConnectionLimits {

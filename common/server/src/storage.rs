@@ -1,7 +1,9 @@
-//! The storage interface both aggregators stand on: one [`Storage`] trait whose methods are each
-//! one transaction of one protocol step (an upload, a job's creation, a committed aggregation
-//! step, a batch's collection, ...), with the records they exchange. Protocol modules hold no
-//! SQL; the SQL backends ([`super::sql`]: SQLite and PostgreSQL) implement the trait.
+//! The storage both aggregators share: the [`Storage`] trait (tasks, HPKE keys, health, the
+//! clock), whose methods are each one transaction, with the records they exchange, the typed
+//! states and the storage error. Each role's protocol steps are its own store trait, which
+//! extends this one (`LeaderStore` in the leader's crate, `HelperStore` in the helper's).
+//! Protocol modules hold no SQL; the SQL backend ([`super::sql`]: SQLite and PostgreSQL)
+//! implements the traits.
 
 pub use super::states::*;
 pub use super::store_error::StoreError;

@@ -64,17 +64,41 @@ async fn a_made_up_method_is_counted_as_other() {
     assert!(!text.contains("BREW") && !text.contains("XYZZY"), "{text}");
 }
 
-/// Sends the head of a POST announcing a body of `announced` bytes, and a few of them; the
-/// status line of the answer, if one comes within five seconds (the body never does).
-fn answer_before_the_body(addr: std::net::SocketAddr, path: &str, token: &str, media: &str, announced: u64) -> String {
-    use std::io::{Read, Write};
+/// Opens a connection and sends the head of a POST announcing a body of `announced` bytes, and
+/// the first `sent` of them.
+fn post_part(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    media: &str,
+    announced: u64,
+    sent: usize,
+) -> std::net::TcpStream {
+    use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {media}\r\n\
          Content-Length: {announced}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&[0u8; 64]).unwrap();
+    stream.write_all(&vec![0u8; sent]).unwrap();
+    stream
+}
+
+/// The status line of the answer on `stream`, if one comes within `seconds`.
+fn status_line(mut stream: std::net::TcpStream, seconds: u64) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(seconds))).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or("no answer").to_string()
+}
+
+/// Sends the head of a POST announcing a body of `announced` bytes, and a few of them; the
+/// status line of the answer, if one comes within five seconds (the body never does).
+fn answer_before_the_body(addr: std::net::SocketAddr, path: &str, token: &str, media: &str, announced: u64) -> String {
+    use std::io::Read;
+    let mut stream = post_part(addr, path, token, media, announced, 64);
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
     let mut answer = vec![0u8; 4096];
     let n = stream.read(&mut answer).unwrap_or(0);
@@ -108,6 +132,41 @@ async fn a_request_with_a_bad_token_is_refused_before_its_body_is_read() {
     let status =
         answer_before_the_body(d.leader.addr, "/admin/tasks", d.leader_admin.expose(), "application/json", big);
     assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+}
+
+/// The request bodies a server holds in memory at once are bounded: with room for 1 MiB, a
+/// second upload of 600 KiB finds none while a first one is being sent (slowly), and is answered
+/// 503 after its wait; once the first connection is gone its room is given back.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_held_in_memory_at_once_are_bounded() {
+    use duet_common::media_type;
+    use duet_common::messages::{BatchMode, TaskId};
+    use duet_common::vdaf::VdafConfig;
+    // The deployment takes bodies of 1 MiB at most (--max-body-bytes).
+    let room = ["--max-body-memory-bytes", "1048576"];
+    let options = duet_tests::LeaderOptions {
+        leader_args: room.map(String::from).to_vec(),
+        ..duet_tests::LeaderOptions::default()
+    };
+    let d = duet_tests::Deployment::start(options).await;
+    let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
+    let id: TaskId = task.credentials.task.task_id;
+    let path = format!("/tasks/{id}/reports");
+    let size = 600 * 1024;
+    let first = post_part(d.leader.addr, &path, "", media_type::UPLOAD_REQ, size, 1024);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let second = post_part(d.leader.addr, &path, "", media_type::UPLOAD_REQ, size, 1024);
+    let status = tokio::task::spawn_blocking(move || status_line(second, 15)).await.unwrap();
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The whole body now: read, and answered for what it holds (zeros are no real reports),
+    // not for want of room.
+    let third = post_part(d.leader.addr, &path, "", media_type::UPLOAD_REQ, size, size as usize);
+    let status = tokio::task::spawn_blocking(move || status_line(third, 15)).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 ") && !status.contains("503"), "{status}");
+    let (_, text) = ops_get(&d.leader, "/metrics").await;
+    assert_eq!(metric(&text, "duet_requests_refused_for_body_memory_total", &[]), Some(1.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
