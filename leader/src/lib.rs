@@ -103,7 +103,8 @@ impl LeaderState {
             config.helper_token_scheme,
             config.helper_ca_pem.as_deref(),
             config.max_body_bytes,
-        )?;
+        )?
+        .with_clock(store.clock().clone());
         Ok(Self {
             store,
             config: Arc::new(config),

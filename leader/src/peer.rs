@@ -8,7 +8,8 @@ use duet_common::media_type;
 use duet_common::problem::{DapProblemType, ProblemDocument};
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why a request to the helper is worth sending again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,6 +107,8 @@ pub struct Peer {
     /// The largest answer read from the helper: a bigger one is refused as it arrives, so that
     /// a faulty or hostile helper cannot make the leader buffer without end.
     max_answer_bytes: usize,
+    /// What a `Retry-After` date is read against.
+    clock: duet_common::clock::SharedClock,
 }
 
 /// `Retry-After` in either of its forms (RFC 9110, 10.2.3): delay-seconds, or an HTTP-date,
@@ -157,7 +160,13 @@ impl Peer {
             .user_agent(concat!("duet-leader/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Self { http, scheme, max_answer_bytes })
+        Ok(Self { http, scheme, max_answer_bytes, clock: Arc::new(duet_common::clock::SystemClock) })
+    }
+
+    /// Reads `Retry-After` dates against `clock` (the store's, so that tests can move it).
+    pub fn with_clock(mut self, clock: duet_common::clock::SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Sends `body` (of `media`) to `url` with `method`. The answer is the resource (of media
@@ -258,7 +267,7 @@ impl Peer {
         let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            .and_then(|v| parse_retry_after(v, UNIX_EPOCH + Duration::from_secs(self.clock.now_seconds())));
         let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         // The answer cut off mid-flight is a broken connection, as if it never arrived.
         let mut bytes = Vec::new();

@@ -64,8 +64,10 @@ pub(super) async fn advance_job(
     pending: &[VerifyingReport],
 ) -> Result<bool, StoreError> {
     let mut tx = s.begin().await?;
+    // The helper answered the step: the job no longer waits on it (`last_error` is what the
+    // metric of jobs waiting on the helper counts).
     let moved = sqlx::query(
-        "UPDATE leader_aggregation_jobs SET step = step + 1, request_digest = NULL, helper_job_url = $1
+        "UPDATE leader_aggregation_jobs SET step = step + 1, request_digest = NULL, helper_job_url = $1, last_error = NULL
          WHERE task_id = $2 AND job_id = $3 AND lease_token = $4 AND state = 'active' AND step = $5",
     )
     .bind(helper_job)
