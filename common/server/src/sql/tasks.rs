@@ -23,11 +23,11 @@ const TASK_COLUMNS: &str = "role, parameters, vdaf_verify_key, aggregator_auth_t
 /// (`sha256:` and the digest). Tokens themselves never hold a `:`, so neither is mistaken for a
 /// token a database written before sealing holds in the clear.
 const SEALED: &str = "sealed:";
+const DIGEST: &str = "sha256:";
 
 /// The fingerprint of a deleted task once the garbage collector has begun deleting its rows
 /// (a real fingerprint is a 32-byte digest): from then on the task is never restored.
 pub(super) const PURGING: &[u8] = b"purging";
-const DIGEST: &str = "sha256:";
 
 fn digest_text(hash: &TokenHash) -> String {
     format!("{DIGEST}{}", URL_SAFE_NO_PAD.encode(hash.as_bytes()))
@@ -64,20 +64,21 @@ impl SqlStore {
                 )));
             }
         } else {
-            // Taking the deletion record is what decides a restore, in the transaction that
-            // inserts the task: a purge claims the record first (`PURGING`), so exactly one of
-            // the two goes ahead.
-            let tombstone = sqlx::query(
-                "DELETE FROM deleted_tasks WHERE task_id = $1 AND (fingerprint IS NULL OR fingerprint <> $2)",
-            )
-            .bind(task.id.as_bytes().as_slice())
-            .bind(PURGING)
-            .execute(&mut *tx)
-            .await?;
-            if restore && tombstone.rows_affected() == 0 {
-                return Ok(None);
-            }
-            if !restore {
+            if restore {
+                // Taking the deletion record is what decides a restore, in the transaction that
+                // inserts the task: a purge claims the record first (`PURGING`), so exactly one
+                // of the two goes ahead.
+                let taken = sqlx::query(
+                    "DELETE FROM deleted_tasks WHERE task_id = $1 AND (fingerprint IS NULL OR fingerprint <> $2)",
+                )
+                .bind(task.id.as_bytes().as_slice())
+                .bind(PURGING)
+                .execute(&mut *tx)
+                .await?;
+                if taken.rows_affected() == 0 {
+                    return Ok(None);
+                }
+            } else {
                 sqlx::query("DELETE FROM deleted_tasks WHERE task_id = $1")
                     .bind(task.id.as_bytes().as_slice())
                     .execute(&mut *tx)
