@@ -169,6 +169,30 @@ async fn request_bodies_held_in_memory_at_once_are_bounded() {
     assert_eq!(metric(&text, "duet_requests_refused_for_body_memory_total", &[]), Some(1.0), "{text}");
 }
 
+/// An HTTP/2 connection carries at most `--max-streams-per-connection` requests at once: the
+/// server says so in its SETTINGS (which a client must honour, RFC 9113 5.1.2), and serves
+/// requests over the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_carries_at_most_its_streams() {
+    let options = duet_tests::LeaderOptions {
+        leader_args: vec!["--max-streams-per-connection".into(), "5".into()],
+        ..duet_tests::LeaderOptions::default()
+    };
+    let d = duet_tests::Deployment::start(options).await;
+    let tcp = tokio::net::TcpStream::connect(d.leader.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut connection = std::pin::pin!(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/hpke_config", d.leader.addr)).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        r = response => r.unwrap(),
+        c = connection.as_mut() => panic!("the connection ended before the answer: {c:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(connection.max_concurrent_send_streams(), 5, "the server's SETTINGS_MAX_CONCURRENT_STREAMS");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_of_too_many_reports_is_refused_with_nothing_stored() {
     use duet_client::upload::{Client, ClientOptions};
