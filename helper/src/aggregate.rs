@@ -340,14 +340,12 @@ pub async fn continue_job(
         return Ok(deferred_response(StatusCode::OK, &task, &job_id, req.step));
     }
     let step = req.step;
-    let outcome = match ContinueWork::prepare(&state, &task, &job, job_id, req, digest).await {
-        Ok(work) => {
-            let run = move |state: HelperState, ticket: Ticket| async move { work.run(&state, &ticket).await };
-            admitted(&state, &task, job_id, step, digest, StatusCode::OK, run).await
-        }
-        Err(e) => Err(e),
+    let outcome = async {
+        let work = ContinueWork::prepare(&state, &task, &job, job_id, req, digest).await?;
+        let run = move |state: HelperState, ticket: Ticket| async move { work.run(&state, &ticket).await };
+        admitted(&state, &task, job_id, step, digest, StatusCode::OK, run).await
     };
-    match outcome {
+    match outcome.await {
         Ok(resp) => Ok(resp),
         Err(e) => {
             // An identical request may have moved the job on while this one worked (its states

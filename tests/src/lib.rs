@@ -50,6 +50,11 @@ impl LeaderOptions {
     pub fn postgres() -> Self {
         Self { postgres: true, ..Self::default() }
     }
+
+    /// The defaults, the leader started with `args` besides.
+    pub fn with_leader_args(args: &[&str]) -> Self {
+        Self { leader_args: args.iter().map(|a| a.to_string()).collect(), ..Self::default() }
+    }
 }
 
 /// A leader and a helper process with their databases.

@@ -30,12 +30,11 @@ pub enum Fault {
     /// connection closes once the answer has begun.
     DropAnswers,
     /// As `DropAnswers`, for the requests whose request line contains the string only (for
-    /// instance `"POST /tasks/"` with `"/aggregation_jobs/"`: continuation steps); the others
-    /// pass. The relay reads HTTP/1.1 messages of a `Content-Length` here.
-    DropAnswersTo(&'static str),
-    /// As `DropAnswersTo`, for the requests whose body also begins with this step number (an
-    /// `AggregationJobContinueReq` opens with its `step`, a big-endian `u16`).
-    DropAnswersToStep(&'static str, u16),
+    /// instance `"POST /tasks/"` with `"/aggregation_jobs/"`: continuation steps), and whose
+    /// body begins with the step number, if one is given (an `AggregationJobContinueReq` opens
+    /// with its `step`, a big-endian `u16`); the others pass. The relay reads HTTP/1.1 messages
+    /// of a `Content-Length` here.
+    DropAnswersTo(&'static str, Option<u16>),
     /// Delays each message one way by `base` plus up to `spread` either way, and resets the
     /// connection of `reset_ratio` of the requests, before or after the helper handled them.
     Flaky { base: Duration, spread: Duration, reset_ratio: f64 },
@@ -196,13 +195,9 @@ async fn handle(inbound: TcpStream, target: SocketAddr, fault: Fault, counts: &R
                 let _ = cw.shutdown().await;
             }
         }
-        Fault::DropAnswersTo(pattern) => {
+        Fault::DropAnswersTo(pattern, step) => {
             let Ok(outbound) = TcpStream::connect(target).await else { return };
-            drop_matching_answers(inbound, outbound, pattern, None, counts).await;
-        }
-        Fault::DropAnswersToStep(pattern, step) => {
-            let Ok(outbound) = TcpStream::connect(target).await else { return };
-            drop_matching_answers(inbound, outbound, pattern, Some(step), counts).await;
+            drop_matching_answers(inbound, outbound, pattern, step, counts).await;
         }
         Fault::Flaky { base, spread, reset_ratio } => {
             let Ok(outbound) = TcpStream::connect(target).await else { return };

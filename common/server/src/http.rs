@@ -77,7 +77,8 @@ const BODY_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bounds the request bodies this process holds in memory at once to `bytes` (set once, at
 /// start-up): without it, the bound is only `max_body_bytes` × connections × streams.
 pub fn limit_bodies_in_memory(bytes: usize) {
-    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, Semaphore::MAX_PERMITS as u32);
+    // Counted in KiB, as many as one request may take at once (`acquire_many` takes a `u32`).
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
     let _ = BODY_ROOM.set((Arc::new(Semaphore::new(kib as usize)), kib));
 }
 

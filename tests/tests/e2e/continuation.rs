@@ -63,7 +63,7 @@ async fn continuation_answers_lost(postgres: bool) {
     // The test VDAF adds modulo 256.
     let expected = values.iter().map(|v| u64::from(*v)).sum::<u64>() % 256;
 
-    relay.set(Fault::DropAnswersTo(CONTINUATION)).await;
+    relay.set(Fault::DropAnswersTo(CONTINUATION, None)).await;
     let measurements: Vec<(Measurement, u64)> = values.iter().map(|v| (Measurement::Dummy(*v), time)).collect();
     let uploaded = client.upload(&measurements).await.unwrap();
     assert_eq!((uploaded.accepted, uploaded.rejected.len()), (N, 0), "every report accepted");
@@ -71,15 +71,11 @@ async fn continuation_answers_lost(postgres: bool) {
     // Each job's first continuation is handled by the helper, which commits it, and its answer
     // lost; the leader sends it again, and loses the answer again.
     wait_for("continuation answers dropped", || dropped() >= 12).await;
-    let db = d.leader_db().await;
-    let steps: i64 = sqlx::query("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'active' AND step = 1")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get(0);
+    let leader_url = d.leader_db_url();
+    let leader_count = |sql: &'static str| duet_tests::count_rows(&leader_url, sql);
+    let steps = leader_count("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'active' AND step = 1").await;
     assert!(steps >= 1, "jobs rest at step 1 with their states stored ({steps})");
-    let kept: i64 =
-        sqlx::query("SELECT COUNT(*) FROM leader_report_verifications").fetch_one(&db).await.unwrap().get(0);
+    let kept = leader_count("SELECT COUNT(*) FROM leader_report_verifications").await;
     assert!(kept >= 100, "the leader keeps the reports' states between steps ({kept})");
 
     // A new leader process picks the jobs up at the step they rest at, from the database only.
@@ -89,26 +85,18 @@ async fn continuation_answers_lost(postgres: bool) {
 
     // The answers to step 1 pass; those to step 2, in which the helper commits the jobs' output
     // shares, are lost, again and again.
-    relay.set(Fault::DropAnswersToStep(CONTINUATION, 2)).await;
+    relay.set(Fault::DropAnswersTo(CONTINUATION, Some(2))).await;
     let before = dropped();
     wait_for("answers to the committing step dropped", || dropped() >= before + 12).await;
-    let helper_db = {
-        sqlx::any::install_default_drivers();
-        sqlx::AnyPool::connect(&d.helper_db_url()).await.unwrap()
-    };
-    let committed: i64 = sqlx::query("SELECT COUNT(*) FROM helper_aggregation_jobs WHERE state = 'finished'")
-        .fetch_one(&helper_db)
-        .await
-        .unwrap()
-        .get(0);
-    let waiting: i64 = sqlx::query("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'active' AND step = 2")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get(0);
+    let committed = duet_tests::count_rows(
+        &d.helper_db_url(),
+        "SELECT COUNT(*) FROM helper_aggregation_jobs WHERE state = 'finished'",
+    )
+    .await;
+    let waiting =
+        leader_count("SELECT COUNT(*) FROM leader_aggregation_jobs WHERE state = 'active' AND step = 2").await;
     assert!(committed >= 1, "the helper committed jobs whose answers were lost ({committed})");
     assert!(waiting >= 1, "the leader waits at step 2 for their answers ({waiting})");
-    helper_db.close().await;
     relay.set(Fault::None).await;
     d.wait_aggregated().await;
 

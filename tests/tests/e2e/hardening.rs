@@ -143,11 +143,7 @@ async fn request_bodies_held_in_memory_at_once_are_bounded() {
     use duet_common::messages::{BatchMode, TaskId};
     use duet_common::vdaf::VdafConfig;
     // The deployment takes bodies of 1 MiB at most (--max-body-bytes).
-    let room = ["--max-body-memory-bytes", "1048576"];
-    let options = duet_tests::LeaderOptions {
-        leader_args: room.map(String::from).to_vec(),
-        ..duet_tests::LeaderOptions::default()
-    };
+    let options = duet_tests::LeaderOptions::with_leader_args(&["--max-body-memory-bytes", "1048576"]);
     let d = duet_tests::Deployment::start(options).await;
     let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
     let id: TaskId = task.credentials.task.task_id;
@@ -174,10 +170,7 @@ async fn request_bodies_held_in_memory_at_once_are_bounded() {
 /// requests over the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_connection_carries_at_most_its_streams() {
-    let options = duet_tests::LeaderOptions {
-        leader_args: vec!["--max-streams-per-connection".into(), "5".into()],
-        ..duet_tests::LeaderOptions::default()
-    };
+    let options = duet_tests::LeaderOptions::with_leader_args(&["--max-streams-per-connection", "5"]);
     let d = duet_tests::Deployment::start(options).await;
     let tcp = tokio::net::TcpStream::connect(d.leader.addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -198,10 +191,7 @@ async fn an_upload_of_too_many_reports_is_refused_with_nothing_stored() {
     use duet_client::upload::{Client, ClientOptions};
     use duet_common::messages::BatchMode;
     use duet_common::vdaf::{Measurement, VdafConfig};
-    let options = duet_tests::LeaderOptions {
-        leader_args: vec!["--max-reports-per-upload".into(), "10".into()],
-        ..duet_tests::LeaderOptions::default()
-    };
+    let options = duet_tests::LeaderOptions::with_leader_args(&["--max-reports-per-upload", "10"]);
     let d = duet_tests::Deployment::start(options).await;
     let task = d.create_task(VdafConfig::Prio3Count, BatchMode::TimeInterval, 1, None, None).await;
     let stored = || async {

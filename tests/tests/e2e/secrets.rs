@@ -112,13 +112,22 @@ fn database_bytes(path: &std::path::Path) -> Vec<u8> {
 /// What a backup of each database holds: a SQLite database's files, or a PostgreSQL database's
 /// `pg_dump` (in which a `bytea` value is written in hex, so the search looks for that too).
 fn backup_bytes(d: &Deployment, postgres: bool, who: &str) -> Vec<u8> {
-    let url = if who == "leader" { d.leader_db_url() } else { d.helper_db_url() };
+    let url = db_url(d, who);
     if !postgres {
         return database_bytes(std::path::Path::new(url.trim_start_matches("sqlite:")));
     }
     let dump = std::process::Command::new("pg_dump").arg("--dbname").arg(&url).output().expect("pg_dump runs");
     assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
     dump.stdout
+}
+
+/// The database URL of the deployment's `who` ("leader" or "helper").
+fn db_url(d: &Deployment, who: &str) -> String {
+    if who == "leader" {
+        d.leader_db_url()
+    } else {
+        d.helper_db_url()
+    }
 }
 
 fn hex(bytes: &[u8]) -> Vec<u8> {
@@ -166,9 +175,8 @@ async fn no_secret_in_the_clear_in_a_backup(postgres: bool) {
     secrets.push(("verify key".into(), vk.as_bytes().to_vec()));
     let mut keys = 0;
     for who in ["leader", "helper"] {
-        let url = if who == "leader" { d.leader_db_url() } else { d.helper_db_url() };
         sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let pool = sqlx::AnyPool::connect(&db_url(&d, who)).await.unwrap();
         for row in sqlx::query("SELECT config, private_key FROM hpke_keys").fetch_all(&pool).await.unwrap() {
             let private = open_private_key(&row.get::<Vec<u8>, _>(0), &row.get::<Vec<u8>, _>(1));
             secrets.push((format!("{who} HPKE private key"), private));
